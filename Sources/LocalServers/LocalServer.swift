@@ -1,0 +1,244 @@
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A real server process (gearmand, redis-server or memcached) listening on a free loopback port.
+///
+/// Tests and benchmarks talk to these, never to mocks. A missing binary is an error that names the
+/// Debian package to install; nothing is skipped. `stop()` is idempotent and `kill()`/`restart()`
+/// let failure tests take a server away and bring it back on the same port.
+public final class LocalServer: Sendable {
+    public enum Kind: String, Sendable, CaseIterable {
+        case gearmand
+        case redis = "redis-server"
+        case memcached
+
+        /// Debian package that provides the binary.
+        var package: String {
+            switch self {
+            case .gearmand: "gearman-job-server"
+            case .redis: "redis-server"
+            case .memcached: "memcached"
+            }
+        }
+
+        var searchPaths: [String] {
+            ["/usr/sbin/\(rawValue)", "/usr/bin/\(rawValue)", "/usr/local/bin/\(rawValue)", "/usr/local/sbin/\(rawValue)"]
+        }
+    }
+
+    public let kind: Kind
+    public let host = "127.0.0.1"
+    public let port: Int
+    /// Folder holding the server's log and data; removed by `stop()`.
+    public let directory: URL
+    let extraArguments: [String]
+    private let process: Mutex<Process?>
+
+    public var logFile: URL { directory.appendingPathComponent("server.log") }
+    /// "host:port", as gearmand and memcached clients take it.
+    public var address: String { "\(host):\(port)" }
+
+    /// The server's log so far, for failure messages.
+    public var log: String {
+        (try? String(contentsOf: logFile, encoding: .utf8)) ?? "(no log at \(logFile.path))"
+    }
+
+    /// Starts `kind` on a free loopback port and returns once it answers a request.
+    public static func start(_ kind: Kind, arguments: [String] = []) async throws -> LocalServer {
+        var lastError: (any Error)?
+        // A free port can be taken by someone else between our probe and the server's bind: try a few.
+        for _ in 0..<5 {
+            let server = try LocalServer(kind: kind, port: try freeLoopbackPort(), extraArguments: arguments)
+            do {
+                try await server.launch()
+                return server
+            } catch {
+                lastError = error
+                server.stop()
+            }
+        }
+        throw lastError ?? LocalServerError(message: "could not start \(kind.rawValue)")
+    }
+
+    private init(kind: Kind, port: Int, extraArguments: [String]) throws {
+        self.kind = kind
+        self.port = port
+        self.extraArguments = extraArguments
+        self.directory = FileManager.default.temporaryDirectory
+            .appendingPathComponent("jobgate-localserver-\(kind.rawValue)-\(port)-\(UUID().uuidString.prefix(8))")
+        self.process = Mutex(nil)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    deinit {
+        stop(removeFiles: false)
+    }
+
+    private var executable: String? {
+        kind.searchPaths.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    private var arguments: [String] {
+        let dir = directory.path
+        switch kind {
+        case .gearmand:
+            return [
+                "--listen=\(host)", "--port=\(port)", "--log-file=\(logFile.path)", "--pid-file=\(dir)/gearmand.pid",
+                "--verbose=INFO", "--threads=1",
+            ] + extraArguments
+        case .redis:
+            return [
+                "--bind", host, "--port", "\(port)", "--save", "", "--appendonly", "no", "--dir", dir,
+                "--logfile", logFile.path, "--daemonize", "no",
+            ] + extraArguments
+        case .memcached:
+            return ["-l", host, "-p", "\(port)", "-U", "0", "-u", "root", "-vv"] + extraArguments
+        }
+    }
+
+    /// Starts the process (again, on the same port after `kill()`) and waits until it answers.
+    public func launch() async throws {
+        guard let executable else {
+            throw LocalServerError(
+                message: "\(kind.rawValue) is not installed: run `apt-get install \(kind.package)` (the README's test command does this)"
+            )
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        FileManager.default.createFile(atPath: logFile.path + ".out", contents: nil)
+        let output = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile.path + ".out"))
+        output.seekToEndOfFile()
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = FileHandle.nullDevice
+        if kind == .memcached {
+            // memcached logs to stderr only.
+            process.standardError = try FileHandle(forWritingTo: touch(logFile))
+        }
+        try process.run()
+        self.process.withLock { $0 = process }
+
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if !process.isRunning {
+                throw LocalServerError(message: "\(kind.rawValue) exited at start (status \(process.terminationStatus)):\n\(log)\(outputLog)")
+            }
+            if probe() { return }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw LocalServerError(message: "\(kind.rawValue) on port \(port) did not answer within 10 s:\n\(log)\(outputLog)")
+    }
+
+    private var outputLog: String {
+        (try? String(contentsOfFile: logFile.path + ".out", encoding: .utf8)) ?? ""
+    }
+
+    private func touch(_ url: URL) -> URL {
+        if !FileManager.default.fileExists(atPath: url.path) {
+            FileManager.default.createFile(atPath: url.path, contents: nil)
+        }
+        return url
+    }
+
+    /// Process id of the running server, if any.
+    public var pid: Int32? {
+        process.withLock { $0.flatMap { $0.isRunning ? $0.processIdentifier : nil } }
+    }
+
+    /// `kill -9`: the server vanishes without closing anything cleanly.
+    public func kill() {
+        signalAndWait(SIGKILL)
+    }
+
+    /// Kills the server and starts it again on the same port.
+    public func restart() async throws {
+        kill()
+        try await launch()
+    }
+
+    /// Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its folder.
+    public func stop() {
+        stop(removeFiles: true)
+    }
+
+    private func stop(removeFiles: Bool) {
+        signalAndWait(SIGTERM)
+        if removeFiles {
+            try? FileManager.default.removeItem(at: directory)
+        }
+    }
+
+    private func signalAndWait(_ signal: Int32) {
+        guard let process = self.process.withLock({ process -> Process? in
+            defer { process = nil }
+            return process
+        }) else { return }
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, signal)
+        let deadline = Date().addingTimeInterval(5)
+        while process.isRunning && Date() < deadline { usleep(5_000) }
+        if process.isRunning {
+            Glibc.kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+    }
+
+    /// Sends the kind's cheapest request and checks the answer.
+    private func probe() -> Bool {
+        let (request, expected): (String, String) =
+            switch kind {
+            case .gearmand: ("version\n", "OK ")
+            case .redis: ("PING\r\n", "+PONG")
+            case .memcached: ("version\r\n", "VERSION ")
+            }
+        guard let reply = try? LoopbackSocket.exchange(port: port, request: Array(request.utf8), timeoutMs: 500) else {
+            return false
+        }
+        return String(decoding: reply, as: UTF8.self).hasPrefix(expected)
+    }
+}
+
+public struct LocalServerError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
+}
+
+/// Runs `body` with a fresh server and always stops it; a thrown error carries the server's log.
+public func withLocalServer<T>(
+    _ kind: LocalServer.Kind,
+    arguments: [String] = [],
+    _ body: (LocalServer) async throws -> T
+) async throws -> T {
+    let server = try await LocalServer.start(kind, arguments: arguments)
+    defer { server.stop() }
+    do {
+        return try await body(server)
+    } catch {
+        print("--- \(kind.rawValue) log (port \(server.port)) ---\n\(server.log)\n--- end of log ---")
+        throw error
+    }
+}
+
+/// Asks the kernel for a loopback port that is free right now.
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw LocalServerError(message: "socket() failed: errno \(errno)") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+        }
+    }
+    guard bound else { throw LocalServerError(message: "could not bind a loopback port: errno \(errno)") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}

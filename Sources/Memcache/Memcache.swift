@@ -1,0 +1,1 @@
+// The memcached client lives here (see the Memcache module issue).

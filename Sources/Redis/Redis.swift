@@ -1,0 +1,1 @@
+// The Redis client lives here (see the Redis module issue).

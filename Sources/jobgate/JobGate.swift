@@ -1,0 +1,11 @@
+import ArgumentParser
+
+@main
+struct JobGate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "jobgate",
+        abstract: "Run long jobs on Gearman workers and get the outcome pushed instead of polling for it.",
+        version: "0.1.0",
+        subcommands: []
+    )
+}
