@@ -36,9 +36,9 @@ public final class LocalServer: Sendable {
     /// Folder holding the server's log and data; removed by `stop()`.
     public let directory: URL
     let extraArguments: [String]
-    private let process: Mutex<Process?>
+    private let process: Mutex<pid_t?>
 
-    public var logFile: URL { directory.appendingPathComponent("server.log") }
+    public var logFile: URL { directory.appendingPathComponent(kind == .memcached ? "server.log.out" : "server.log") }
     /// "host:port", as gearmand and memcached clients take it.
     public var address: String { "\(host):\(port)" }
 
@@ -107,26 +107,14 @@ public final class LocalServer: Sendable {
                 message: "\(kind.rawValue) is not installed: run `apt-get install \(kind.package)` (the README's test command does this)"
             )
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        FileManager.default.createFile(atPath: logFile.path + ".out", contents: nil)
-        let output = try FileHandle(forWritingTo: URL(fileURLWithPath: logFile.path + ".out"))
-        output.seekToEndOfFile()
-        process.standardOutput = output
-        process.standardError = output
-        process.standardInput = FileHandle.nullDevice
-        if kind == .memcached {
-            // memcached logs to stderr only.
-            process.standardError = try FileHandle(forWritingTo: touch(logFile))
-        }
-        try process.run()
-        self.process.withLock { $0 = process }
+        let pid = try spawn(executable, arguments, output: logFile.path + ".out")
+        self.process.withLock { $0 = pid }
 
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
-            if !process.isRunning {
-                throw LocalServerError(message: "\(kind.rawValue) exited at start (status \(process.terminationStatus)):\n\(log)\(outputLog)")
+            if let status = Self.exitStatus(pid) {
+                self.process.withLock { $0 = nil }
+                throw LocalServerError(message: "\(kind.rawValue) exited at start (status \(status)):\n\(log)\(outputLog)")
             }
             if probe() { return }
             try await Task.sleep(for: .milliseconds(20))
@@ -134,20 +122,49 @@ public final class LocalServer: Sendable {
         throw LocalServerError(message: "\(kind.rawValue) on port \(port) did not answer within 10 s:\n\(log)\(outputLog)")
     }
 
+    /// posix_spawn rather than Foundation's Process: stopping must be a plain kill + waitpid, with no run loop.
+    private func spawn(_ executable: String, _ arguments: [String], output: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Test runners block signals in their threads and children inherit the mask: a server that
+        // cannot see SIGTERM would only stop at SIGKILL. Start it with no signal blocked, default handlers.
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var defaultSignals = sigset_t()
+        sigemptyset(&defaultSignals)
+        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGUSR1] { sigaddset(&defaultSignals, signal) }
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+        guard result == 0 else { throw LocalServerError(message: "cannot start \(executable): error \(result)") }
+        return pid
+    }
+
+    /// The exit status if the process has ended (and is now reaped), nil while it runs.
+    private static func exitStatus(_ pid: pid_t) -> Int32? {
+        var status: Int32 = 0
+        let result = waitpid(pid, &status, WNOHANG)
+        return result == 0 ? nil : status
+    }
+
     private var outputLog: String {
         (try? String(contentsOfFile: logFile.path + ".out", encoding: .utf8)) ?? ""
     }
 
-    private func touch(_ url: URL) -> URL {
-        if !FileManager.default.fileExists(atPath: url.path) {
-            FileManager.default.createFile(atPath: url.path, contents: nil)
-        }
-        return url
-    }
-
     /// Process id of the running server, if any.
     public var pid: Int32? {
-        process.withLock { $0.flatMap { $0.isRunning ? $0.processIdentifier : nil } }
+        process.withLock { $0 }
     }
 
     /// `kill -9`: the server vanishes without closing anything cleanly.
@@ -174,18 +191,18 @@ public final class LocalServer: Sendable {
     }
 
     private func signalAndWait(_ signal: Int32) {
-        guard let process = self.process.withLock({ process -> Process? in
-            defer { process = nil }
-            return process
+        guard let pid = process.withLock({ pid -> pid_t? in
+            defer { pid = nil }
+            return pid
         }) else { return }
-        guard process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, signal)
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(5_000) }
-        if process.isRunning {
-            Glibc.kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+        Glibc.kill(pid, signal)
+        for _ in 0..<1000 {
+            if Self.exitStatus(pid) != nil { return }
+            usleep(5_000)
         }
+        Glibc.kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
     }
 
     /// Sends the kind's cheapest request and checks the answer.
@@ -219,7 +236,8 @@ public func withLocalServer<T>(
     do {
         return try await body(server)
     } catch {
-        print("--- \(kind.rawValue) log (port \(server.port)) ---\n\(server.log)\n--- end of log ---")
+        let tail = server.log.split(separator: "\n", omittingEmptySubsequences: false).suffix(60).joined(separator: "\n")
+        print("--- last lines of the \(kind.rawValue) log (port \(server.port), \(server.logFile.path)) ---\n\(tail)\n--- end of log ---")
         throw error
     }
 }

@@ -1,0 +1,166 @@
+import Foundation
+import Gearman
+import LocalServers
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import Synchronization
+import Testing
+
+extension LocalServer {
+    var gearmanAddress: GearmanServerAddress { GearmanServerAddress(host: host, port: port) }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// Polls `condition` until it holds; fails after `timeout` instead of hanging.
+func eventually(
+    _ what: String,
+    timeout: Duration = .seconds(10),
+    _ condition: () async throws -> Bool
+) async throws {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    throw TestFailure(description: "timed out after \(timeout) waiting for \(what)")
+}
+
+/// Runs `body` with a result that must arrive within `timeout`: a hang becomes a failure.
+func withTimeout<T: Sendable>(_ timeout: Duration = .seconds(20), _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        guard let first = try await group.next(), let result = first else {
+            group.cancelAll()
+            throw TestFailure(description: "\(what) did not finish within \(timeout)")
+        }
+        group.cancelAll()
+        return result
+    }
+}
+
+/// Runs `service` (a worker) while `body` runs, then shuts it down gracefully and waits for it to return.
+func withRunning<S: Service, T: Sendable>(_ service: S, _ body: @Sendable () async throws -> T) async throws -> T {
+    let group = ServiceGroup(configuration: .init(services: [service], logger: Logger(label: "test")))
+    return try await withThrowingTaskGroup(of: Void.self) { tasks in
+        tasks.addTask { try await group.run() }
+        do {
+            let result = try await body()
+            await group.triggerGracefulShutdown()
+            try await tasks.waitForAll()
+            return result
+        } catch {
+            tasks.cancelAll()
+            throw error
+        }
+    }
+}
+
+/// Thread-safe recorder for what handlers saw.
+final class Recorder<Element: Sendable>: Sendable {
+    private let storage = Mutex<[Element]>([])
+
+    func append(_ element: Element) { storage.withLock { $0.append(element) } }
+    var all: [Element] { storage.withLock { $0 } }
+    var count: Int { storage.withLock { $0.count } }
+}
+
+/// A one-shot gate handlers wait on, opened by the test.
+final class Gate: Sendable {
+    private let opened = Mutex(false)
+
+    func open() { opened.withLock { $0 = true } }
+
+    func wait() async {
+        while !opened.withLock({ $0 }) {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}
+
+func job(_ function: String, _ unique: String, _ payload: String, _ priority: GearmanPriority = .normal) -> GearmanJobRequest {
+    GearmanJobRequest(function: function, unique: unique, payload: ByteBuffer(string: payload), priority: priority)
+}
+
+/// A program run to completion: its output and exit status.
+struct ProgramRun: Sendable {
+    var status: Int32
+    var output: String
+    var errors: String
+}
+
+/// Runs a program on a Dispatch thread (blocking waits must not take the test's cooperative threads).
+func runProgram(_ path: String, _ arguments: [String], input: String? = nil) async throws -> ProgramRun {
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw TestFailure(description: "\(path) is not installed: run the README's test command, which installs it")
+    }
+    return try await withCheckedThrowingContinuation { continuation in
+        DispatchQueue.global().async {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = arguments
+            let stdout = Pipe()
+            let stderr = Pipe()
+            let stdin = Pipe()
+            process.standardOutput = stdout
+            process.standardError = stderr
+            process.standardInput = stdin
+            do {
+                try process.run()
+                if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+                try stdin.fileHandleForWriting.close()
+                // Read stderr on another thread so neither pipe can fill up and block the child.
+                let errors = Mutex(Data())
+                let errorReader = DispatchGroup()
+                errorReader.enter()
+                DispatchQueue.global().async {
+                    let data = stderr.fileHandleForReading.readDataToEndOfFile()
+                    errors.withLock { $0 = data }
+                    errorReader.leave()
+                }
+                let output = stdout.fileHandleForReading.readDataToEndOfFile()
+                errorReader.wait()
+                process.waitUntilExit()
+                continuation.resume(
+                    returning: ProgramRun(
+                        status: process.terminationStatus,
+                        output: String(decoding: output, as: UTF8.self),
+                        errors: String(decoding: errors.withLock { $0 }, as: UTF8.self)
+                    )
+                )
+            } catch {
+                continuation.resume(throwing: error)
+            }
+        }
+    }
+}
+
+/// Runs a PHP script given as text; fails with its output when it exits non-zero.
+func runPHP(_ script: String, arguments: [String] = []) async throws -> String {
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString).php")
+    try script.write(to: file, atomically: true, encoding: .utf8)
+    defer { try? FileManager.default.removeItem(at: file) }
+    let run = try await runProgram("/usr/bin/php", [file.path] + arguments)
+    guard run.status == 0 else {
+        throw TestFailure(description: "php exited \(run.status): \(run.output) \(run.errors)")
+    }
+    return run.output
+}
+
+/// A TCP listener on loopback that accepts connections and never answers: a hung server.
+func withSilentServer<T>(_ body: (Int) async throws -> T) async throws -> T {
+    let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        .childChannelInitializer { channel in channel.eventLoop.makeSucceededVoidFuture() }
+        .bind(host: "127.0.0.1", port: 0)
+        .get()
+    defer { channel.close(promise: nil) }
+    return try await body(channel.localAddress!.port!)
+}
