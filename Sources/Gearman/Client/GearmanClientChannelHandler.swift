@@ -90,20 +90,25 @@ final class GearmanClientChannelHandler: ChannelDuplexHandler {
         let deadline = NIODeadline.now() + requestTimeout
         for (index, request) in batch.requests.enumerated() {
             let slot = GearmanReplySlot(collector: collector, index: index)
+            // Encode before queueing: a request that cannot be encoded fails alone and never waits for a reply.
+            let mark = buffer.writerIndex
+            do {
+                switch request.message {
+                case .packet(let packet): try GearmanMessageEncoder.write(packet, into: &buffer)
+                case .text: try GearmanMessageEncoder().encode(data: request.message, out: &buffer)
+                }
+            } catch {
+                buffer.moveWriterIndex(to: mark)
+                let failure = GearmanError(.invalidArgument, "could not encode \(request.message): \(error)")
+                slot.complete(.failure(failure))
+                request.sink?.finish(throwing: failure)
+                continue
+            }
             switch stateMachine.send(request.expectation, promise: slot, sink: request.sink, deadline: deadline) {
             case .write:
-                do {
-                    switch request.message {
-                    case .packet(let packet): try GearmanMessageEncoder.write(packet, into: &buffer)
-                    case .text: try GearmanMessageEncoder().encode(data: request.message, out: &buffer)
-                    }
-                    if request.expectation == nil { slot.complete(.success(.admin([]))) }
-                } catch {
-                    // Only reachable through a bug in request building; everything queued after it would mismatch.
-                    fail(GearmanError(.invalidArgument, "could not encode \(request.message): \(error)"), context: context)
-                    return
-                }
+                if request.expectation == nil { slot.complete(.success(.admin([]))) }
             case .fail(let error):
+                buffer.moveWriterIndex(to: mark)
                 slot.complete(.failure(error))
                 request.sink?.finish(throwing: error)
             }

@@ -16,7 +16,8 @@ public struct GearmanServerAddress: Sendable, Hashable, CustomStringConvertible 
 
     /// Parses `host`, `host:port` or `[v6]:port`.
     public init?(_ text: String) {
-        if text.hasPrefix("["), let close = text.firstIndex(of: "]") {
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { return nil }
             host = String(text[text.index(after: text.startIndex)..<close])
             let rest = text[text.index(after: close)...]
             if rest.isEmpty {

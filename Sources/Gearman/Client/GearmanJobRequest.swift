@@ -74,7 +74,10 @@ public enum GearmanValidation {
         guard (1...maximumHandleLength).contains(length) else {
             throw GearmanError(.invalidArgument, "job handle must be 1 to \(maximumHandleLength) bytes, got \(length)")
         }
-        guard !handle.utf8.contains(0) else { throw GearmanError(.invalidArgument, "job handle contains NUL") }
+        // Handles also travel in admin lines (`cancel job H`), where a space or line break changes the command.
+        guard !handle.utf8.contains(where: { $0 <= 0x20 || $0 == 0x7F }) else {
+            throw GearmanError(.invalidArgument, "job handle \(String(reflecting: handle)) contains whitespace or control characters")
+        }
     }
 }
 
@@ -116,11 +119,14 @@ public enum GearmanJobEvent: Sendable, Hashable {
 extension UInt32 {
     /// gearmand parses numbers with `atoi` and stores them in 32 bits: leading digits count, the rest is ignored.
     init(gearmanNumber text: String) {
-        var value: UInt64 = 0
-        for byte in text.utf8 {
+        var bytes = text.utf8.drop { $0 == UInt8(ascii: " ") || (0x09...0x0D).contains($0) }
+        let negative = bytes.first == UInt8(ascii: "-")
+        if negative || bytes.first == UInt8(ascii: "+") { bytes = bytes.dropFirst() }
+        var value: UInt32 = 0
+        for byte in bytes {
             guard (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) else { break }
-            value = (value &* 10 &+ UInt64(byte - UInt8(ascii: "0"))) & 0xFFFF_FFFF_FFFF
+            value = value &* 10 &+ UInt32(byte - UInt8(ascii: "0"))
         }
-        self = UInt32(truncatingIfNeeded: value)
+        self = negative ? 0 &- value : value
     }
 }
