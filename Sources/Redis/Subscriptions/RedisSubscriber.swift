@@ -71,6 +71,9 @@ public final class RedisSubscriber: Sendable {
     /// Events waiting in the buffer (at most `bufferCapacity + 1`).
     package var bufferedEventCount: Int { buffer.count }
 
+    /// Whether a connection is up (its subscriptions may still be unconfirmed).
+    package var hasConnection: Bool { state.withLock { $0.connection != nil } }
+
     // MARK: Run loop
 
     /// Connects, subscribes and keeps the subscriptions alive until the task is cancelled, then
