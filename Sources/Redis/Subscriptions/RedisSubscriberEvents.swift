@@ -25,9 +25,9 @@ public enum RedisSubscriberEvent: Sendable, Hashable {
 /// The events of a ``RedisSubscriber``, for one consumer, from a buffer of bounded size.
 ///
 /// When `capacity` events wait, new messages are counted instead of stored: the buffer then ends
-/// with one `.messagesDropped(count)`, so it never holds more than `capacity + 1` events. A
-/// `.subscribed` that arrives while the buffer is full and already ends in such a marker is folded
-/// into it, since the consumer reads the marker after the resubscription anyway. Cancelling the
+/// with one `.messagesDropped(count)`, so it never holds more than `capacity + 1` events. While the
+/// buffer is full and ends in an unread marker (`.messagesDropped` or `.subscribed`), anything new is
+/// folded into it: the consumer reads that marker, and re-reads state, after the loss anyway. Cancelling the
 /// consuming task ends the sequence and discards what waits.
 public struct RedisSubscriberEvents: AsyncSequence, Sendable {
     public typealias Element = RedisSubscriberEvent
@@ -84,10 +84,10 @@ final class RedisEventBuffer: Sendable {
             switch (event, state.queue.last) {
             case (.message, .messagesDropped(let count)?):
                 state.queue[state.queue.index(before: state.queue.endIndex)] = .messagesDropped(count: count + 1)
+            case (_, .some(let last)) where last.mayHaveLostMessages:
+                break  // the unread marker at the end already asks for a re-read after this point
             case (.message, _):
                 state.queue.append(.messagesDropped(count: 1))
-            case (_, .some(let last)) where last.mayHaveLostMessages:
-                break  // the marker already waiting asks for a re-read after this point
             default:
                 state.queue.append(event)
             }
