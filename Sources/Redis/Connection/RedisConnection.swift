@@ -1,0 +1,199 @@
+public import Logging
+public import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One connection to a Redis server, with any number of requests in flight, answered in order.
+///
+/// An actor whose executor is the channel's event loop: a call hops to the loop once, writes its
+/// commands straight into the channel handler and waits for the handler to complete a promise.
+///
+/// ```swift
+/// let connection = try await RedisConnection.connect(configuration: .init(port: 6379))
+/// try await connection.send(["SET", "job:1", .bytes(payload)])
+/// let replies = try await connection.pipeline((0..<100).map { ["GET", "job:\($0)"] })
+/// ```
+///
+/// Errors are ``RedisError`` (or `CancellationError` when the calling task is cancelled).
+public actor RedisConnection {
+    nonisolated public let unownedExecutor: UnownedSerialExecutor
+    nonisolated let channel: any Channel
+    nonisolated private let handler: NIOLoopBound<RedisChannelHandler>
+    nonisolated public let configuration: RedisConnectionConfiguration
+    nonisolated let logger: Logger
+
+    private init(channel: any Channel, handler: NIOLoopBound<RedisChannelHandler>, configuration: RedisConnectionConfiguration, logger: Logger) {
+        self.unownedExecutor = channel.eventLoop.executor.asUnownedSerialExecutor()
+        self.channel = channel
+        self.handler = handler
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Connects, then authenticates and selects the database (both in one round trip) if configured.
+    public static func connect(
+        configuration: RedisConnectionConfiguration,
+        eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any(),
+        logger: Logger = Logger(label: "jobgate.redis")
+    ) async throws -> RedisConnection {
+        try await connect(configuration: configuration, eventLoop: eventLoop, logger: logger, pushHandler: nil)
+    }
+
+    static func connect(
+        configuration: RedisConnectionConfiguration,
+        eventLoop: any EventLoop,
+        logger: Logger,
+        pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?
+    ) async throws -> RedisConnection {
+        var logger = logger
+        logger[metadataKey: "redis.address"] = "\(configuration.host):\(configuration.port)"
+        let peer = "\(configuration.host):\(configuration.port)"
+        let bootstrap = ClientBootstrap(group: eventLoop)
+            .connectTimeout(TimeAmount(configuration.connectTimeout))
+        let (channel, handler): (any Channel, NIOLoopBound<RedisChannelHandler>)
+        do {
+            (channel, handler) = try await bootstrap.connect(host: configuration.host, port: configuration.port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = RedisChannelHandler(
+                        maximumReplySize: configuration.maximumReplySize,
+                        commandTimeout: configuration.commandTimeout.map(TimeAmount.init),
+                        peer: peer,
+                        pushHandler: pushHandler
+                    )
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                    return (channel, NIOLoopBound(handler, eventLoop: channel.eventLoop))
+                }
+            }
+        } catch {
+            throw connectError(error, peer: peer)
+        }
+        let connection = RedisConnection(channel: channel, handler: handler, configuration: configuration, logger: logger)
+        do {
+            try await connection.handshake()
+        } catch {
+            await connection.close()
+            throw error
+        }
+        logger.debug("connected to Redis")
+        return connection
+    }
+
+    private func handshake() async throws {
+        var commands: [RedisCommand] = []
+        if let auth = configuration.authentication {
+            commands.append(auth.username.map { ["AUTH", "\($0)", "\(auth.password)"] } ?? ["AUTH", "\(auth.password)"])
+        }
+        if let database = configuration.database {
+            commands.append(["SELECT", .init(database)])
+        }
+        guard !commands.isEmpty else { return }
+        let replies = try await execute(commands)
+        if configuration.authentication != nil, let message = replies[0].errorMessage {
+            throw RedisError(.authenticationFailed, message)
+        }
+        if let message = replies.last?.errorMessage {
+            throw RedisError.server(message)
+        }
+    }
+
+    // MARK: Commands
+
+    /// Sends one command; an error reply throws ``RedisError`` with code `.serverError`.
+    @discardableResult
+    public func send(_ command: RedisCommand) async throws -> RedisReply {
+        let reply = try await execute([command])[0]
+        if let message = reply.errorMessage { throw RedisError.server(message) }
+        return reply
+    }
+
+    /// Writes all `commands` with one flush and returns their replies in order. An error reply fails
+    /// only its own command; a lost connection throws for the whole batch.
+    public func pipeline(_ commands: [RedisCommand]) async throws -> [Result<RedisReply, RedisError>] {
+        try await execute(commands).map { reply in
+            reply.errorMessage.map { .failure(.server($0)) } ?? .success(reply)
+        }
+    }
+
+    /// Runs `commands` between `MULTI` and `EXEC` in one write and returns `EXEC`'s replies, which hold
+    /// `.error` elements for commands that failed while running (`WRONGTYPE`). Throws `.serverError`
+    /// with the refused command's error when one was refused while queueing (nothing ran), or when a
+    /// `WATCH`ed key changed (`EXEC` answered null).
+    public func transaction(_ commands: [RedisCommand]) async throws -> [RedisReply] {
+        let results = try await pipeline([["MULTI"]] + commands + [["EXEC"]])
+        for case .failure(let error) in results.dropLast() where error.serverErrorPrefix != "EXECABORT" {
+            // A command refused while queueing makes EXEC abort; report that command's error.
+            throw error
+        }
+        switch try results.last!.get() {
+        case .array(let replies): return replies
+        case .null: throw RedisError.server("EXECABORT transaction aborted: a watched key changed")
+        case let other: throw RedisError(.protocolError, "EXEC answered \(other)")
+        }
+    }
+
+    /// Writes `commands` in one flush, returns every reply (error replies included).
+    func execute(_ commands: [RedisCommand]) async throws -> [RedisReply] {
+        try Task.checkCancellation()
+        let promise = channel.eventLoop.makePromise(of: [RedisReply].self)
+        let id = handler.value.send(commands, promise: promise)
+        return try await withTaskCancellationHandler {
+            try await promise.futureResult.get()
+        } onCancel: { [handler] in
+            handler.eventLoop.execute { handler.value.cancel(id) }
+        }
+    }
+
+    /// Queues a write from any thread; writes run in the order of these calls. Subscribers use it to
+    /// keep (un)subscriptions in the order their state changed.
+    nonisolated func enqueue(_ command: RedisCommand, expectedReplies: Int, errorEndsRequest: Bool) -> EventLoopFuture<[RedisReply]> {
+        let promise = channel.eventLoop.makePromise(of: [RedisReply].self)
+        channel.eventLoop.execute { [handler] in
+            handler.value.send([command], expectedReplies: expectedReplies, errorEndsRequest: errorEndsRequest, promise: promise)
+        }
+        return promise.futureResult
+    }
+
+    // MARK: Lifecycle
+
+    /// Closes the connection; requests in flight fail with `.connectionClosed`.
+    public nonisolated func close() async {
+        try? await channel.close()
+    }
+
+    /// False once the connection was closed or lost.
+    public nonisolated var isConnected: Bool { channel.isActive }
+
+    /// Completes when the connection is closed or lost.
+    nonisolated var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+}
+
+/// Maps NIO's connect errors to ``RedisError``.
+private func connectError(_ error: any Error, peer: String) -> RedisError {
+    if let error = error as? NIOConnectionError {
+        let errors = error.connectionErrors.map(\.error)
+        if !errors.isEmpty, errors.allSatisfy({ ($0 as? IOError)?.errnoCode == ECONNREFUSED }) {
+            return RedisError(.connectionRefused, "connection to \(peer) refused")
+        }
+        if errors.contains(where: isConnectTimeout) {
+            return RedisError(.timeout, "connecting to \(peer) timed out")
+        }
+        return RedisError(.connectionFailed, "could not connect to \(peer): \(errors.isEmpty ? "\(error)" : "\(errors)")")
+    }
+    if let error = error as? IOError, error.errnoCode == ECONNREFUSED {
+        return RedisError(.connectionRefused, "connection to \(peer) refused")
+    }
+    if isConnectTimeout(error) {
+        return RedisError(.timeout, "connecting to \(peer) timed out")
+    }
+    return RedisError(.connectionFailed, "could not connect to \(peer): \(error)")
+}
+
+private func isConnectTimeout(_ error: any Error) -> Bool {
+    if case ChannelError.connectTimeout = error { return true }
+    return false
+}

@@ -1,0 +1,62 @@
+/// Where and how to connect to one Redis server.
+public struct RedisConnectionConfiguration: Sendable {
+    /// `AUTH password` (`requirepass`) or, with a username, `AUTH username password` (ACL).
+    public struct Authentication: Sendable {
+        public var username: String?
+        public var password: String
+
+        public init(username: String? = nil, password: String) {
+            self.username = username
+            self.password = password
+        }
+    }
+
+    public var host: String
+    public var port: Int
+    public var authentication: Authentication?
+    /// `SELECT db` after connecting. Pub/sub ignores it: notification channels name their db.
+    public var database: Int?
+    public var connectTimeout: Duration
+    /// Longest wait for the oldest reply in flight; when it passes, every request fails with
+    /// `.timeout` and the connection closes. Blocking commands (`BLPOP`, `XREAD BLOCK`) need it to be
+    /// longer than their own timeout; `nil` waits forever.
+    public var commandTimeout: Duration?
+    /// Largest reply accepted, in bytes on the wire; a larger one closes the connection.
+    public var maximumReplySize: Int
+
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 6379,
+        authentication: Authentication? = nil,
+        database: Int? = nil,
+        connectTimeout: Duration = .seconds(5),
+        commandTimeout: Duration? = .seconds(30),
+        maximumReplySize: Int = RedisReplyDecoder.defaultMaximumReplySize
+    ) {
+        self.host = host
+        self.port = port
+        self.authentication = authentication
+        self.database = database
+        self.connectTimeout = connectTimeout
+        self.commandTimeout = commandTimeout
+        self.maximumReplySize = maximumReplySize
+    }
+}
+
+/// Exponential backoff with jitter between reconnection attempts.
+public struct RedisBackoff: Sendable {
+    public var initial: Duration
+    public var maximum: Duration
+
+    public init(initial: Duration = .milliseconds(50), maximum: Duration = .seconds(5)) {
+        self.initial = initial
+        self.maximum = maximum
+    }
+
+    /// Delay before attempt `attempt` (1 = first retry): doubles each time up to `maximum`, then a
+    /// random 50–100 % of that so that many clients do not reconnect in lockstep.
+    public func delay(attempt: Int) -> Duration {
+        let doubled = initial * (1 << min(max(attempt - 1, 0), 20))
+        return min(doubled, maximum) * Double.random(in: 0.5...1)
+    }
+}

@@ -1,1 +1,0 @@
-// The Redis client lives here (see the Redis module issue).

@@ -1,0 +1,215 @@
+public import Logging
+import NIOCore
+public import NIOPosix
+import Synchronization
+
+/// A dedicated pub/sub connection that stays subscribed: it reconnects with backoff after the server
+/// goes away and subscribes to every channel and pattern again.
+///
+/// ```swift
+/// let subscriber = RedisSubscriber(configuration: config, channels: ["__keyevent@0__:hset"])
+/// try await withThrowingDiscardingTaskGroup { group in
+///     group.addTask { try await subscriber.run() }
+///     for await event in subscriber.events {
+///         switch event {
+///         case .message(let message): handle(message)
+///         case .subscribed, .messagesDropped: reconcile()   // messages may have been lost: re-read state
+///         }
+///     }
+/// }
+/// ```
+///
+/// `.subscribed` is emitted only after the server confirmed every subscription on the new connection,
+/// so state read after it cannot miss a later change (subscribe, then read). Nothing is replayed: see
+/// ``RedisSubscriberEvent``. RESP2 allows no other commands on this connection; use a
+/// ``RedisConnection`` or ``RedisConnectionPool`` for them.
+public final class RedisSubscriber: Sendable {
+    public let configuration: RedisConnectionConfiguration
+    public let backoff: RedisBackoff
+    /// Interval of `PING`s that detect a silently dead connection (answered within `commandTimeout`).
+    public let pingInterval: Duration
+    /// The events; one consumer. Ends when `run()` returns.
+    public let events: RedisSubscriberEvents
+    private let buffer: RedisEventBuffer
+    private let eventLoop: any EventLoop
+    private let logger: Logger
+
+    private struct State {
+        var channels: Set<String>
+        var patterns: Set<String>
+        var connection: RedisConnection?
+        var isRunning = false
+    }
+    private let state: Mutex<State>
+
+    /// - Parameters:
+    ///   - channels: exact channels (`SUBSCRIBE`), e.g. `__keyevent@0__:hset`.
+    ///   - patterns: glob patterns (`PSUBSCRIBE`); each costs the server work on every publish and notification.
+    ///   - bufferCapacity: events held for a slow consumer before messages are dropped (and counted).
+    public init(
+        configuration: RedisConnectionConfiguration,
+        channels: Set<String> = [],
+        patterns: Set<String> = [],
+        bufferCapacity: Int = 10_000,
+        backoff: RedisBackoff = RedisBackoff(),
+        pingInterval: Duration = .seconds(15),
+        eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any(),
+        logger: Logger = Logger(label: "jobgate.redis.subscriber")
+    ) {
+        self.configuration = configuration
+        self.backoff = backoff
+        self.pingInterval = pingInterval
+        self.buffer = RedisEventBuffer(capacity: bufferCapacity)
+        self.events = RedisSubscriberEvents(buffer: buffer)
+        self.eventLoop = eventLoop
+        var logger = logger
+        logger[metadataKey: "redis.address"] = "\(configuration.host):\(configuration.port)"
+        self.logger = logger
+        self.state = Mutex(State(channels: channels, patterns: patterns))
+    }
+
+    /// Events waiting in the buffer (at most `bufferCapacity + 1`).
+    package var bufferedEventCount: Int { buffer.count }
+
+    /// Whether a connection is up (its subscriptions may still be unconfirmed).
+    package var hasConnection: Bool { state.withLock { $0.connection != nil } }
+
+    // MARK: Run loop
+
+    /// Connects, subscribes and keeps the subscriptions alive until the task is cancelled, then
+    /// closes the connection, ends ``events`` and returns. Connection failures are retried with
+    /// backoff; a refused `AUTH` or a refused subscription (ACL) throws, since retrying cannot fix it.
+    public func run() async throws {
+        state.withLock { state in
+            precondition(!state.isRunning, "RedisSubscriber.run() may only be called once")
+            state.isRunning = true
+        }
+        defer { buffer.finish() }
+        var attempt = 0
+        var hasSubscribed = false
+        while !Task.isCancelled {
+            do {
+                try await runConnection(isReconnect: hasSubscribed)
+                hasSubscribed = true
+                attempt = 0
+                if !Task.isCancelled { logger.warning("Redis subscriber connection lost; reconnecting") }
+            } catch let error as RedisError where error.code == .authenticationFailed || error.code == .serverError {
+                logger.error("Redis subscriber stopped", metadata: ["redis.error": "\(error)"])
+                throw error
+            } catch {
+                guard !Task.isCancelled else { break }
+                attempt += 1
+                logger.info("Redis subscriber could not connect", metadata: ["redis.error": "\(error)", "redis.attempt": "\(attempt)"])
+            }
+            guard !Task.isCancelled else { break }
+            // Immediately after a working connection dropped, then slower and slower while it fails.
+            if attempt > 0 {
+                try? await Task.sleep(for: backoff.delay(attempt: attempt))
+            }
+        }
+    }
+
+    /// One connection's life: subscribe everything, emit `.subscribed`, ping until it ends.
+    private func runConnection(isReconnect: Bool) async throws {
+        let buffer = self.buffer
+        let connection = try await RedisConnection.connect(
+            configuration: configuration, eventLoop: eventLoop, logger: logger,
+            pushHandler: { message in buffer.yield(.message(message)) }
+        )
+        defer {
+            state.withLock { state in
+                if state.connection === connection { state.connection = nil }
+            }
+        }
+        try await withTaskCancellationHandler {
+            // Publish the connection and snapshot the subscriptions in one step, so that a concurrent
+            // subscribe(to:) either is in the snapshot or sends its own command on this connection.
+            let confirmations = state.withLock { state in
+                state.connection = connection
+                return [
+                    Self.command("SUBSCRIBE", state.channels, on: connection),
+                    Self.command("PSUBSCRIBE", state.patterns, on: connection),
+                ].compactMap { $0 }
+            }
+            for confirmation in confirmations {
+                try Self.check(try await confirmation.get())
+            }
+            buffer.yield(.subscribed(isReconnect: isReconnect))
+            logger.debug("Redis subscriber subscribed", metadata: ["redis.reconnect": "\(isReconnect)"])
+
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await connection.closeFuture.get() }
+                group.addTask { [pingInterval] in
+                    while true {
+                        try await Task.sleep(for: pingInterval)
+                        _ = try await connection.enqueue(["PING"], expectedReplies: 1, errorEndsRequest: true).get()
+                    }
+                }
+                defer { group.cancelAll() }
+                try await group.next()
+            }
+        } onCancel: {
+            connection.channel.close(promise: nil)
+        }
+        await connection.close()
+    }
+
+    // MARK: Changing subscriptions
+
+    /// Adds channels. Returns once the server confirmed them, or at once while disconnected (the next
+    /// `.subscribed` event covers them then).
+    public func subscribe(to channels: [String]) async throws {
+        try await change(channels, command: "SUBSCRIBE") { $0.channels.formUnion(channels) } undo: { $0.channels.subtract(channels) }
+    }
+
+    /// Removes channels; messages already on their way may still arrive.
+    public func unsubscribe(from channels: [String]) async throws {
+        try await change(channels, command: "UNSUBSCRIBE") { $0.channels.subtract(channels) } undo: { _ in }
+    }
+
+    /// Adds glob patterns (`PSUBSCRIBE`).
+    public func subscribe(toPatterns patterns: [String]) async throws {
+        try await change(patterns, command: "PSUBSCRIBE") { $0.patterns.formUnion(patterns) } undo: { $0.patterns.subtract(patterns) }
+    }
+
+    /// Removes glob patterns (`PUNSUBSCRIBE`).
+    public func unsubscribe(fromPatterns patterns: [String]) async throws {
+        try await change(patterns, command: "PUNSUBSCRIBE") { $0.patterns.subtract(patterns) } undo: { _ in }
+    }
+
+    private func change(
+        _ names: [String],
+        command: String,
+        apply: (inout State) -> Void,
+        undo: (inout State) -> Void
+    ) async throws {
+        guard !names.isEmpty else { return }
+        // Under the lock, so commands reach the connection in the order the state changed.
+        let confirmation = state.withLock { state in
+            apply(&state)
+            return state.connection.flatMap { Self.command(command, Set(names), on: $0) }
+        }
+        guard let confirmation else { return }
+        do {
+            try Self.check(try await confirmation.get())
+        } catch let error as RedisError where error.code == .serverError {
+            state.withLock { undo(&$0) }
+            throw error
+        } catch is RedisError {
+            return  // the connection dropped: the resubscription after reconnecting includes the change
+        }
+    }
+
+    private static func command(_ name: String, _ names: Set<String>, on connection: RedisConnection) -> EventLoopFuture<[RedisReply]>? {
+        guard !names.isEmpty else { return nil }
+        let command = RedisCommand(name, names.sorted().map { RedisArgument($0) })
+        // Redis confirms each name separately, or refuses the whole command with one error.
+        return connection.enqueue(command, expectedReplies: names.count, errorEndsRequest: true)
+    }
+
+    private static func check(_ confirmations: [RedisReply]) throws {
+        for reply in confirmations {
+            if let message = reply.errorMessage { throw RedisError.server(message) }
+        }
+    }
+}
