@@ -25,7 +25,7 @@ final class MemcacheChannelHandler: ChannelDuplexHandler {
     private var timer: Scheduled<Void>?
     private let logger: Logger
 
-    init(configuration: MemcacheConnection.Configuration, logger: Logger) {
+    init(configuration: MemcacheConnection.Configuration, logger: Logger = Logger(label: "jobgate.memcache")) {
         self.decoder = NIOSingleStepByteToMessageProcessor(
             MemcacheResponseDecoder(
                 maximumValueSize: configuration.maximumValueSize,
