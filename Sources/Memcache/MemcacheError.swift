@@ -7,7 +7,7 @@ public struct MemcacheError: Error, Sendable, CustomStringConvertible {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
             case invalidKey, valueTooLarge, lineTooLong, malformedResponse, unexpectedResponse, truncatedResponse
-            case connectionFailed, connectionClosed, serverUnavailable, timeout
+            case connectionFailed, connectionClosed, serverUnavailable, timeout, cancelled
             case commandError, clientError, serverError
             case invalidValue, decompressionFailed, invalidConfiguration
         }
@@ -37,6 +37,8 @@ public struct MemcacheError: Error, Sendable, CustomStringConvertible {
         public static let serverUnavailable = Code(.serverUnavailable)
         /// The server stopped answering for longer than the request timeout; the connection was closed.
         public static let timeout = Code(.timeout)
+        /// The calling task was cancelled while waiting; the connection stays usable.
+        public static let cancelled = Code(.cancelled)
         /// The server answered `ERROR` (unknown command).
         public static let commandError = Code(.commandError)
         /// The server answered `CLIENT_ERROR <message>`.

@@ -6,8 +6,8 @@ import NIOPosix
 ///
 /// Keys and value sizes are checked before anything is written, so a bad key is a thrown `.invalidKey` and the
 /// connection stays usable. If the connection drops, every waiting request fails with `.connectionClosed`; if the
-/// server stops answering for `requestTimeout`, they fail with `.timeout` and the connection closes. Nothing waits
-/// forever.
+/// server stops answering for `requestTimeout`, they fail with `.timeout` and the connection closes. A cancelled
+/// caller gets `.cancelled` at once. Nothing waits forever.
 public final class MemcacheConnection: Sendable {
     public struct Configuration: Sendable {
         /// Largest value accepted for writing and reading (memcached's default item size limit is 1 MiB).
@@ -100,15 +100,25 @@ public final class MemcacheConnection: Sendable {
             let failure = error as? MemcacheError ?? MemcacheError(.connectionClosed, "connection is closed", server: address, underlying: error)
             for promise in promises { promise.fail(failure) }
         }
+        // A cancelled caller stops waiting at once; its requests are still answered and the replies dropped, so
+        // the stream stays in sync (completing a failed promise again is a no-op).
+        let results = await withTaskCancellationHandler {
+            var results: [Result<MemcacheReply, any Error>] = []
+            results.reserveCapacity(promises.count)
+            for promise in promises {
+                do { results.append(.success(try await promise.futureResult.get())) } catch { results.append(.failure(error)) }
+            }
+            return results
+        } onCancel: {
+            for promise in promises { promise.fail(MemcacheError(.cancelled, "request cancelled", server: address)) }
+        }
         var replies: [MemcacheReply] = []
         replies.reserveCapacity(requests.count)
-        for promise in promises {
-            do {
-                replies.append(try await promise.futureResult.get())
-            } catch let error as MemcacheError {
-                throw error.at(address)
-            } catch {
-                throw MemcacheError(.connectionClosed, "request failed", server: address, underlying: error)
+        for result in results {
+            switch result {
+            case .success(let reply): replies.append(reply)
+            case .failure(let error as MemcacheError): throw error.at(address)
+            case .failure(let error): throw MemcacheError(.connectionClosed, "request failed", server: address, underlying: error)
             }
         }
         return replies

@@ -144,6 +144,26 @@ import Testing
         }
     }
 
+    /// A cancelled caller stops waiting at once; its late reply is dropped and the connection stays in sync.
+    @Test func cancelledRequestKeepsTheConnectionInSync() async throws {
+        try await withMemcached { server in
+            let connection = try await connect(server)
+            defer { Task { await connection.close() } }
+            try await connection.set("a", to: ByteBuffer(string: "A"))
+            try await connection.set("b", to: ByteBuffer(string: "B"))
+            try server.pause()
+            let waiting = Task { try await connection.get("a") }
+            try await Task.sleep(for: .milliseconds(100))
+            waiting.cancel()
+            try await withTimeout(10) {
+                await expectMemcacheError(.cancelled) { try await waiting.value }
+            }
+            try server.resume()
+            #expect(try await connection.get("b")?.data.text == "B")
+            #expect(try await connection.get("a")?.data.text == "A")
+        }
+    }
+
     /// Nothing listening: `.connectionFailed`.
     @Test func connectionRefused() async throws {
         let port = try freeLoopbackPort()
