@@ -1,1 +1,0 @@
-// The memcached client lives here (see the Memcache module issue).

@@ -1,0 +1,78 @@
+import Foundation
+import LocalServers
+import Memcache
+import NIOCore
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Fails with a clear message instead of hanging if `body` does not finish within `seconds`.
+func withTimeout<T: Sendable>(
+    _ seconds: Double = 30,
+    _ body: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await body() }
+        group.addTask {
+            try await Task.sleep(for: .seconds(seconds))
+            return nil
+        }
+        guard let first = try await group.next(), let value = first else {
+            group.cancelAll()
+            throw TestTimeout(seconds: seconds)
+        }
+        group.cancelAll()
+        return value
+    }
+}
+
+struct TestTimeout: Error, CustomStringConvertible {
+    let seconds: Double
+    var description: String { "test body did not finish within \(seconds) s" }
+}
+
+/// Expects `body` to throw a `MemcacheError` with `code`.
+func expectMemcacheError<T>(
+    _ code: MemcacheError.Code,
+    sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () async throws -> T
+) async {
+    do {
+        _ = try await body()
+        Issue.record("expected \(code), got no error", sourceLocation: sourceLocation)
+    } catch let error as MemcacheError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected MemcacheError \(code), got \(error)", sourceLocation: sourceLocation)
+    }
+}
+
+extension LocalServer {
+    /// SIGSTOP / SIGCONT: the server keeps its socket but stops answering.
+    func pause() throws {
+        let pid = try #require(self.pid)
+        Glibc.kill(pid, SIGSTOP)
+    }
+
+    func resume() throws {
+        let pid = try #require(self.pid)
+        Glibc.kill(pid, SIGCONT)
+    }
+}
+
+extension ByteBuffer {
+    var text: String { String(buffer: self) }
+}
+
+/// `withLocalServer(.memcached)`, ending the server with SIGKILL when done.
+///
+/// memcached started from a test inherits a signal mask with SIGTERM blocked (spawned from a Swift concurrency
+/// thread), so `LocalServer.stop()`'s SIGTERM waits its full 5 s before SIGKILL; killing first keeps tests fast.
+func withMemcached<T>(arguments: [String] = [], _ body: (LocalServer) async throws -> T) async throws -> T {
+    try await withLocalServer(.memcached, arguments: arguments) { server in
+        defer { server.kill() }
+        return try await body(server)
+    }
+}
