@@ -68,6 +68,18 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: Job records, key schema, change feed, legacy memcached results
+        .target(
+            name: "JobStore",
+            dependencies: [
+                "Redis", "Memcache",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Real gearmand, redis-server and memcached processes on loopback, for tests and benchmarks
         .target(
             name: "LocalServers",
@@ -116,6 +128,16 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "JobStoreTests",
+            dependencies: [
+                "JobStore", "Redis", "Memcache", "Gearman", "LocalServers",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -9,7 +9,13 @@ public final class LoopbackSocket {
     private let fd: Int32
 
     public init(port: Int, timeoutMs: Int = 2_000) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        // `fd` is assigned only once connected: a throwing init of a fully initialised class runs deinit,
+        // and closing a failed socket there too would close a descriptor number another thread reused.
+        fd = try Self.connectedSocket(port: port, timeoutMs: timeoutMs)
+    }
+
+    private static func connectedSocket(port: Int, timeoutMs: Int) throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw LocalServerError(message: "socket() failed: errno \(errno)") }
         var timeout = timeval(tv_sec: timeoutMs / 1000, tv_usec: (timeoutMs % 1000) * 1000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -28,6 +34,7 @@ public final class LoopbackSocket {
             close(fd)
             throw LocalServerError(message: "connect to 127.0.0.1:\(port) failed: errno \(code)")
         }
+        return fd
     }
 
     deinit { close(fd) }

@@ -16,37 +16,6 @@ struct TestFailure: Error, CustomStringConvertible {
     var description: String
 }
 
-/// Polls `condition` until it holds; fails after `timeout` instead of hanging.
-func eventually(
-    _ what: String,
-    timeout: Duration = .seconds(10),
-    _ condition: () async throws -> Bool
-) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    throw TestFailure(description: "timed out after \(timeout) waiting for \(what)")
-}
-
-/// Runs `body` with a result that must arrive within `timeout`: a hang becomes a failure.
-func withTimeout<T: Sendable>(_ timeout: Duration = .seconds(20), _ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: timeout)
-            return nil
-        }
-        guard let first = try await group.next(), let result = first else {
-            group.cancelAll()
-            throw TestFailure(description: "\(what) did not finish within \(timeout)")
-        }
-        group.cancelAll()
-        return result
-    }
-}
-
 /// Runs `service` (a worker) while `body` runs, then shuts it down gracefully and waits for it to return.
 func withRunning<S: Service, T: Sendable>(_ service: S, _ body: @Sendable () async throws -> T) async throws -> T {
     let group = ServiceGroup(configuration: .init(services: [service], logger: Logger(label: "test")))

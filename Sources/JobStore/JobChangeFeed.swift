@@ -1,0 +1,220 @@
+public import Logging
+public import NIOCore
+public import Redis
+public import ServiceLifecycle
+import Synchronization
+
+/// A job whose record changed, read after the change. `record == nil`: the record is gone (expired or deleted).
+public struct JobUpdate: Sendable, Hashable {
+    public var id: JobID
+    public var record: JobRecord?
+}
+
+/// Turns Redis keyspace notifications into `JobUpdate`s for the jobs someone follows.
+///
+/// One subscription per process, to two exact keyevent channels (`hset`, `expired`), never a pattern per job.
+/// Notifications are hints: each one marks the job dirty and a single reader re-reads dirty jobs in pipelined
+/// batches, so the update always carries Redis's state. After every (re)subscription, and after the
+/// subscriber dropped messages, every followed job is re-read; a slow sweep re-reads them all again as a
+/// backstop. Updates are emitted only when what a watcher sees changed (state, progress, message), and a
+/// followed job's terminal update only once.
+public final class JobChangeFeed: Service {
+    public let store: RedisJobStore
+    /// The updates, for one consumer (the gateway's push hub). Ends when `run()` returns.
+    public let updates: AsyncStream<JobUpdate>
+    private let output: AsyncStream<JobUpdate>.Continuation
+    private let subscriber: RedisSubscriber
+    private let sweepInterval: Duration
+    private let logger: Logger
+    private let wakeReader: AsyncStream<Void>.Continuation
+    private let readerSignals: AsyncStream<Void>
+    private let state = Mutex(State())
+
+    private struct Follow {
+        var count: Int
+        var last: JobRecord.Progress?
+        var ended: Bool
+    }
+
+    private struct State {
+        var followed: [JobID: Follow] = [:]
+        /// Consumers that want the terminal update of every job (SUBSCRIBE <function>).
+        var allJobsObservers = 0
+        var dirty: Set<JobID> = []
+        /// Terminal updates recently emitted for jobs nobody follows, so a repeated notification is not a second one.
+        var recentlyEnded: Set<JobID> = []
+        var recentlyEndedOrder: [JobID] = []
+        var isReady = false
+        var readyWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    static let recentlyEndedLimit = 100_000
+    static let readBatchSize = 1_000
+
+    public init(store: RedisJobStore, sweepInterval: Duration = .seconds(30), logger: Logger = Logger(label: "jobgate.jobstore.feed")) {
+        self.store = store
+        self.sweepInterval = sweepInterval
+        self.logger = logger
+        (updates, output) = AsyncStream.makeStream()
+        (readerSignals, wakeReader) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        subscriber = RedisSubscriber(
+            configuration: store.redis.configuration,
+            channels: [store.schema.hashEventChannel, store.schema.expiredEventChannel],
+            logger: logger
+        )
+    }
+
+    // MARK: Interest
+
+    /// Follows a job (counted: each `follow` needs its `unfollow`). Pass what the caller read after
+    /// following, so the first update is the first change after that read.
+    public func follow(_ id: JobID, seen: JobRecord? = nil) {
+        state.withLock { state in
+            var follow = state.followed[id] ?? Follow(count: 0, last: nil, ended: false)
+            follow.count += 1
+            if let seen {
+                follow.last = seen.progress
+                follow.ended = follow.ended || seen.state.isTerminal
+            }
+            state.followed[id] = follow
+        }
+    }
+
+    public func unfollow(_ id: JobID) {
+        state.withLock { state in
+            guard var follow = state.followed[id] else { return }
+            follow.count -= 1
+            state.followed[id] = follow.count > 0 ? follow : nil
+        }
+    }
+
+    /// Also emit the terminal update of every job, followed or not (counted like `follow`).
+    public func observeAllJobs(_ enabled: Bool) {
+        state.withLock { $0.allJobsObservers += enabled ? 1 : -1 }
+    }
+
+    public var followedCount: Int { state.withLock { $0.followed.count } }
+
+    /// Returns once the first subscription is confirmed: a job followed from then on misses no change.
+    public func waitUntilReady() async {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> Bool in
+                if !state.isReady { state.readyWaiters.append(continuation) }
+                return state.isReady
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    // MARK: Running
+
+    public func run() async throws {
+        defer { output.finish() }
+        try await cancelWhenGracefulShutdown {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await self.subscriber.run() }
+                group.addTask { await self.readDirtyJobs() }
+                group.addTask { await self.sweep() }
+                for await event in self.subscriber.events {
+                    if case .subscribed(isReconnect: true) = event {
+                        // A restarted Redis forgets a CONFIG SET that was not also written to redis.conf.
+                        do {
+                            try await KeyspaceNotifications.ensureEnabled(on: self.store.redis)
+                        } catch {
+                            self.logger.error("keyspace notifications are off after a reconnect", metadata: ["jobstore.error": "\(error)"])
+                        }
+                    }
+                    self.handle(event)
+                }
+                group.cancelAll()
+            }
+        }
+    }
+
+    private func handle(_ event: RedisSubscriberEvent) {
+        switch event {
+        case .message(let message):
+            guard let id = store.schema.jobID(fromKey: String(buffer: message.payload)) else { return }
+            let wanted = state.withLock { state in
+                guard state.followed[id] != nil || state.allJobsObservers > 0 else { return false }
+                state.dirty.insert(id)
+                return true
+            }
+            if wanted { wakeReader.yield() }
+        case .subscribed, .messagesDropped:
+            // Messages may have been lost: re-read everything followed.
+            let waiters = state.withLock { state in
+                state.dirty.formUnion(state.followed.keys)
+                state.isReady = true
+                defer { state.readyWaiters = [] }
+                return state.readyWaiters
+            }
+            for waiter in waiters { waiter.resume() }
+            wakeReader.yield()
+            logger.debug("job change feed subscribed; re-reading followed jobs")
+        }
+    }
+
+    private func sweep() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: sweepInterval)
+            state.withLock { $0.dirty.formUnion($0.followed.keys) }
+            wakeReader.yield()
+        }
+    }
+
+    /// The single reader: re-reads dirty jobs in pipelined batches and emits what changed.
+    private func readDirtyJobs() async {
+        var failures = 0
+        for await _ in readerSignals {
+            while true {
+                let batch = state.withLock { state -> [JobID] in
+                    let batch = Array(state.dirty.prefix(Self.readBatchSize))
+                    state.dirty.subtract(batch)
+                    return batch
+                }
+                guard !batch.isEmpty else { break }
+                do {
+                    let records = try await store.records(batch)
+                    failures = 0
+                    for (id, record) in zip(batch, records) { emitIfChanged(id, record) }
+                } catch {
+                    // Keep them dirty and retry: Redis is down or restarting; the resubscription re-reads too.
+                    state.withLock { $0.dirty.formUnion(batch) }
+                    failures += 1
+                    logger.warning("cannot re-read changed jobs", metadata: ["jobstore.error": "\(error)", "jobstore.jobs": "\(batch.count)"])
+                    try? await Task.sleep(for: .milliseconds(min(2_000, 50 << min(failures, 6))))
+                    if Task.isCancelled { return }
+                }
+            }
+        }
+    }
+
+    private func emitIfChanged(_ id: JobID, _ record: JobRecord?) {
+        let emit = state.withLock { state -> Bool in
+            if var follow = state.followed[id] {
+                guard !follow.ended else { return false }
+                guard let record else {
+                    follow.ended = true
+                    state.followed[id] = follow
+                    return true
+                }
+                guard record.progress != follow.last else { return false }
+                follow.last = record.progress
+                follow.ended = record.state.isTerminal
+                state.followed[id] = follow
+                return true
+            }
+            guard state.allJobsObservers > 0, let record, record.state.isTerminal, !state.recentlyEnded.contains(id) else { return false }
+            state.recentlyEnded.insert(id)
+            state.recentlyEndedOrder.append(id)
+            if state.recentlyEndedOrder.count > Self.recentlyEndedLimit {
+                let oldest = state.recentlyEndedOrder.prefix(Self.recentlyEndedLimit / 10)
+                state.recentlyEnded.subtract(oldest)
+                state.recentlyEndedOrder.removeFirst(oldest.count)
+            }
+            return true
+        }
+        if emit { output.yield(JobUpdate(id: id, record: record)) }
+    }
+}

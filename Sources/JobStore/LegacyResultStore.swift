@@ -1,0 +1,49 @@
+public import Memcache
+public import NIOCore
+
+/// Results stored in memcached under the Gearman job handle, as legacy PHP workers do
+/// (`memcache_set($mc, $job->handle(), $result)`).
+///
+/// Handles restart at 1 when gearmand restarts, so a value under a handle may be left over from an
+/// earlier job: callers clear the key when a new job gets that handle (`clear`) before trusting a read.
+public struct LegacyResultStore: Sendable {
+    public let memcache: MemcacheClient
+    /// Which PHP extension the workers use: the two store types differently (reference §5).
+    public let writtenBy: PHPMemcacheExtension
+    /// Seconds a dual-written result is kept (0 = until evicted).
+    public let expiration: Int
+
+    public init(memcache: MemcacheClient, writtenBy: PHPMemcacheExtension, expiration: Int = 86_400) {
+        self.memcache = memcache
+        self.writtenBy = writtenBy
+        self.expiration = expiration
+    }
+
+    /// The value a legacy worker stored for `handle`, decoded as PHP wrote it; nil when there is none.
+    public func result(handle: String) async throws(JobStoreError) -> PHPValue? {
+        do {
+            return try await memcache.getPHPValue(handle, writtenBy: writtenBy)
+        } catch {
+            throw JobStoreError(.legacyStore, "memcached read of \(handle) failed: \(error)")
+        }
+    }
+
+    /// Dual-write: stores `result` under `handle` as a plain string (flags 0), which both PHP extensions read back.
+    public func store(_ result: ByteBuffer, handle: String) async throws(JobStoreError) {
+        do {
+            // memcached takes an exptime above 30 days as a Unix time: keep it relative.
+            try await memcache.set(handle, to: result, flags: 0, exptime: Int32(min(expiration, 2_592_000)))
+        } catch {
+            throw JobStoreError(.legacyStore, "memcached write of \(handle) failed: \(error)")
+        }
+    }
+
+    /// Removes whatever an earlier job left under a reused handle.
+    public func clear(handle: String) async throws(JobStoreError) {
+        do {
+            _ = try await memcache.delete(handle)
+        } catch {
+            throw JobStoreError(.legacyStore, "memcached delete of \(handle) failed: \(error)")
+        }
+    }
+}

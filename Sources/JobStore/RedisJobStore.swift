@@ -1,0 +1,222 @@
+public import Foundation
+public import NIOCore
+public import Redis
+
+/// Where jobs live in Redis. Every writer, in any language, follows it (README "Key schema").
+public struct JobKeySchema: Sendable, Hashable {
+    /// Prefix of every key, so several deployments can share one Redis.
+    public var prefix: String
+    /// Redis database: keyspace notification channels name it.
+    public var database: Int
+
+    public init(prefix: String = "jobgate:", database: Int = 0) {
+        self.prefix = prefix
+        self.database = database
+    }
+
+    /// The job hash.
+    public func jobKey(_ id: JobID) -> String { "\(prefix)job:\(id.rawValue)" }
+
+    /// The id a job hash key names, if it is one.
+    public func jobID(fromKey key: String) -> JobID? {
+        let jobPrefix = "\(prefix)job:"
+        guard key.hasPrefix(jobPrefix) else { return nil }
+        return JobID(rawValue: String(key.dropFirst(jobPrefix.count)))
+    }
+
+    /// Coalescing index: the id of the job submitted with this function and client unique key.
+    public func uniqueKey(function: String, unique: String) -> String { "\(prefix)unique:\(function):\(unique)" }
+
+    /// The keyevent channels the change feed subscribes to (one each, never a pattern per job).
+    public var hashEventChannel: String { "__keyevent@\(database)__:hset" }
+    public var expiredEventChannel: String { "__keyevent@\(database)__:expired" }
+}
+
+public struct JobStoreConfiguration: Sendable {
+    public var schema = JobKeySchema()
+    /// How long a finished job's record (and result) is kept, unless the submission set its own.
+    public var resultTTL: Int = 86_400
+    /// How long an unfinished record is kept, so that abandoned jobs do not stay forever.
+    public var inFlightTTL: Int = 7 * 86_400
+
+    public init() {}
+}
+
+/// Reads and writes job records in Redis.
+///
+/// The gateway creates records (`create`) before submitting to gearmand; workers mark them running,
+/// report progress and write the outcome. Every write fires a keyspace notification that the change feed
+/// turns into pushed events. Running and progress writes never touch a finished record; the outcome is
+/// written in one `MULTI/EXEC` with the TTL, so nobody ever sees `done` without the result.
+public final class RedisJobStore: Sendable {
+    public let redis: RedisConnectionPool
+    public let configuration: JobStoreConfiguration
+    public var schema: JobKeySchema { configuration.schema }
+
+    public init(redis: RedisConnectionPool, configuration: JobStoreConfiguration = .init()) {
+        self.redis = redis
+        self.configuration = configuration
+    }
+
+    // MARK: Gateway side
+
+    public enum CreateOutcome: Sendable, Hashable {
+        case created
+        /// A job with this function and unique is still queued or running: the submission joins it.
+        case joined(JobID)
+    }
+
+    /// Creates the record of a new job (state `queued`), or finds the unfinished job it coalesces with.
+    /// Check and create are one script, so two gateways cannot both create a job for the same unique.
+    public func create(id: JobID, function: String, unique: String?, resultTTL: Int? = nil) async throws(JobStoreError) -> CreateOutcome {
+        let now = Self.now()
+        var fields: [RedisArgument] = [
+            "\(JobField.state)", "\(JobState.queued.rawValue)", "\(JobField.function)", "\(function)",
+            "\(JobField.numerator)", "0", "\(JobField.denominator)", "0", "\(JobField.message)", "",
+            "\(JobField.created)", "\(now)", "\(JobField.updated)", "\(now)",
+            "\(JobField.resultTTL)", "\(resultTTL ?? configuration.resultTTL)",
+        ]
+        if let unique { fields += ["\(JobField.unique)", "\(unique)"] }
+        let keys: [RedisArgument] = ["\(schema.jobKey(id))"] + (unique.map { ["\(schema.uniqueKey(function: function, unique: $0))"] } ?? [])
+        let command = RedisCommand(
+            "EVAL",
+            ["\(Self.createScript)", "\(keys.count)"] + keys + ["\(id.rawValue)", "\(configuration.inFlightTTL)", "\(schema.prefix)job:"] + fields
+        )
+        let reply = try await send(command)
+        guard let existing = reply.string, let existingID = JobID(rawValue: existing) else {
+            throw JobStoreError(.unexpectedReply, "create script answered \(reply)")
+        }
+        return existingID == id ? .created : .joined(existingID)
+    }
+
+    /// KEYS[1] job hash, KEYS[2] coalescing key (optional); ARGV id, in-flight TTL, job key prefix, fields….
+    static let createScript = """
+        if KEYS[2] then
+          local existing = redis.call('GET', KEYS[2])
+          if existing then
+            local state = redis.call('HGET', ARGV[3] .. existing, 'state')
+            if state == 'queued' or state == 'running' then return existing end
+          end
+          redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+        end
+        redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+        redis.call('EXPIRE', KEYS[1], ARGV[2])
+        return ARGV[1]
+        """
+
+    /// Records where gearmand put the job, unless it already finished.
+    public func setLocation(_ id: JobID, handle: String, server: String) async throws(JobStoreError) {
+        _ = try await updateUnlessFinished(id, [JobField.handle: ByteBuffer(string: handle), JobField.server: ByteBuffer(string: server)])
+    }
+
+    /// Marks a job failed without a worker (for example: gearmand refused it, or it was lost).
+    public func markFailed(_ id: JobID, reason: String) async throws(JobStoreError) {
+        try await finish(id, state: .failed, payloadField: JobField.reason, payload: ByteBuffer(string: reason), ttl: nil)
+    }
+
+    public func record(_ id: JobID) async throws(JobStoreError) -> JobRecord? {
+        try await records([id])[0]
+    }
+
+    /// `HGETALL` for many jobs in one pipelined write; nil where the record does not exist (any more).
+    public func records(_ ids: [JobID]) async throws(JobStoreError) -> [JobRecord?] {
+        guard !ids.isEmpty else { return [] }
+        let replies: [Result<RedisReply, RedisError>]
+        do {
+            replies = try await redis.pipeline(ids.map { ["HGETALL", "\(schema.jobKey($0))"] })
+        } catch {
+            throw JobStoreError(redis: error)
+        }
+        return try zip(ids, replies).map { id, reply throws(JobStoreError) in
+            switch reply {
+            case .success(let value):
+                guard let array = value.array else { throw JobStoreError(.unexpectedReply, "HGETALL answered \(value)") }
+                return JobRecord(id: id, fields: array.compactMap(\.buffer))
+            case .failure(let error):
+                throw JobStoreError(redis: error)
+            }
+        }
+    }
+
+    // MARK: Worker side
+
+    /// Marks the job running on `handle`@`server`; returns the result TTL the submitter asked for, if any.
+    /// A finished record is left alone (a requeued duplicate must not reopen it).
+    @discardableResult
+    public func markRunning(_ id: JobID, function: String, handle: String, server: String) async throws(JobStoreError) -> Int? {
+        let now = Self.now()
+        return try await updateUnlessFinished(
+            id,
+            [
+                JobField.state: ByteBuffer(string: JobState.running.rawValue), JobField.function: ByteBuffer(string: function),
+                JobField.handle: ByteBuffer(string: handle), JobField.server: ByteBuffer(string: server),
+                JobField.numerator: ByteBuffer(string: "0"), JobField.denominator: ByteBuffer(string: "0"),
+                JobField.started: ByteBuffer(string: "\(now)"), JobField.updated: ByteBuffer(string: "\(now)"),
+            ]
+        )
+    }
+
+    public func reportProgress(_ id: JobID, numerator: UInt32, denominator: UInt32, message: ByteBuffer = ByteBuffer()) async throws(JobStoreError) {
+        _ = try await updateUnlessFinished(
+            id,
+            [
+                JobField.numerator: ByteBuffer(string: "\(numerator)"), JobField.denominator: ByteBuffer(string: "\(denominator)"),
+                JobField.message: message, JobField.updated: ByteBuffer(string: "\(Self.now())"),
+            ]
+        )
+    }
+
+    /// Writes `done` and the result with the TTL in one `MULTI/EXEC`.
+    public func complete(_ id: JobID, result: ByteBuffer, ttl: Int? = nil) async throws(JobStoreError) {
+        try await finish(id, state: .done, payloadField: JobField.result, payload: result, ttl: ttl)
+    }
+
+    /// Writes `failed` and the reason with the TTL in one `MULTI/EXEC`.
+    public func fail(_ id: JobID, reason: ByteBuffer, ttl: Int? = nil) async throws(JobStoreError) {
+        try await finish(id, state: .failed, payloadField: JobField.reason, payload: reason, ttl: ttl)
+    }
+
+    private func finish(_ id: JobID, state: JobState, payloadField: String, payload: ByteBuffer, ttl: Int?) async throws(JobStoreError) {
+        let now = Self.now()
+        let key = schema.jobKey(id)
+        do {
+            _ = try await redis.transaction([
+                [
+                    "HSET", "\(key)", "\(payloadField)", .bytes(payload), "\(JobField.finished)", "\(now)", "\(JobField.updated)", "\(now)",
+                    // The state goes last: a reader that sees it sees everything else of this write.
+                    "\(JobField.state)", "\(state.rawValue)",
+                ],
+                ["EXPIRE", "\(key)", "\(ttl ?? configuration.resultTTL)"],
+            ])
+        } catch {
+            throw JobStoreError(redis: error)
+        }
+    }
+
+    /// KEYS[1] job hash; ARGV in-flight TTL, fields…. Returns the record's result TTL, or -1 when it had finished.
+    static let updateScript = """
+        local state = redis.call('HGET', KEYS[1], 'state')
+        if state == 'done' or state == 'failed' then return -1 end
+        redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+        redis.call('EXPIRE', KEYS[1], ARGV[1])
+        return tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or '0')
+        """
+
+    private func updateUnlessFinished(_ id: JobID, _ fields: [String: ByteBuffer]) async throws(JobStoreError) -> Int? {
+        var arguments: [RedisArgument] = ["\(Self.updateScript)", "1", "\(schema.jobKey(id))", "\(configuration.inFlightTTL)"]
+        for (field, value) in fields.sorted(by: { $0.key < $1.key }) { arguments += ["\(field)", .bytes(value)] }
+        let reply = try await send(RedisCommand("EVAL", arguments))
+        guard let ttl = reply.int else { throw JobStoreError(.unexpectedReply, "update script answered \(reply)") }
+        return ttl > 0 ? ttl : nil
+    }
+
+    private func send(_ command: RedisCommand) async throws(JobStoreError) -> RedisReply {
+        do {
+            return try await redis.send(command)
+        } catch {
+            throw JobStoreError(redis: error)
+        }
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+}

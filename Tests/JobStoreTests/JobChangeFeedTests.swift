@@ -1,0 +1,162 @@
+import JobStore
+import LocalServers
+import Logging
+import Memcache
+import NIOCore
+import Redis
+import Synchronization
+import Testing
+
+/// Collects a feed's updates in the background.
+final class UpdateLog: Sendable {
+    private let updates = Mutex<[JobUpdate]>([])
+
+    func record(_ update: JobUpdate) { updates.withLock { $0.append(update) } }
+    var all: [JobUpdate] { updates.withLock { $0 } }
+    func terminal(for id: JobID) -> [JobUpdate] { all.filter { $0.id == id && ($0.record?.state.isTerminal ?? true) } }
+}
+
+/// Runs a change feed (and its consumer) around `body`.
+func withFeed<T: Sendable>(_ store: RedisJobStore, sweep: Duration = .seconds(30), _ body: @Sendable (JobChangeFeed, UpdateLog) async throws -> T) async throws -> T {
+    try await KeyspaceNotifications.ensureEnabled(on: store.redis)
+    let feed = JobChangeFeed(store: store, sweepInterval: sweep)
+    let log = UpdateLog()
+    let running = Task { try await feed.run() }
+    let consuming = Task { for await update in feed.updates { log.record(update) } }
+    defer {
+        running.cancel()
+        consuming.cancel()
+    }
+    try await withTimeout(.seconds(10), "the feed's first subscription") { await feed.waitUntilReady() }
+    return try await body(feed, log)
+}
+
+@Suite("Job change feed", .timeLimit(.minutes(3)))
+struct JobChangeFeedTests {
+    /// Progress and completion of a followed job arrive, read from Redis; an unfollowed job's do not.
+    @Test func followedJobsArePushed() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store) { feed, log in
+                let followed = newID()
+                let other = newID()
+                _ = try await store.create(id: followed, function: "f", unique: nil)
+                _ = try await store.create(id: other, function: "f", unique: nil)
+                feed.follow(followed, seen: try await store.record(followed))
+                try await store.markRunning(followed, function: "f", handle: "H:1", server: "s")
+                try await store.reportProgress(followed, numerator: 1, denominator: 2, message: ByteBuffer(string: "half"))
+                try await store.complete(followed, result: ByteBuffer(string: "all done"))
+                try await store.complete(other, result: ByteBuffer(string: "x"))
+                try await eventually("the terminal update") { !log.terminal(for: followed).isEmpty }
+                try await Task.sleep(for: .milliseconds(100))
+                let updates = log.all
+                #expect(updates.allSatisfy { $0.id == followed })
+                #expect(updates.last?.record?.result == ByteBuffer(string: "all done"))
+                #expect(log.terminal(for: followed).count == 1)
+                #expect(updates.contains { $0.record?.message == ByteBuffer(string: "half") } || updates.count == 1)
+            }
+        }
+    }
+
+    /// Subscribe, then read: a result written between following and reading is seen by one or the other.
+    @Test func writeBetweenFollowAndReadIsSeen() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store) { feed, log in
+                let id = newID()
+                _ = try await store.create(id: id, function: "f", unique: nil)
+                feed.follow(id)
+                try await store.complete(id, result: ByteBuffer(string: "raced"))
+                let read = try await store.record(id)
+                try await eventually("the feed to report it too") { log.terminal(for: id).count == 1 }
+                #expect(read?.state == .done)
+            }
+        }
+    }
+
+    /// SUBSCRIBE-style observers get every job's terminal update once, followed or not.
+    @Test func observingAllJobs() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store) { feed, log in
+                feed.observeAllJobs(true)
+                let ids = (0..<20).map { _ in newID() }
+                for id in ids {
+                    _ = try await store.create(id: id, function: "f", unique: nil)
+                    try await store.markRunning(id, function: "f", handle: "H", server: "s")
+                    try await store.complete(id, result: ByteBuffer(string: "r"))
+                }
+                try await eventually("20 terminal updates") { Set(log.all.map(\.id)) == Set(ids) }
+                #expect(log.all.count == 20, "only terminal updates, once each")
+            }
+        }
+    }
+
+    /// A record that expires before the job finished ends its followers with a `nil` record.
+    @Test func expiryIsReported() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store) { feed, log in
+                let id = newID()
+                _ = try await store.create(id: id, function: "f", unique: nil)
+                feed.follow(id, seen: try await store.record(id))
+                _ = try await store.redis.send(["PEXPIRE", "\(store.schema.jobKey(id))", "200"])
+                try await eventually("the expiry", timeout: .seconds(15)) {
+                    // Redis deletes an expired key on access or in its expiry cycle, and notifies then.
+                    _ = try? await store.redis.send(["EXISTS", "\(store.schema.jobKey(id))"])
+                    return log.all.contains { $0.id == id && $0.record == nil }
+                }
+                #expect(log.all.filter { $0.id == id }.count == 1)
+            }
+        }
+    }
+
+    /// redis-server killed with -9 in the middle of 1,000 completions and restarted on the same port: every
+    /// completion is observed, none twice as a terminal event.
+    @Test func redisKilledDuringCompletions() async throws {
+        // Append-only with fsync per write, as production should run: a kill loses no acknowledged write.
+        try await withLocalServer(.redis, arguments: ["--appendonly", "yes", "--appendfsync", "always"]) { server in
+            let store = makeStore(server)
+            try await withFeed(store, sweep: .seconds(2)) { feed, log in
+                let ids = (0..<1000).map { _ in newID() }
+                for id in ids {
+                    _ = try await store.create(id: id, function: "f", unique: nil)
+                    feed.follow(id, seen: try await store.record(id))
+                }
+                for (index, id) in ids.enumerated() {
+                    if index == 400 {
+                        // kill -9, then start again on the same port; the restarted server has notifications
+                        // off again (CONFIG SET is not persisted) and the feed must switch them back on.
+                        try await server.restart()
+                    }
+                    // A worker retries until Redis takes the outcome.
+                    try await eventuallyValue { try await store.complete(id, result: ByteBuffer(string: "r\(index)")) }
+                }
+                try await eventually("all 1,000 completions", timeout: .seconds(60)) {
+                    Set(log.all.filter { $0.record?.state == .done }.map(\.id)).count == ids.count
+                }
+                let terminalCounts = Dictionary(grouping: log.all.filter { $0.record?.state.isTerminal ?? true }, by: \.id).mapValues(\.count)
+                #expect(terminalCounts.values.allSatisfy { $0 == 1 }, "no completion twice")
+                #expect(log.all.allSatisfy { $0.record != nil }, "no record was lost")
+            }
+        }
+    }
+}
+
+/// Results stored in memcached by Gearman handle.
+@Suite("Legacy memcached results", .timeLimit(.minutes(1)))
+struct LegacyResultStoreTests {
+    /// Dual-written results read back; a cleared handle reads as nothing.
+    @Test func storeReadAndClear() async throws {
+        try await withLocalServer(.memcached) { server in
+            let client = try MemcacheClient(servers: [MemcacheServer(host: server.host, port: server.port)], distribution: .single)
+            let store = LegacyResultStore(memcache: client, writtenBy: .peclMemcache)
+            let bytes = ByteBuffer(bytes: [0, 1, 13, 10, 200])
+            try await store.store(bytes, handle: "H:gw:1")
+            #expect(try await store.result(handle: "H:gw:1") == .string(bytes))
+            try await store.clear(handle: "H:gw:1")
+            #expect(try await store.result(handle: "H:gw:1") == nil)
+            await client.shutdown()
+        }
+    }
+}
