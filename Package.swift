@@ -68,6 +68,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: The gateway's line protocol: request decoder, reply/event encoder, client-side decoder
+        .target(
+            name: "GatewayProtocol",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Real gearmand, redis-server and memcached processes on loopback, for tests and benchmarks
         .target(
             name: "LocalServers",
@@ -113,6 +122,16 @@ let package = Package(
             name: "MemcacheTests",
             dependencies: [
                 "Memcache", "LocalServers",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GatewayProtocolTests",
+            dependencies: [
+                "GatewayProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
