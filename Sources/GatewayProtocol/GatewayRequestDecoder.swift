@@ -60,7 +60,7 @@ public struct GatewayRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable
             case .line:
                 let view = buffer.readableBytesView
                 let window = min(view.count, maximumLineLength + 2)
-                if let lf = view[(view.startIndex + scannedBytes)..<(view.startIndex + window)].firstIndex(of: .lf) {
+                if let lf = view[(view.startIndex + min(scannedBytes, window))..<(view.startIndex + window)].firstIndex(of: .lf) {
                     var line = Array(view[view.startIndex..<lf])[...]
                     if line.last == .cr { line = line.dropLast() }
                     buffer.moveReaderIndex(to: lf + 1)

@@ -53,7 +53,7 @@ public struct GatewayResponseDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
             case .line:
                 let view = buffer.readableBytesView
                 let window = min(view.count, maximumLineLength + 2)
-                guard let lf = view[(view.startIndex + scannedBytes)..<(view.startIndex + window)].firstIndex(of: .lf) else {
+                guard let lf = view[(view.startIndex + min(scannedBytes, window))..<(view.startIndex + window)].firstIndex(of: .lf) else {
                     if view.count >= maximumLineLength + 2 {
                         throw GatewayProtocolError(code: .lineTooLong, message: "reply line longer than \(maximumLineLength) bytes")
                     }
