@@ -80,6 +80,15 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: The gateway's line protocol: request decoder, reply/event encoder, client-side decoder
+        .target(
+            name: "GatewayProtocol",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Real gearmand, redis-server and memcached processes on loopback, for tests and benchmarks
         .target(
             name: "LocalServers",
@@ -138,6 +147,16 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "GatewayProtocolTests",
+            dependencies: [
+                "GatewayProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -107,12 +107,12 @@ public final class LocalServer: Sendable {
                 message: "\(kind.rawValue) is not installed: run `apt-get install \(kind.package)` (the README's test command does this)"
             )
         }
-        let pid = try spawn(executable, arguments, output: logFile.path + ".out")
+        let pid = try spawnProcess(executable, arguments, stdin: nil, stdout: logFile.path + ".out", stderr: logFile.path + ".out")
         self.process.withLock { $0 = pid }
 
         let deadline = ContinuousClock.now + .seconds(10)
         while ContinuousClock.now < deadline {
-            if let status = Self.exitStatus(pid) {
+            if let status = exitStatus(pid) {
                 self.process.withLock { $0 = nil }
                 throw LocalServerError(message: "\(kind.rawValue) exited at start (status \(status)):\n\(log)\(outputLog)")
             }
@@ -120,42 +120,6 @@ public final class LocalServer: Sendable {
             try await Task.sleep(for: .milliseconds(20))
         }
         throw LocalServerError(message: "\(kind.rawValue) on port \(port) did not answer within 10 s:\n\(log)\(outputLog)")
-    }
-
-    /// posix_spawn rather than Foundation's Process: stopping must be a plain kill + waitpid, with no run loop.
-    private func spawn(_ executable: String, _ arguments: [String], output: String) throws -> pid_t {
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_APPEND, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // Test runners block signals in their threads and children inherit the mask: a server that
-        // cannot see SIGTERM would only stop at SIGKILL. Start it with no signal blocked, default handlers.
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var noSignals = sigset_t()
-        sigemptyset(&noSignals)
-        var defaultSignals = sigset_t()
-        sigemptyset(&defaultSignals)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGUSR1] { sigaddset(&defaultSignals, signal) }
-        posix_spawnattr_setsigmask(&attributes, &noSignals)
-        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
-        guard result == 0 else { throw LocalServerError(message: "cannot start \(executable): error \(result)") }
-        return pid
-    }
-
-    /// The exit status if the process has ended (and is now reaped), nil while it runs.
-    private static func exitStatus(_ pid: pid_t) -> Int32? {
-        var status: Int32 = 0
-        let result = waitpid(pid, &status, WNOHANG)
-        return result == 0 ? nil : status
     }
 
     private var outputLog: String {
@@ -197,7 +161,7 @@ public final class LocalServer: Sendable {
         }) else { return }
         Glibc.kill(pid, signal)
         for _ in 0..<1000 {
-            if Self.exitStatus(pid) != nil { return }
+            if exitStatus(pid) != nil { return }
             usleep(5_000)
         }
         Glibc.kill(pid, SIGKILL)

@@ -59,59 +59,6 @@ func job(_ function: String, _ unique: String, _ payload: String, _ priority: Ge
     GearmanJobRequest(function: function, unique: unique, payload: ByteBuffer(string: payload), priority: priority)
 }
 
-/// A program run to completion: its output and exit status.
-struct ProgramRun: Sendable {
-    var status: Int32
-    var output: String
-    var errors: String
-}
-
-/// Runs a program on a Dispatch thread (blocking waits must not take the test's cooperative threads).
-func runProgram(_ path: String, _ arguments: [String], input: String? = nil) async throws -> ProgramRun {
-    guard FileManager.default.isExecutableFile(atPath: path) else {
-        throw TestFailure(description: "\(path) is not installed: run the README's test command, which installs it")
-    }
-    return try await withCheckedThrowingContinuation { continuation in
-        DispatchQueue.global().async {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = arguments
-            let stdout = Pipe()
-            let stderr = Pipe()
-            let stdin = Pipe()
-            process.standardOutput = stdout
-            process.standardError = stderr
-            process.standardInput = stdin
-            do {
-                try process.run()
-                if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-                try stdin.fileHandleForWriting.close()
-                // Read stderr on another thread so neither pipe can fill up and block the child.
-                let errors = Mutex(Data())
-                let errorReader = DispatchGroup()
-                errorReader.enter()
-                DispatchQueue.global().async {
-                    let data = stderr.fileHandleForReading.readDataToEndOfFile()
-                    errors.withLock { $0 = data }
-                    errorReader.leave()
-                }
-                let output = stdout.fileHandleForReading.readDataToEndOfFile()
-                errorReader.wait()
-                process.waitUntilExit()
-                continuation.resume(
-                    returning: ProgramRun(
-                        status: process.terminationStatus,
-                        output: String(decoding: output, as: UTF8.self),
-                        errors: String(decoding: errors.withLock { $0 }, as: UTF8.self)
-                    )
-                )
-            } catch {
-                continuation.resume(throwing: error)
-            }
-        }
-    }
-}
-
 /// Runs a PHP script given as text; fails with its output when it exits non-zero.
 func runPHP(_ script: String, arguments: [String] = []) async throws -> String {
     let file = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString).php")
@@ -119,9 +66,9 @@ func runPHP(_ script: String, arguments: [String] = []) async throws -> String {
     defer { try? FileManager.default.removeItem(at: file) }
     let run = try await runProgram("/usr/bin/php", [file.path] + arguments)
     guard run.status == 0 else {
-        throw TestFailure(description: "php exited \(run.status): \(run.output) \(run.errors)")
+        throw TestFailure(description: "php exited \(run.status): \(run.outputText) \(run.errors)")
     }
-    return run.output
+    return run.outputText
 }
 
 /// A TCP listener on loopback that accepts connections and never answers: a hung server.

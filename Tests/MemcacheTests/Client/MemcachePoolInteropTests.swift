@@ -76,7 +76,7 @@ import Testing
                     MemcacheServer(host: second.host, port: second.port, weight: mode.weights.1),
                 ]
                 let (code, ini) = phpScript(mode, servers: servers)
-                #expect(try PHPRunner.run(code, ini: ini) == "ok")
+                #expect(try await PHPRunner.run(code, ini: ini) == "ok")
 
                 let client = try MemcacheClient(servers: servers, distribution: mode.distribution)
                 defer { Task { await client.shutdown() } }

@@ -24,7 +24,7 @@ import Testing
     /// pecl memcache: int, string, float, bools, null, array, object and a zlib-compressed string.
     @Test func readsWhatPeclMemcacheWrote() async throws {
         try await withMemcached { server in
-            let output = try PHPRunner.run("""
+            let output = try await PHPRunner.run("""
                 $m = new Memcache();
                 $m->addServer('127.0.0.1', \(server.port));
                 $ok = $m->set('int', 120) && $m->set('negative', -7) && $m->set('string', \(PHPRunner.literal("héllo\r\nEND\r\n")))
@@ -67,7 +67,7 @@ import Testing
     /// php-memcached: scalars, array, and compressed strings with FastLZ level 1, level 2 and zlib.
     @Test func readsWhatPHPMemcachedWrote() async throws {
         try await withMemcached { server in
-            let output = try PHPRunner.run("""
+            let output = try await PHPRunner.run("""
                 $m = new Memcached();
                 $m->addServer('127.0.0.1', \(server.port));
                 \(Self.hugePHP)
@@ -136,7 +136,7 @@ import Testing
                     foreach ([$pecl->get($k), $mc->get($k)] as $v) { echo gettype($v), ':', strlen($v), ':', md5($v), "\\n"; }
                 }
                 """
-            let lines = try PHPRunner.run(script).split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+            let lines = try await PHPRunner.run(script).split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
             let summary = { (text: String) in
                 "string:\(text.utf8.count):" + MD5.digest(Array(text.utf8)).map { String(format: "%02x", $0) }.joined()
             }
@@ -166,7 +166,7 @@ import Testing
             let connect = reader == .peclMemcache
                 ? "$m = new Memcache(); $m->addServer('127.0.0.1', \(server.port));"
                 : "$m = new Memcached(); $m->addServer('127.0.0.1', \(server.port));"
-            let output = try PHPRunner.run("""
+            let output = try await PHPRunner.run("""
                 \(connect)
                 foreach ([\(values.map { "'\($0.0)'" }.joined(separator: ", "))] as $k) {
                     echo str_replace("\\n", '', var_export($m->get($k), true)), "\\n";

@@ -1,0 +1,94 @@
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starts `executable` with stdin, stdout and stderr redirected to files (`nil` stdin: /dev/null; stderr may
+/// be the same path as stdout). posix_spawn rather than Foundation's Process: waiting is a plain waitpid, with no
+/// run loop and no file handles closed behind our back.
+func spawnProcess(_ executable: String, _ arguments: [String], stdin: String?, stdout: String, stderr: String) throws -> pid_t {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, stdin ?? "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    if stderr == stdout {
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    } else {
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+    }
+    // Test runners block signals in their threads and children inherit the mask: a server that
+    // cannot see SIGTERM would only stop at SIGKILL. Start it with no signal blocked, default handlers.
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var noSignals = sigset_t()
+    sigemptyset(&noSignals)
+    var defaultSignals = sigset_t()
+    sigemptyset(&defaultSignals)
+    for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGUSR1, SIGCHLD] { sigaddset(&defaultSignals, signal) }
+    posix_spawnattr_setsigmask(&attributes, &noSignals)
+    posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+    defer { for pointer in argv { free(pointer) } }
+    var pid: pid_t = 0
+    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+    guard result == 0 else { throw LocalServerError(message: "cannot start \(executable): error \(result)") }
+    return pid
+}
+
+/// The raw wait status if the process has ended (and is now reaped), nil while it runs.
+func exitStatus(_ pid: pid_t) -> Int32? {
+    var status: Int32 = 0
+    let result = waitpid(pid, &status, WNOHANG)
+    return result == 0 ? nil : status
+}
+
+/// A program run to completion.
+public struct ProgramRun: Sendable {
+    /// The exit code, or 128 + the signal that killed it.
+    public var status: Int32
+    public var output: [UInt8]
+    public var errors: String
+
+    public var outputText: String { String(decoding: output, as: UTF8.self) }
+}
+
+/// Runs a program to completion without blocking a thread of the Swift concurrency pool; kills it after
+/// `timeout`. A program that is not installed is an error naming it.
+public func runProgram(
+    _ executable: String,
+    _ arguments: [String],
+    input: [UInt8]? = nil,
+    timeout: Duration = .seconds(60)
+) async throws -> ProgramRun {
+    guard FileManager.default.isExecutableFile(atPath: executable) else {
+        throw LocalServerError(message: "\(executable) is not installed: run the README's test command, which installs it")
+    }
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-run-\(UUID().uuidString)").path
+    let (inputPath, outputPath, errorPath) = (base + ".in", base + ".out", base + ".err")
+    defer { for path in [inputPath, outputPath, errorPath] { unlink(path) } }
+    if let input { try Data(input).write(to: URL(fileURLWithPath: inputPath)) }
+    let pid = try spawnProcess(executable, arguments, stdin: input == nil ? nil : inputPath, stdout: outputPath, stderr: errorPath)
+    let deadline = ContinuousClock.now + timeout
+    var status: Int32? = nil
+    while status == nil {
+        status = exitStatus(pid)
+        if status == nil {
+            if ContinuousClock.now > deadline {
+                kill(pid, SIGKILL)
+                var ignored: Int32 = 0
+                waitpid(pid, &ignored, 0)
+                throw LocalServerError(message: "\(executable) did not finish within \(timeout)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+    let raw = status!
+    let code = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+    let output = (try? Data(contentsOf: URL(fileURLWithPath: outputPath))).map { [UInt8]($0) } ?? []
+    let errors = (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? ""
+    return ProgramRun(status: code, output: output, errors: errors)
+}
