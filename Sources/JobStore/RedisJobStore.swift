@@ -109,10 +109,28 @@ public final class RedisJobStore: Sendable {
         _ = try await updateUnlessFinished(id, [JobField.handle: ByteBuffer(string: handle), JobField.server: ByteBuffer(string: server)])
     }
 
-    /// Marks a job failed without a worker (for example: gearmand refused it, or it was lost).
-    public func markFailed(_ id: JobID, reason: String) async throws(JobStoreError) {
-        try await finish(id, state: .failed, payloadField: JobField.reason, payload: ByteBuffer(string: reason), ttl: nil)
+    /// Marks an unfinished job failed without a worker (gearmand refused it, or it was lost). A job that
+    /// finished meanwhile keeps its outcome; a record that is gone stays gone. Returns whether it was marked.
+    @discardableResult
+    public func markFailed(_ id: JobID, reason: String) async throws(JobStoreError) -> Bool {
+        let now = Self.now()
+        let reply = try await send(
+            RedisCommand(
+                "EVAL",
+                ["\(Self.markFailedScript)", "1", "\(schema.jobKey(id))", "\(configuration.resultTTL)", "\(reason)", "\(now)"]
+            )
+        )
+        return reply.int == 1
     }
+
+    /// KEYS[1] job hash; ARGV TTL, reason, now. Writes `failed` only over an unfinished record.
+    static let markFailedScript = """
+        local state = redis.call('HGET', KEYS[1], 'state')
+        if not state or state == 'done' or state == 'failed' then return 0 end
+        redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'finished', ARGV[3], 'updated', ARGV[3], 'state', 'failed')
+        redis.call('EXPIRE', KEYS[1], ARGV[1])
+        return 1
+        """
 
     public func record(_ id: JobID) async throws(JobStoreError) -> JobRecord? {
         try await records([id])[0]

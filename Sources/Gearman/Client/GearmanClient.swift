@@ -178,6 +178,10 @@ public final class GearmanClient: Sendable {
         try await connection().status(unique: unique)
     }
 
+    public func status(uniques: [String]) async throws(GearmanError) -> [GearmanJobStatus] {
+        try await connection().status(uniques: uniques)
+    }
+
     public func echo(_ data: ByteBuffer = ByteBuffer(string: "ping")) async throws(GearmanError) -> ByteBuffer {
         try await connection().echo(data)
     }

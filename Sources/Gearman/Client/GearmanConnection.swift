@@ -213,6 +213,16 @@ public final class GearmanConnection: Sendable {
         }
     }
 
+    /// GET_STATUS_UNIQUE for many unique keys with one write.
+    public func status(uniques: [String]) async throws(GearmanError) -> [GearmanJobStatus] {
+        for unique in uniques { try GearmanValidation.unique(unique) }
+        let requests = uniques.map { GearmanClientRequest(message: .packet(.init(.request, .getStatusUnique, $0)), expectation: .statusUnique) }
+        return try await send(requests).map { reply throws(GearmanError) in
+            guard case .status(let status) = try reply.get() else { throw Self.mismatch(reply) }
+            return status
+        }
+    }
+
     /// ECHO_REQ round trip: the health check.
     public func echo(_ data: ByteBuffer = ByteBuffer(string: "ping")) async throws(GearmanError) -> ByteBuffer {
         let reply = try await send([.init(message: .packet(.init(magic: .request, type: .echoReq, arguments: [data])), expectation: .echo)])[0].get()

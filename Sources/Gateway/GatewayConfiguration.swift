@@ -1,0 +1,40 @@
+public import Gearman
+public import Redis
+
+/// Everything `jobgate serve` can be told. Defaults suit one machine: loopback only, local servers.
+public struct GatewayConfiguration: Sendable {
+    public static let defaultPort = 4740
+
+    /// Where clients connect. Loopback unless told otherwise.
+    public var host = "127.0.0.1"
+    public var port = Self.defaultPort
+    public var gearmanServers = [GearmanServerAddress(host: "127.0.0.1")]
+    public var redis = RedisConnectionConfiguration()
+    /// Prefix of every Redis key (several deployments may share a Redis).
+    public var keyPrefix = "jobgate:"
+    /// Accepted `AUTH` secrets; none means no authentication. Several allow rotating a secret.
+    public var secrets: [String] = []
+
+    // MARK: Limits, each answered with its own ERR code
+    public var maximumLineLength = 8 * 1024
+    public var maximumPayloadSize = 16 * 1024 * 1024
+    public var maximumWatchesPerConnection = 1_000
+    public var maximumConnections = 10_000
+    /// A connection with no complete request for this long, and nothing watched, waited on or subscribed, is closed.
+    public var idleTimeout: Duration = .seconds(300)
+    /// Replies and events queued for a client that does not read; past it the connection is closed.
+    public var outputBufferLimit = 8 * 1024 * 1024
+    /// `WAIT` timeouts above this are cut to it.
+    public var maximumWaitTimeout: Duration = .seconds(3_600)
+
+    // MARK: Jobs
+    /// Seconds a finished job's record and result are kept.
+    public var resultTTL = 86_400
+    /// A watched job that gearmand no longer knows, with no outcome after this long, ends as failed (lost).
+    public var lostJobGrace: Duration = .seconds(30)
+    public var lostJobCheckInterval: Duration = .seconds(5)
+    /// Backstop re-read of every followed job, for anything a notification missed.
+    public var sweepInterval: Duration = .seconds(30)
+
+    public init() {}
+}

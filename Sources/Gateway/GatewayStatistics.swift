@@ -1,0 +1,30 @@
+import GatewayProtocol
+import Synchronization
+
+/// The gateway's counters, shown by `STATS`.
+final class GatewayStatistics: Sendable {
+    let connectionsAccepted = Atomic<Int>(0)
+    let connectionsOpen = Atomic<Int>(0)
+    let connectionsRefused = Atomic<Int>(0)
+    let commands = Atomic<Int>(0)
+    let protocolErrors = Atomic<Int>(0)
+    let jobsSubmitted = Atomic<Int>(0)
+    let jobsJoined = Atomic<Int>(0)
+    let jobsLost = Atomic<Int>(0)
+    let eventsPushed = Atomic<Int>(0)
+    let backendErrors = Atomic<Int>(0)
+    let slowConsumersClosed = Atomic<Int>(0)
+
+    func snapshot(watchedJobs: Int) -> [GatewayStatistic] {
+        func stat(_ name: String, _ counter: borrowing Atomic<Int>) -> GatewayStatistic {
+            GatewayStatistic(name, String(counter.load(ordering: .relaxed)))
+        }
+        return [
+            stat("connections_accepted", connectionsAccepted), stat("connections_open", connectionsOpen),
+            stat("connections_refused", connectionsRefused), stat("commands", commands), stat("protocol_errors", protocolErrors),
+            stat("jobs_submitted", jobsSubmitted), stat("jobs_joined", jobsJoined), stat("jobs_lost", jobsLost),
+            stat("events_pushed", eventsPushed), stat("backend_errors", backendErrors), stat("slow_consumers_closed", slowConsumersClosed),
+            GatewayStatistic("jobs_followed", String(watchedJobs)),
+        ]
+    }
+}

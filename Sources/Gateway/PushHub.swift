@@ -1,0 +1,316 @@
+import Gearman
+import GatewayProtocol
+import JobStore
+import Logging
+import NIOCore
+import Synchronization
+
+/// How a `WAIT` ended.
+enum WaitOutcome: Sendable {
+    /// The job ended; nil: its record is gone (expired).
+    case ended(JobRecord?)
+    case timedOut
+}
+
+/// Who is waiting for what, fed by the job store's change feed.
+///
+/// Watchers get every change of their job and end with its terminal event; waiters get the end only;
+/// subscribers get the terminal event of every job of a function. A watcher registers before its session reads
+/// the job (subscribe, then read) and stays *pending* until the session queued its `WATCHING` reply: what
+/// arrives meanwhile is held and delivered right after that reply, so no event ever precedes it.
+final class PushHub: Sendable {
+    let feed: JobChangeFeed
+    private let statistics: GatewayStatistics
+    private let state = Mutex(State())
+
+    struct Token: Hashable, Sendable {
+        let id: JobID
+        let number: UInt64
+    }
+
+    private struct Watcher {
+        let outbox: SessionOutbox
+        let tag: GatewayTag?
+        let gatewayID: GatewayJobID
+        var isActive = false
+        var held: JobUpdate?
+        var shown: JobRecord.Progress?
+    }
+
+    private struct Subscriber {
+        let outbox: SessionOutbox
+        let tag: GatewayTag?
+    }
+
+    private struct State {
+        var nextNumber: UInt64 = 0
+        var watchers: [JobID: [UInt64: Watcher]] = [:]
+        var waiters: [JobID: [UInt64: WaitSlot]] = [:]
+        /// function → outbox → subscriber
+        var subscribers: [String: [ObjectIdentifier: Subscriber]] = [:]
+        /// outbox → the jobs it watches, for limits, UNWATCH and cleanup.
+        var watchesByOutbox: [ObjectIdentifier: [JobID: Token]] = [:]
+
+        mutating func forget(_ token: Token, outbox: SessionOutbox) {
+            let key = ObjectIdentifier(outbox)
+            if watchesByOutbox[key]?[token.id] == token { watchesByOutbox[key]?[token.id] = nil }
+            if watchesByOutbox[key]?.isEmpty == true { watchesByOutbox[key] = nil }
+        }
+
+        mutating func number() -> UInt64 {
+            nextNumber += 1
+            return nextNumber
+        }
+    }
+
+    private struct WaitSlot {
+        var continuation: CheckedContinuation<WaitOutcome, Never>?
+        var outcome: WaitOutcome?
+    }
+
+    init(feed: JobChangeFeed, statistics: GatewayStatistics) {
+        self.feed = feed
+        self.statistics = statistics
+    }
+
+    /// Jobs someone watches or waits for: the lost-job check looks at these.
+    var followedIDs: [JobID] {
+        state.withLock { Array(Set($0.watchers.keys).union($0.waiters.keys)) }
+    }
+
+    // MARK: Feed
+
+    func run() async {
+        for await update in feed.updates {
+            deliver(update)
+        }
+    }
+
+    private func deliver(_ update: JobUpdate) {
+        let ended = update.record.map(\.state.isTerminal) ?? true
+        var unfollow = 0
+        var pushes: [(SessionOutbox, GatewayResponse)] = []
+        var waiters: [CheckedContinuation<WaitOutcome, Never>] = []
+        state.withLock { state in
+            if var watchers = state.watchers[update.id] {
+                for (number, var watcher) in watchers {
+                    guard watcher.isActive else {
+                        watcher.held = update
+                        watchers[number] = watcher
+                        continue
+                    }
+                    if let response = Self.event(for: update, shown: &watcher.shown, to: watcher) {
+                        pushes.append((watcher.outbox, response))
+                    }
+                    if ended {
+                        watchers[number] = nil
+                        state.forget(Token(id: update.id, number: number), outbox: watcher.outbox)
+                        unfollow += 1
+                    } else {
+                        watchers[number] = watcher
+                    }
+                }
+                state.watchers[update.id] = watchers.isEmpty ? nil : watchers
+            }
+            if ended, var slots = state.waiters[update.id] {
+                for (number, var slot) in slots {
+                    if let continuation = slot.continuation {
+                        waiters.append(continuation)
+                        slots[number] = nil
+                        unfollow += 1
+                    } else {
+                        // Not waiting yet: `wait` picks the outcome up.
+                        slot.outcome = .ended(update.record)
+                        slots[number] = slot
+                    }
+                }
+                state.waiters[update.id] = slots.isEmpty ? nil : slots
+            }
+            if let record = update.record, record.state.isTerminal, let subscribers = state.subscribers[record.function],
+                let gatewayID = GatewayJobID(rawValue: record.id.rawValue)
+            {
+                let event = Self.terminalEvent(record, gatewayID)
+                for subscriber in subscribers.values { pushes.append((subscriber.outbox, .event(event, tag: subscriber.tag))) }
+            }
+        }
+        for _ in 0..<unfollow { feed.unfollow(update.id) }
+        for continuation in waiters { continuation.resume(returning: .ended(update.record)) }
+        for (outbox, response) in pushes {
+            outbox.enqueue(response)
+            statistics.eventsPushed.add(1, ordering: .relaxed)
+        }
+    }
+
+    /// The event a watcher should see for `update`, or nil when nothing it can see changed.
+    private static func event(for update: JobUpdate, shown: inout JobRecord.Progress?, to watcher: Watcher) -> GatewayResponse? {
+        guard let record = update.record else { return .event(.expired(watcher.gatewayID), tag: watcher.tag) }
+        if record.state.isTerminal { return .event(terminalEvent(record, watcher.gatewayID), tag: watcher.tag) }
+        guard record.progress != shown else { return nil }
+        let before = shown
+        shown = record.progress
+        // A change of state alone (queued → running) has no event in protocol v1; progress does.
+        guard before == nil || before?.numerator != record.numerator || before?.denominator != record.denominator
+            || before?.message != record.message
+        else { return nil }
+        return .event(
+            .progress(watcher.gatewayID, numerator: UInt64(record.numerator), denominator: UInt64(record.denominator), message: record.message),
+            tag: watcher.tag
+        )
+    }
+
+    static func terminalEvent(_ record: JobRecord, _ id: GatewayJobID) -> GatewayEvent {
+        record.state == .done ? .done(id, result: record.result ?? ByteBuffer()) : .failed(id, reason: record.reason ?? ByteBuffer())
+    }
+
+    // MARK: Watchers
+
+    /// Registers a pending watcher; the caller reads the job next, queues `WATCHING`, then calls `activate`.
+    /// Watching a job again on the same connection replaces the earlier watch. Nil when the connection already
+    /// watches `limit` jobs.
+    func addWatcher(_ id: JobID, as gatewayID: GatewayJobID, outbox: SessionOutbox, tag: GatewayTag?, limit: Int) -> Token? {
+        let (token, replaced) = state.withLock { state -> (Token?, Token?) in
+            let key = ObjectIdentifier(outbox)
+            let previous = state.watchesByOutbox[key]?[id]
+            if let previous {
+                state.watchers[id]?[previous.number] = nil
+            } else if state.watchesByOutbox[key, default: [:]].count >= limit {
+                return (nil, nil)
+            }
+            let token = Token(id: id, number: state.number())
+            state.watchers[id, default: [:]][token.number] = Watcher(outbox: outbox, tag: tag, gatewayID: gatewayID)
+            state.watchesByOutbox[key, default: [:]][id] = token
+            return (token, previous)
+        }
+        if token != nil && replaced == nil { feed.follow(id) }
+        return token
+    }
+
+    /// The watch a connection holds on a job, if any.
+    func watch(of id: JobID, outbox: SessionOutbox) -> Token? {
+        state.withLock { $0.watchesByOutbox[ObjectIdentifier(outbox)]?[id] }
+    }
+
+    func watchCount(of outbox: SessionOutbox) -> Int {
+        state.withLock { $0.watchesByOutbox[ObjectIdentifier(outbox)]?.count ?? 0 }
+    }
+
+    /// Whether the connection follows anything (then it is not idle).
+    func isFollowing(outbox: SessionOutbox) -> Bool {
+        state.withLock { state in
+            state.watchesByOutbox[ObjectIdentifier(outbox)] != nil
+                || state.subscribers.values.contains { $0[ObjectIdentifier(outbox)] != nil }
+        }
+    }
+
+    /// Drops every watch and subscription of a closing connection.
+    func removeAll(for outbox: SessionOutbox) {
+        let tokens = state.withLock { state in Array(state.watchesByOutbox[ObjectIdentifier(outbox)]?.values ?? [:].values) }
+        for token in tokens { removeWatcher(token, outbox: outbox) }
+        let functions = state.withLock { state in state.subscribers.filter { $0.value[ObjectIdentifier(outbox)] != nil }.map(\.key) }
+        for function in functions { unsubscribe(function, outbox: outbox) }
+    }
+
+    /// The session queued `WATCHING` showing `shown`: deliver what arrived meanwhile, if it is news.
+    func activate(_ token: Token, shown: JobRecord) {
+        guard let held = state.withLock({ state -> JobUpdate?? in
+            guard var watcher = state.watchers[token.id]?[token.number] else { return .none }
+            watcher.isActive = true
+            watcher.shown = shown.progress
+            let held = watcher.held
+            watcher.held = nil
+            state.watchers[token.id]?[token.number] = watcher
+            return .some(held)
+        }) else { return }
+        if let held { deliver(held) }
+    }
+
+    /// Removes a watcher; false when it had already ended (its terminal event is on its way).
+    @discardableResult
+    func removeWatcher(_ token: Token, outbox: SessionOutbox) -> Bool {
+        let removed = state.withLock { state -> Bool in
+            guard state.watchers[token.id]?.removeValue(forKey: token.number) != nil else { return false }
+            if state.watchers[token.id]?.isEmpty == true { state.watchers[token.id] = nil }
+            state.forget(token, outbox: outbox)
+            return true
+        }
+        if removed { feed.unfollow(token.id) }
+        return removed
+    }
+
+    // MARK: Waiters
+
+    func addWaiter(_ id: JobID) -> Token {
+        let number = state.withLock { state in
+            let number = state.number()
+            state.waiters[id, default: [:]][number] = WaitSlot()
+            return number
+        }
+        feed.follow(id)
+        return Token(id: id, number: number)
+    }
+
+    /// Waits until the job ends or `timeout` passes; the waiter is gone afterwards either way.
+    func wait(_ token: Token, timeout: Duration) async -> WaitOutcome {
+        await withTaskGroup(of: WaitOutcome?.self) { group in
+            group.addTask {
+                await withTaskCancellationHandler {
+                    await withCheckedContinuation { continuation in
+                        let ready = self.state.withLock { state -> WaitOutcome? in
+                            guard var slot = state.waiters[token.id]?[token.number] else { return .timedOut }
+                            guard slot.outcome == nil else { return slot.outcome }
+                            slot.continuation = continuation
+                            state.waiters[token.id]?[token.number] = slot
+                            return nil
+                        }
+                        if let ready {
+                            // Ended before we waited, or already finished: take the slot away and answer now.
+                            self.finishWaiter(token, with: ready)
+                            continuation.resume(returning: ready)
+                        }
+                    }
+                } onCancel: {
+                    self.finishWaiter(token, with: .timedOut)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next()!
+            group.cancelAll()
+            if let outcome = first { return outcome }
+            // The timeout won: resume the waiting child (unless the job ended at the same moment).
+            finishWaiter(token, with: .timedOut)
+            return await group.next()! ?? .timedOut
+        }
+    }
+
+    /// Ends a waiter that is still registered, resuming it with `outcome`.
+    func finishWaiter(_ token: Token, with outcome: WaitOutcome) {
+        let (found, continuation) = state.withLock { state -> (Bool, CheckedContinuation<WaitOutcome, Never>?) in
+            guard let slot = state.waiters[token.id]?.removeValue(forKey: token.number) else { return (false, nil) }
+            if state.waiters[token.id]?.isEmpty == true { state.waiters[token.id] = nil }
+            return (true, slot.continuation)
+        }
+        if found { feed.unfollow(token.id) }
+        continuation?.resume(returning: outcome)
+    }
+
+    // MARK: Subscribers
+
+    func subscribe(_ function: String, outbox: SessionOutbox, tag: GatewayTag?) {
+        let added = state.withLock { state in
+            state.subscribers[function, default: [:]].updateValue(Subscriber(outbox: outbox, tag: tag), forKey: ObjectIdentifier(outbox)) == nil
+        }
+        if added { feed.observeAllJobs(true) }
+    }
+
+    func unsubscribe(_ function: String, outbox: SessionOutbox) {
+        let removed = state.withLock { state -> Bool in
+            guard state.subscribers[function]?.removeValue(forKey: ObjectIdentifier(outbox)) != nil else { return false }
+            if state.subscribers[function]?.isEmpty == true { state.subscribers[function] = nil }
+            return true
+        }
+        if removed { feed.observeAllJobs(false) }
+    }
+}
