@@ -212,16 +212,27 @@ final class PushHub: Sendable {
 
     /// The session queued `WATCHING` showing `shown`: deliver what arrived meanwhile, if it is news.
     func activate(_ token: Token, shown: JobRecord) {
-        guard let held = state.withLock({ state -> JobUpdate?? in
-            guard var watcher = state.watchers[token.id]?[token.number] else { return .none }
+        var push: (SessionOutbox, GatewayResponse)?
+        var ended = false
+        state.withLock { state in
+            guard var watcher = state.watchers[token.id]?[token.number] else { return }
             watcher.isActive = true
             watcher.shown = shown.progress
-            let held = watcher.held
-            watcher.held = nil
-            state.watchers[token.id]?[token.number] = watcher
-            return .some(held)
-        }) else { return }
-        if let held { deliver(held) }
+            if let held = watcher.held {
+                watcher.held = nil
+                push = Self.event(for: held, shown: &watcher.shown, to: watcher).map { (watcher.outbox, $0) }
+                ended = held.record.map(\.state.isTerminal) ?? true
+            }
+            if ended {
+                state.watchers[token.id]?[token.number] = nil
+                if state.watchers[token.id]?.isEmpty == true { state.watchers[token.id] = nil }
+                state.forget(token, outbox: watcher.outbox)
+            } else {
+                state.watchers[token.id]?[token.number] = watcher
+            }
+        }
+        if ended { feed.unfollow(token.id) }
+        if let (outbox, response) = push { outbox.enqueue(response) }
     }
 
     /// Removes a watcher; false when it had already ended (its terminal event is on its way).

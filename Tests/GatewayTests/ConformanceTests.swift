@@ -1,6 +1,9 @@
 import Gateway
 import GatewayProtocol
+import JobStore
+import Redis
 import NIOCore
+import Synchronization
 import Testing
 
 /// PROTOCOL-v1 conformance of `jobgate serve` against real gearmand and redis-server.
@@ -18,6 +21,232 @@ struct ConformanceTests {
             #expect(stats.contains { $0.name == "commands" })
             #expect(try await client.request("QUIT\n") == .reply(.bye))
             #expect(try await client.next() == nil, "the server closes after BYE")
+        }
+    }
+}
+
+extension GatewayResponse {
+    /// The job id of CREATED / EXISTS.
+    var createdID: GatewayJobID? {
+        switch self {
+        case .reply(.created(let id), _), .reply(.exists(let id), _): id
+        default: nil
+        }
+    }
+}
+
+func submitLine(_ function: String, _ payload: String, options: String = "") -> String {
+    "SUBMIT \(function) \(payload.utf8.count)\(options.isEmpty ? "" : " " + options)\n\(payload)\n"
+}
+
+/// Jobs through the gateway, a worker publishing to Redis, and pushed outcomes.
+@Suite("Gateway jobs and push", .timeLimit(.minutes(2)))
+struct GatewayJobTests {
+    /// SUBMIT → CREATED; WATCH → WATCHING, PROGRESS events, DONE; then STATUS and RESULT tell the outcome.
+    @Test func submitWatchAndResult() async throws {
+        try await withGatewayStack { stack in
+            let started = AsyncGate()
+            let finish = AsyncGate()
+            try await withTestWorker(stack, [
+                "reverse": { payload, progress in
+                    await started.wait()
+                    try await progress(1, 2, "halfway")
+                    await finish.wait()
+                    try await progress(2, 2, "")
+                    return ByteBuffer(string: String(String(buffer: payload).reversed()))
+                }
+            ]) {
+                let client = try await stack.connect()
+                let id = try #require(try await client.request(submitLine("reverse", "hello world"))?.createdID)
+                let watching = try #require(try await client.request("@w WATCH \(id)\n"))
+                guard case .reply(.watching(id, let status), let tag) = watching, tag?.rawValue == "w" else {
+                    Issue.record("unexpected \(watching)"); return
+                }
+                #expect([.queued, .running].contains(status.state) && status.numerator == 0)
+                started.open()
+                var events: [GatewayEvent] = []
+                guard case .event(let first, _) = try #require(try await client.next()) else { Issue.record("no event"); return }
+                events.append(first)
+                finish.open()
+                while events.last?.isTerminal != true {
+                    guard case .event(let event, let tag) = try #require(try await client.next()) else { continue }
+                    #expect(tag?.rawValue == "w", "events carry the WATCH's tag")
+                    events.append(event)
+                }
+                #expect(events.first == .progress(id, numerator: 1, denominator: 2, message: ByteBuffer(string: "halfway")))
+                #expect(events.last == .done(id, result: ByteBuffer(string: "dlrow olleh")))
+                #expect(try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.done, numerator: 2, denominator: 2))))
+                #expect(try await client.request("RESULT \(id)\n") == .reply(.done(id, result: ByteBuffer(string: "dlrow olleh"))))
+                // A job already finished when WATCH arrives: WATCHING, then its terminal event at once.
+                #expect(try await client.request("WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.done, numerator: 2, denominator: 2))))
+                #expect(try await client.next() == .event(.done(id, result: ByteBuffer(string: "dlrow olleh"))))
+            }
+        }
+    }
+
+    /// WAIT returns the outcome as soon as the job ends; a WAIT that times out says TIMEOUT with the state;
+    /// SUBMIT wait= replies like WAIT; failures carry their reason.
+    @Test func waitAndTimeout() async throws {
+        try await withGatewayStack { stack in
+            let gate = AsyncGate()
+            try await withTestWorker(stack, [
+                "slow": { payload, _ in
+                    await gate.wait()
+                    return payload
+                },
+                "broken": { _, _ in throw WorkerFailure(description: "disk full") },
+            ]) {
+                let client = try await stack.connect()
+                let id = try #require(try await client.request(submitLine("slow", "x"))?.createdID)
+                let timedOut = try #require(try await client.request("WAIT \(id) 200\n"))
+                guard case .reply(.timeout(id, let status), nil) = timedOut else { Issue.record("\(timedOut)"); return }
+                #expect([.queued, .running].contains(status.state))
+                try await client.send("WAIT \(id) 10000\nPING\n")
+                gate.open()
+                #expect(try await client.next() == .reply(.done(id, result: ByteBuffer(string: "x"))))
+                #expect(try await client.next() == .reply(.pong), "replies after a WAIT follow it")
+
+                let reply = try #require(try await client.request(submitLine("slow", "y", options: "wait=10000")))
+                guard case .reply(.done(_, let result), _) = reply else { Issue.record("\(reply)"); return }
+                #expect(result == ByteBuffer(string: "y"))
+                let failed = try #require(try await client.request(submitLine("broken", "z", options: "wait=10000 priority=high")))
+                guard case .reply(.failed(_, let reason), _) = failed else { Issue.record("\(failed)"); return }
+                #expect(String(buffer: reason).contains("disk full"))
+            }
+        }
+    }
+
+    /// Same function and unique while the first job is unfinished → EXISTS with the same id; every watcher of it
+    /// gets the terminal event; after it finished the same unique makes a new job.
+    @Test func coalescedSubmissions() async throws {
+        try await withGatewayStack { stack in
+            let gate = AsyncGate()
+            let runs = Counter()
+            try await withTestWorker(stack, [
+                "once": { payload, _ in
+                    runs.increment()
+                    await gate.wait()
+                    return payload
+                }
+            ]) {
+                let first = try await stack.connect()
+                let second = try await stack.connect()
+                let id = try #require(try await first.request(submitLine("once", "first", options: "unique=order-42"))?.createdID)
+                #expect(try await second.request(submitLine("once", "second", options: "unique=order-42")) == .reply(.exists(id)))
+                _ = try await first.request("WATCH \(id)\n")
+                _ = try await second.request("WATCH \(id)\n")
+                gate.open()
+                for client in [first, second] {
+                    #expect(try await client.nextTerminal() == .event(.done(id, result: ByteBuffer(string: "first"))))
+                }
+                #expect(runs.value == 1)
+                let again = try #require(try await first.request(submitLine("once", "third", options: "unique=order-42"))?.createdID)
+                #expect(again != id)
+            }
+        }
+    }
+
+    /// SUBSCRIBE <function> delivers the terminal event of every job of that function, whoever submitted it.
+    @Test func subscribeToFunction() async throws {
+        try await withGatewayStack { stack in
+            try await withTestWorker(stack, ["echo": { payload, _ in payload }, "other": { payload, _ in payload }]) {
+                let subscriber = try await stack.connect()
+                #expect(try await subscriber.request("@s SUBSCRIBE echo\n") == .reply(.subscribed(GatewayFunctionName(rawValue: "echo")!), tag: GatewayTag(rawValue: "s")))
+                let submitter = try await stack.connect()
+                var ids: Set<GatewayJobID> = []
+                for index in 0..<5 {
+                    ids.insert(try #require(try await submitter.request(submitLine("echo", "p\(index)"))?.createdID))
+                    _ = try await submitter.request(submitLine("other", "not this"))
+                }
+                var seen: Set<GatewayJobID> = []
+                while seen.count < 5 {
+                    guard case .event(.done(let id, _), let tag) = try #require(try await subscriber.next()) else { Issue.record("unexpected"); return }
+                    #expect(tag?.rawValue == "s")
+                    seen.insert(id)
+                }
+                #expect(seen == ids)
+                #expect(try await subscriber.request("UNSUBSCRIBE echo\n") == .reply(.unsubscribed(GatewayFunctionName(rawValue: "echo")!)))
+            }
+        }
+    }
+
+    /// An id nobody issued is NOT_FOUND; an id the gateway issued whose record expired is EXPIRED.
+    @Test func notFoundVersusExpired() async throws {
+        try await withGatewayStack { stack in
+            let client = try await stack.connect()
+            let forged = "a" + String(repeating: "b", count: 38)
+            guard case .reply(.error(.notFound, _), _) = try #require(try await client.request("STATUS \(forged)\n")) else {
+                Issue.record("a forged id must be NOT_FOUND"); return
+            }
+            let id = try #require(try await client.request(submitLine("nobody-runs-this", "x"))?.createdID)
+            _ = try await stack.store().redis.send(["DEL", "\(stack.configuration.keyPrefix)job:\(id)"])
+            #expect(try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.expired))))
+            #expect(try await client.request("RESULT \(id)\n") == .reply(.expired(id)))
+            #expect(try await client.request("WAIT \(id) 100\n") == .reply(.expired(id)))
+            #expect(try await client.request("WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.expired))))
+            #expect(try await client.next() == .event(.expired(id)))
+        }
+    }
+
+    /// Payloads and results with NUL, CR and LF pass through untouched.
+    @Test func binaryPayloads() async throws {
+        try await withGatewayStack { stack in
+            try await withTestWorker(stack, ["echo": { payload, _ in payload }]) {
+                let client = try await stack.connect()
+                let payload: [UInt8] = [0, 13, 10, 255, 0, 10, 13, 32] + Array("SUBMIT x 3\n".utf8)
+                try await client.send(bytes: Array("SUBMIT echo \(payload.count) wait=10000\n".utf8) + payload + [13, 10])
+                guard case .reply(.done(_, let result), _) = try #require(try await client.next()) else { Issue.record("no DONE"); return }
+                #expect(Array(result.readableBytesView) == payload)
+            }
+        }
+    }
+
+    /// 1,000 pipelined requests get 1,000 replies in order.
+    @Test func thousandPipelinedRequests() async throws {
+        try await withGatewayStack { stack in
+            let client = try await stack.connect()
+            var batch = ""
+            for index in 0..<1000 {
+                batch += index % 2 == 0 ? "@p\(index) PING\n" : "@s\(index) " + submitLine("pipelined", "job \(index)")
+            }
+            try await client.send(batch)
+            var ids: Set<GatewayJobID> = []
+            for index in 0..<1000 {
+                let response = try #require(try await client.next())
+                #expect(response.tag?.rawValue == (index % 2 == 0 ? "p\(index)" : "s\(index)"))
+                if index % 2 == 1 { ids.insert(try #require(response.createdID)) }
+            }
+            #expect(ids.count == 500)
+        }
+    }
+}
+
+struct WorkerFailure: Error, CustomStringConvertible {
+    var description: String
+}
+
+/// A gate handlers wait on until the test opens it.
+final class AsyncGate: Sendable {
+    private let opened = Mutex(false)
+    func open() { opened.withLock { $0 = true } }
+    func wait() async {
+        while !opened.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(5)) }
+    }
+}
+
+final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+}
+
+extension GatewayTestClient {
+    /// The next response that is not a progress event.
+    func nextTerminal() async throws -> GatewayResponse? {
+        while true {
+            let response = try await next()
+            if case .event(.progress, _) = response { continue }
+            return response
         }
     }
 }
