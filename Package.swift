@@ -87,6 +87,7 @@ let package = Package(
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
+            exclude: ["PROTOCOL.md"],
             swiftSettings: swiftSettings
         ),
 

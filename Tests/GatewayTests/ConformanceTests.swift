@@ -1,6 +1,8 @@
+import Foundation
 import Gateway
 import GatewayProtocol
 import JobStore
+import LocalServers
 import Redis
 import NIOCore
 import Synchronization
@@ -247,6 +249,26 @@ extension GatewayTestClient {
             let response = try await next()
             if case .event(.progress, _) = response { continue }
             return response
+        }
+    }
+}
+
+/// The protocol works from `nc`, as PROTOCOL.md shows.
+@Suite("Gateway with nc", .timeLimit(.minutes(1)))
+struct NetcatTests {
+    /// A piped nc session: HELLO, a SUBMIT that waits, the result, BYE.
+    @Test func pipedSession() async throws {
+        try await withGatewayStack { stack in
+            try await withTestWorker(stack, ["reverse": { payload, _ in ByteBuffer(string: String(String(buffer: payload).reversed())) }]) {
+                let input = "HELLO\nSUBMIT reverse 11 wait=10000\nhello world\nQUIT\n"
+                let run = try await runProgram("/bin/nc", ["-N", "127.0.0.1", "\(stack.port)"], input: Array(input.utf8), timeout: .seconds(30))
+                let lines = run.outputText.components(separatedBy: "\r\n")
+                #expect(lines.count >= 4, "\(run.outputText) \(run.errors)")
+                #expect(lines[0] == "HELLO jobgate \(JobGateVersion.current) proto=1 auth=none max-payload=16777216")
+                #expect(lines[1].hasPrefix("DONE ") && lines[1].hasSuffix(" 11"))
+                #expect(lines[2] == "dlrow olleh")
+                #expect(lines[3] == "BYE")
+            }
         }
     }
 }
