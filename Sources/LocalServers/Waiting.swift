@@ -20,7 +20,7 @@ public func eventually(
 /// Runs `body`, which must finish within `timeout`: a hang becomes an error.
 public func withTimeout<T: Sendable>(
     _ timeout: Duration = .seconds(20),
-    _ what: String,
+    _ what: String = "the operation",
     _ body: @escaping @Sendable () async throws -> T
 ) async throws -> T {
     try await withThrowingTaskGroup(of: T?.self) { group in

@@ -5,28 +5,6 @@ import Testing
 
 @testable import Redis
 
-/// Fails the test instead of hanging when `body` does not finish in time.
-func withTimeout<T: Sendable>(
-    _ duration: Duration = .seconds(20),
-    sourceLocation: SourceLocation = #_sourceLocation,
-    _ body: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: duration)
-            return nil
-        }
-        defer { group.cancelAll() }
-        guard case .some(.some(let result)) = try await group.next() else {
-            Issue.record("timed out after \(duration)", sourceLocation: sourceLocation)
-            throw TimedOut()
-        }
-        return result
-    }
-}
-
-struct TimedOut: Error {}
 
 extension LocalServer {
     func redisConfiguration(

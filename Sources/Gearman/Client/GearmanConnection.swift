@@ -206,17 +206,17 @@ public final class GearmanConnection: Sendable {
     /// GET_STATUS for many handles with one write.
     public func status(handles: [String]) async throws(GearmanError) -> [GearmanJobStatus] {
         for handle in handles { try GearmanValidation.handle(handle) }
-        let requests = handles.map { GearmanClientRequest(message: .packet(.init(.request, .getStatus, $0)), expectation: .status) }
-        return try await send(requests).map { reply throws(GearmanError) in
-            guard case .status(let status) = try reply.get() else { throw Self.mismatch(reply) }
-            return status
-        }
+        return try await statuses(of: handles, type: .getStatus, expectation: .status)
     }
 
     /// GET_STATUS_UNIQUE for many unique keys with one write.
     public func status(uniques: [String]) async throws(GearmanError) -> [GearmanJobStatus] {
         for unique in uniques { try GearmanValidation.unique(unique) }
-        let requests = uniques.map { GearmanClientRequest(message: .packet(.init(.request, .getStatusUnique, $0)), expectation: .statusUnique) }
+        return try await statuses(of: uniques, type: .getStatusUnique, expectation: .statusUnique)
+    }
+
+    private func statuses(of keys: [String], type: GearmanPacketType, expectation: GearmanExpectation) async throws(GearmanError) -> [GearmanJobStatus] {
+        let requests = keys.map { GearmanClientRequest(message: .packet(.init(.request, type, $0)), expectation: expectation) }
         return try await send(requests).map { reply throws(GearmanError) in
             guard case .status(let status) = try reply.get() else { throw Self.mismatch(reply) }
             return status
