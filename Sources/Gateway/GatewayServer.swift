@@ -70,21 +70,22 @@ public final class GatewayServer: Service {
         let hub = PushHub(feed: feed, statistics: statistics)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let backend = GatewayBackend(store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger)
-        defer {
-            Task {
-                await gearman.shutdown()
-                await redis.close()
+        do {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await feed.run() }
+                group.addTask { await hub.run() }
+                group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
+                await feed.waitUntilReady()
+                try await acceptConnections(backend: backend, hub: hub, statistics: statistics)
+                group.cancelAll()
             }
+        } catch {
+            await gearman.shutdown()
+            await redis.close()
+            throw error
         }
-
-        try await withThrowingDiscardingTaskGroup { group in
-            group.addTask { try await feed.run() }
-            group.addTask { await hub.run() }
-            group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
-            await feed.waitUntilReady()
-            try await acceptConnections(backend: backend, hub: hub, statistics: statistics)
-            group.cancelAll()
-        }
+        await gearman.shutdown()
+        await redis.close()
     }
 
     private func acceptConnections(backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics) async throws {
@@ -149,6 +150,7 @@ public final class GatewayServer: Service {
             listener.channel.close(promise: nil)
             let sessions = self.listening.withLock { Array($0.sessions.values) }
             for session in sessions { session.close(mode: .input, promise: nil) }
+            hub.endAllWaits()
         }
     }
 

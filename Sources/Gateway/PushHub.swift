@@ -48,6 +48,7 @@ final class PushHub: Sendable {
         var waiters: [JobID: [UInt64: WaitSlot]] = [:]
         /// function → outbox → subscriber
         var subscribers: [String: [ObjectIdentifier: Subscriber]] = [:]
+        var isShuttingDown = false
         /// outbox → the jobs it watches, for limits, UNWATCH and cleanup.
         var watchesByOutbox: [ObjectIdentifier: [JobID: Token]] = [:]
 
@@ -267,6 +268,7 @@ final class PushHub: Sendable {
                 await withTaskCancellationHandler {
                     await withCheckedContinuation { continuation in
                         let ready = self.state.withLock { state -> WaitOutcome? in
+                            guard !state.isShuttingDown else { return .timedOut }
                             guard var slot = state.waiters[token.id]?[token.number] else { return .timedOut }
                             guard slot.outcome == nil else { return slot.outcome }
                             slot.continuation = continuation
@@ -305,6 +307,15 @@ final class PushHub: Sendable {
         }
         if found { feed.unfollow(token.id) }
         continuation?.resume(returning: outcome)
+    }
+
+    /// Shutting down: every pending WAIT is answered now (with the job's current state) instead of at its timeout.
+    func endAllWaits() {
+        let tokens = state.withLock { state in
+            state.isShuttingDown = true
+            return state.waiters.flatMap { id, slots in slots.keys.map { Token(id: id, number: $0) } }
+        }
+        for token in tokens { finishWaiter(token, with: .timedOut) }
     }
 
     // MARK: Subscribers
