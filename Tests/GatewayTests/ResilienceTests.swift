@@ -58,7 +58,8 @@ struct ResilienceTests {
         }
     }
 
-    /// Graceful shutdown: requests already sent are answered, then the connection closes and the gateway stops.
+    /// Graceful shutdown: requests already sent are answered (a pending WAIT at once, with the job's state), then the
+    /// connection closes and the gateway stops.
     @Test func gracefulShutdown() async throws {
         try await withLocalServer(.gearmand) { gearmand in
             try await withLocalServer(.redis) { redis in
@@ -71,10 +72,15 @@ struct ResilienceTests {
                 let running = Task { try await group.run() }
                 let port = try await withTimeout(.seconds(10), "the gateway") { try await gateway.waitUntilListening() }.port!
                 let client = try await GatewayTestClient.connect(port: port)
-                #expect(try await client.request("PING\n") == .reply(.pong))
-                try await client.send("PING\nSTATUS abc\n")
+                let id = try #require(try await client.request(submitLine("nobody-runs-this", "x"))?.createdID)
+                try await client.send("WAIT \(id) 60000\nPING\nSTATUS abc\n")
                 try await Task.sleep(for: .milliseconds(100))
                 await group.triggerGracefulShutdown()
+                // The pending WAIT is answered now with the job's state, not after its minute.
+                guard case .reply(.timeout(id, let status), _) = try #require(try await client.next(timeout: .seconds(10))) else {
+                    Issue.record("the WAIT was not answered"); return
+                }
+                #expect(status.state == .queued)
                 #expect(try await client.next() == .reply(.pong))
                 guard case .reply(.error(.notFound, _), _) = try #require(try await client.next()) else { Issue.record("no reply"); return }
                 #expect(try await client.next() == nil, "then the gateway closes the connection")
