@@ -80,6 +80,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: Workers: Swift handlers and external commands that publish to the job store
+        .target(
+            name: "WorkerRuntime",
+            dependencies: [
+                "Gearman", "JobStore", "Memcache", "Redis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Real gearmand, redis-server and memcached processes on loopback, for tests and benchmarks
         .target(
             name: "LocalServers",
@@ -90,10 +103,12 @@ let package = Package(
         .executableTarget(
             name: "JobGateCommand",
             dependencies: [
-                "Gearman",
+                "Gearman", "WorkerRuntime", "JobStore", "Redis", "Memcache",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             path: "Sources/jobgate",
             swiftSettings: swiftSettings
@@ -135,6 +150,16 @@ let package = Package(
             name: "JobStoreTests",
             dependencies: [
                 "JobStore", "Redis", "Memcache", "Gearman", "LocalServers",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "WorkerRuntimeTests",
+            dependencies: [
+                "WorkerRuntime", "Gearman", "JobStore", "Redis", "Memcache", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
