@@ -10,6 +10,8 @@ struct ChildProcessOutcome: Sendable {
     enum Termination: Sendable, Hashable {
         case exited(Int32)
         case signaled(Int32)
+        /// Reaped by someone else (SIGCHLD set to SIG_IGN in this process): the status is unknown.
+        case unknown
     }
 
     enum Interruption: Sendable, Hashable {
@@ -151,7 +153,7 @@ struct ChildProcess: Sendable {
         }
         io.closeAll()
         return .success(
-            ChildProcessOutcome(termination: termination!, interruption: interruption, output: io.output, errorTail: io.errorTail)
+            ChildProcessOutcome(termination: termination ?? .unknown, interruption: interruption, output: io.output, errorTail: io.errorTail)
         )
     }
 
@@ -199,12 +201,15 @@ struct ChildProcess: Sendable {
     private func hasExited(_ pid: pid_t) -> Bool {
         var info = siginfo_t()
         // WNOWAIT: look without reaping, so the pid cannot be reused before the group kill.
-        return waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_signo != 0
+        let result = waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT)
+        return (result == 0 && info.si_signo != 0) || (result < 0 && errno == ECHILD)
     }
 
     private func reap(_ pid: pid_t) -> ChildProcessOutcome.Termination {
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+        var result: pid_t
+        repeat { result = waitpid(pid, &status, 0) } while result < 0 && errno == EINTR
+        guard result == pid else { return .unknown }
         // WIFEXITED/WTERMSIG are macros Swift cannot import.
         let signal = status & 0x7F
         return signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)

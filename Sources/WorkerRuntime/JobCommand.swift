@@ -139,6 +139,8 @@ public struct JobCommand: Sendable {
             throw JobWorkerError(.commandFailed, stderr.isEmpty ? "\(command) exited with status \(status)" : stderr)
         case .signaled(let signal):
             throw JobWorkerError(.commandFailed, withTail("\(command) was killed by signal \(signal)"))
+        case .unknown:
+            throw JobWorkerError(.commandFailed, withTail("\(command) ended with an unknown status (is SIGCHLD ignored?)"))
         }
     }
 }

@@ -129,6 +129,7 @@ struct Worker: AsyncParsableCommand {
         let logger = Logger(label: "jobgate.worker")
 
         let password = redisPassword ?? ProcessInfo.processInfo.environment["JOBGATE_REDIS_PASSWORD"]
+        unsetenv("JOBGATE_REDIS_PASSWORD")  // the job programs inherit the environment: keep the password out of it
         let pool = RedisConnectionPool(
             configuration: RedisConnectionConfiguration(
                 host: redis.host,

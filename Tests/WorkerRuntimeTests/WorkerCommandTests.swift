@@ -96,6 +96,43 @@ struct WorkerCommandTests {
         }
     }
 
+    /// Redis with a password (from JOBGATE_REDIS_PASSWORD, which the job programs do not inherit), another
+    /// database and key prefix.
+    @Test func redisPasswordDatabaseAndPrefix() async throws {
+        try await withLocalServer(.redis) { redis in
+            try await withLocalServer(.gearmand) { gearmand in
+                let open = makeStore(redis)
+                _ = try await open.redis.send(["CONFIG", "SET", "requirepass", "s3cret"])
+                await open.redis.close()
+                var configuration = JobStoreConfiguration()
+                configuration.schema = JobKeySchema(prefix: "app1:", database: 2)
+                let store = RedisJobStore(
+                    redis: RedisConnectionPool(
+                        configuration: RedisConnectionConfiguration(host: redis.host, port: redis.port, authentication: .init(password: "s3cret"), database: 2),
+                        size: 1
+                    ),
+                    configuration: configuration
+                )
+                let gearman = GearmanClient(address: gearmand.gearmanAddress)
+                let process = try TestProcess(
+                    jobgateExecutable(),
+                    [
+                        "worker", "--gearman", gearmand.address, "--redis", redis.address, "--redis-db", "2", "--key-prefix", "app1:",
+                        "--function", "env", "--", "/bin/sh", "-c", #"printf '%s' "${JOBGATE_REDIS_PASSWORD:-hidden}""#,
+                    ],
+                    environment: ["JOBGATE_REDIS_PASSWORD": "s3cret"]
+                )
+                defer { process.stop() }
+                try await waitForWorker(gearman, function: "env")
+                let (id, _) = try await submit("env", "", store: store, gearman: gearman)
+                try await eventually("done") { try await store.record(id)?.state == .done }
+                #expect(try await store.record(id)?.result == ByteBuffer(string: "hidden"))
+                await gearman.shutdown()
+                await store.redis.close()
+            }
+        }
+    }
+
     /// SIGTERM while 5 jobs run: the process waits for them, all 5 results are published, then it exits 0;
     /// a job submitted after the signal is left for another worker.
     @Test func sigtermDrains() async throws {
