@@ -86,8 +86,9 @@ final class Gate: Sendable {
 
     func open() { opened.withLock { $0 = true } }
 
+    /// Returns when opened, or when the waiting task is cancelled (a cancelled sleep would otherwise spin).
     func wait() async {
-        while !opened.withLock({ $0 }) {
+        while !opened.withLock({ $0 }), !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(5))
         }
     }

@@ -39,13 +39,23 @@ struct WorkerCommandTests {
             try await withLocalServer(.gearmand) { gearmand in
                 let store = makeStore(redis)
                 let gearman = GearmanClient(address: gearmand.gearmanAddress)
-                let process = try startWorkerCommand(
-                    gearmand: gearmand,
-                    redis: redis,
+                let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString)")
+                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+                defer { try? FileManager.default.removeItem(at: directory) }
+                @Sendable func touch(_ name: String) { FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: nil) }
+                // Each step waits for the test, so the feed sees every state (it reports only the latest when behind).
+                let script = #"""
+                    wait_for() { while [ ! -e "$DIR/$JOBGATE_JOB_ID.$1" ]; do sleep 0.02; done; }
+                    wait_for progress; echo "PROGRESS 1 2 converting" >&3; wait_for finish
+                    if [ "$JOBGATE_FUNCTION" = upper ]; then tr a-z A-Z; else tr A-Z a-z; fi
+                    """#
+                let process = try TestProcess(
+                    jobgateExecutable(),
                     [
-                        "--function", "upper", "--function", "lower", "--concurrency", "2", "--", "/bin/sh", "-c",
-                        #"echo "PROGRESS 1 2 converting" >&3; sleep 0.3; if [ "$JOBGATE_FUNCTION" = upper ]; then tr a-z A-Z; else tr A-Z a-z; fi"#,
-                    ]
+                        "worker", "--gearman", gearmand.address, "--redis", redis.address, "--function", "upper", "--function", "lower",
+                        "--concurrency", "2", "--", "/bin/sh", "-c", script,
+                    ],
+                    environment: ["DIR": directory.path]
                 )
                 defer { process.stop() }
                 try await waitForWorker(gearman, function: "lower")
@@ -53,15 +63,20 @@ struct WorkerCommandTests {
                     let upperID = newID(), lowerID = newID()
                     feed.follow(upperID)
                     feed.follow(lowerID)
+                    touch("\(lowerID).progress")
+                    touch("\(lowerID).finish")
                     try await submit("upper", "Hello", store: store, gearman: gearman, id: upperID)
                     try await submit("lower", "Hello", store: store, gearman: gearman, id: lowerID)
+                    try await eventually("running") { log.all.contains { $0.id == upperID && $0.record?.state == .running } }
+                    touch("\(upperID).progress")
+                    try await eventually("progress") { log.all.contains { $0.id == upperID && $0.record?.numerator == 1 } }
+                    touch("\(upperID).finish")
                     try await eventually("both done") { log.all.filter { $0.record?.state == .done }.count == 2 }
                     #expect(try await store.record(upperID)?.result == ByteBuffer(string: "HELLO"))
                     #expect(try await store.record(lowerID)?.result == ByteBuffer(string: "hello"))
                     let upperStates = log.all.filter { $0.id == upperID }.compactMap(\.record).filter { $0.state != .queued }
-                    #expect(upperStates.first?.state == .running)
-                    #expect(upperStates.contains { $0.numerator == 1 && $0.denominator == 2 && $0.message == ByteBuffer(string: "converting") })
-                    #expect(upperStates.last?.state == .done)
+                    #expect(upperStates.map(\.state) == [.running, .running, .done])
+                    #expect(upperStates[1].numerator == 1 && upperStates[1].denominator == 2 && upperStates[1].message == ByteBuffer(string: "converting"))
                 }
                 process.signal(SIGTERM)
                 #expect(try await process.waitForExit() == 0, "\(process.log)")
