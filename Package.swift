@@ -105,6 +105,19 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: Workers: Swift handlers and external commands that publish to the job store
+        .target(
+            name: "WorkerRuntime",
+            dependencies: [
+                "Gearman", "JobStore", "Memcache", "Redis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Real gearmand, redis-server and memcached processes on loopback, for tests and benchmarks
         .target(
             name: "LocalServers",
@@ -115,7 +128,7 @@ let package = Package(
         .executableTarget(
             name: "JobGateCommand",
             dependencies: [
-                "Gearman", "Gateway", "Redis",
+                "Gearman", "Gateway", "WorkerRuntime", "JobStore", "Redis", "Memcache",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -184,6 +197,16 @@ let package = Package(
                 "Gateway", "GatewayProtocol", "JobStore", "Gearman", "Redis", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "WorkerRuntimeTests",
+            dependencies: [
+                "WorkerRuntime", "Gearman", "JobStore", "Redis", "Memcache", "LocalServers",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],

@@ -232,7 +232,7 @@ final class AsyncGate: Sendable {
     private let opened = Mutex(false)
     func open() { opened.withLock { $0 = true } }
     func wait() async {
-        while !opened.withLock({ $0 }) { try? await Task.sleep(for: .milliseconds(5)) }
+        while !opened.withLock({ $0 }) && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
     }
 }
 

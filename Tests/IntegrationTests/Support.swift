@@ -49,7 +49,7 @@ final class Gate: Sendable {
     func open() { opened.withLock { $0 = true } }
 
     func wait() async {
-        while !opened.withLock({ $0 }) {
+        while !opened.withLock({ $0 }) && !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(5))
         }
     }
