@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -7,7 +8,14 @@ import Glibc
 /// Starts `executable` with stdin, stdout and stderr redirected to files (`nil` stdin: /dev/null; stderr may
 /// be the same path as stdout). posix_spawn rather than Foundation's Process: waiting is a plain waitpid, with no
 /// run loop and no file handles closed behind our back.
-func spawnProcess(_ executable: String, _ arguments: [String], stdin: String?, stdout: String, stderr: String) throws -> pid_t {
+func spawnProcess(
+    _ executable: String,
+    _ arguments: [String],
+    stdin: String?,
+    stdout: String,
+    stderr: String,
+    environment: [String: String] = [:]
+) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
@@ -33,8 +41,11 @@ func spawnProcess(_ executable: String, _ arguments: [String], stdin: String?, s
     posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
     let argv = ([executable] + arguments).map { strdup($0) } + [nil]
     defer { for pointer in argv { free(pointer) } }
+    let variables = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let envp = variables.map { strdup("\($0.key)=\($0.value)") } + [nil]
+    defer { for pointer in envp { free(pointer) } }
     var pid: pid_t = 0
-    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+    let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
     guard result == 0 else { throw LocalServerError(message: "cannot start \(executable): error \(result)") }
     return pid
 }
@@ -91,4 +102,64 @@ public func runProgram(
     let output = (try? Data(contentsOf: URL(fileURLWithPath: outputPath))).map { [UInt8]($0) } ?? []
     let errors = (try? String(contentsOfFile: errorPath, encoding: .utf8)) ?? ""
     return ProgramRun(status: code, output: output, errors: errors)
+}
+
+/// A long-running process a test starts and stops (the `jobgate` executable, php, python): output goes to a log
+/// file, and it is reaped by polling, so no thread of the Swift concurrency pool ever blocks on it.
+public final class LocalProcess: Sendable {
+    public let pid: pid_t
+    public let logFile: URL
+    private let exit = Mutex<Int32?>(nil)
+
+    public init(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws {
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw LocalServerError(message: "\(executable) is missing: build the package first (`swift build`), or install it")
+        }
+        logFile = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-process-\(UUID().uuidString).log")
+        pid = try spawnProcess(executable, arguments, stdin: nil, stdout: logFile.path, stderr: logFile.path, environment: environment)
+    }
+
+    deinit {
+        stop()
+    }
+
+    /// What the process wrote to stdout and stderr so far.
+    public var log: String { (try? String(contentsOf: logFile, encoding: .utf8)) ?? "" }
+
+    /// The raw wait status once it exited (and is reaped), nil while it runs.
+    public var exitStatus: Int32? {
+        exit.withLock { exit in
+            if exit == nil { exit = LocalServers.exitStatus(pid) }
+            return exit
+        }
+    }
+
+    public func signal(_ signal: Int32) {
+        if exitStatus == nil { kill(pid, signal) }
+    }
+
+    public func waitForExit(timeout: Duration = .seconds(20)) async throws -> Int32 {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let status = exitStatus { return status }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        throw LocalServerError(message: "process \(pid) did not exit within \(timeout); log:\n\(log)")
+    }
+
+    /// SIGKILL and reap: a process the test is done with.
+    public func stop() {
+        guard exitStatus == nil else { return }
+        kill(pid, SIGKILL)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        exit.withLock { $0 = status }
+    }
+}
+
+/// The built `jobgate` executable: next to the test bundle (`swift build --build-tests` builds both).
+public func jobgateExecutable() -> String {
+    let binDirectory = URL(fileURLWithPath: (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? "")
+        .deletingLastPathComponent()
+    return binDirectory.appendingPathComponent("jobgate").path
 }

@@ -47,8 +47,8 @@ struct GatewayJobTests {
     /// SUBMIT → CREATED; WATCH → WATCHING, PROGRESS events, DONE; then STATUS and RESULT tell the outcome.
     @Test func submitWatchAndResult() async throws {
         try await withGatewayStack { stack in
-            let started = AsyncGate()
-            let finish = AsyncGate()
+            let started = Gate()
+            let finish = Gate()
             try await withTestWorker(stack, [
                 "reverse": { payload, progress in
                     await started.wait()
@@ -90,7 +90,7 @@ struct GatewayJobTests {
     /// SUBMIT wait= replies like WAIT; failures carry their reason.
     @Test func waitAndTimeout() async throws {
         try await withGatewayStack { stack in
-            let gate = AsyncGate()
+            let gate = Gate()
             try await withTestWorker(stack, [
                 "slow": { payload, _ in
                     await gate.wait()
@@ -122,7 +122,7 @@ struct GatewayJobTests {
     /// gets the terminal event; after it finished the same unique makes a new job.
     @Test func coalescedSubmissions() async throws {
         try await withGatewayStack { stack in
-            let gate = AsyncGate()
+            let gate = Gate()
             let runs = Counter()
             try await withTestWorker(stack, [
                 "once": { payload, _ in
@@ -225,15 +225,6 @@ struct GatewayJobTests {
 
 struct WorkerFailure: Error, CustomStringConvertible {
     var description: String
-}
-
-/// A gate handlers wait on until the test opens it.
-final class AsyncGate: Sendable {
-    private let opened = Mutex(false)
-    func open() { opened.withLock { $0 = true } }
-    func wait() async {
-        while !opened.withLock({ $0 }) && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(5)) }
-    }
 }
 
 final class Counter: Sendable {

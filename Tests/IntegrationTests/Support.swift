@@ -33,28 +33,6 @@ func withRunning<S: Service, T: Sendable>(_ service: S, _ body: @Sendable () asy
     }
 }
 
-/// Thread-safe recorder for what handlers saw.
-final class Recorder<Element: Sendable>: Sendable {
-    private let storage = Mutex<[Element]>([])
-
-    func append(_ element: Element) { storage.withLock { $0.append(element) } }
-    var all: [Element] { storage.withLock { $0 } }
-    var count: Int { storage.withLock { $0.count } }
-}
-
-/// A one-shot gate handlers wait on, opened by the test.
-final class Gate: Sendable {
-    private let opened = Mutex(false)
-
-    func open() { opened.withLock { $0 = true } }
-
-    func wait() async {
-        while !opened.withLock({ $0 }) && !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-    }
-}
-
 func job(_ function: String, _ unique: String, _ payload: String, _ priority: GearmanPriority = .normal) -> GearmanJobRequest {
     GearmanJobRequest(function: function, unique: unique, payload: ByteBuffer(string: payload), priority: priority)
 }

@@ -11,8 +11,8 @@ import Glibc
 #endif
 
 /// Starts `jobgate worker` against the given servers with `arguments` (options, then `--` and the command).
-func startWorkerCommand(gearmand: LocalServer, redis: LocalServer, _ arguments: [String]) throws -> TestProcess {
-    try TestProcess(
+func startWorkerCommand(gearmand: LocalServer, redis: LocalServer, _ arguments: [String]) throws -> LocalProcess {
+    try LocalProcess(
         jobgateExecutable(),
         ["worker", "--gearman", gearmand.address, "--redis", redis.address, "--log-level", "debug"] + arguments
     )
@@ -49,7 +49,7 @@ struct WorkerCommandTests {
                     wait_for progress; echo "PROGRESS 1 2 converting" >&3; wait_for finish
                     if [ "$JOBGATE_FUNCTION" = upper ]; then tr a-z A-Z; else tr A-Z a-z; fi
                     """#
-                let process = try TestProcess(
+                let process = try LocalProcess(
                     jobgateExecutable(),
                     [
                         "worker", "--gearman", gearmand.address, "--redis", redis.address, "--function", "upper", "--function", "lower",
@@ -129,7 +129,7 @@ struct WorkerCommandTests {
                     configuration: configuration
                 )
                 let gearman = GearmanClient(address: gearmand.gearmanAddress)
-                let process = try TestProcess(
+                let process = try LocalProcess(
                     jobgateExecutable(),
                     [
                         "worker", "--gearman", gearmand.address, "--redis", redis.address, "--redis-db", "2", "--key-prefix", "app1:",
@@ -159,7 +159,7 @@ struct WorkerCommandTests {
                 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
                 defer { try? FileManager.default.removeItem(at: directory) }
                 let script = #"touch "$DIR/$JOBGATE_JOB_ID"; while [ ! -e "$DIR/go" ]; do sleep 0.05; done; printf 'result:'; cat"#
-                let process = try TestProcess(
+                let process = try LocalProcess(
                     jobgateExecutable(),
                     ["worker", "--gearman", gearmand.address, "--redis", redis.address, "--function", "slow", "--concurrency", "5", "--", "/bin/sh", "-c", script],
                     environment: ["DIR": directory.path]
@@ -219,7 +219,7 @@ struct WorkerCommandTests {
                         """
                     let file = try temporaryFile(script, suffix: ".php")
                     defer { try? FileManager.default.removeItem(at: file) }
-                    let php = try TestProcess("/usr/bin/php", [file.path])
+                    let php = try LocalProcess("/usr/bin/php", [file.path])
                     #expect(try await php.waitForExit() == 0, "\(php.log)")
                     #expect(php.log == #"{"known":false,"result":"legacy:payload-42"}"#, "\(php.log)")
                     await gearman.shutdown()
@@ -240,7 +240,7 @@ struct ReadmeExampleTests {
                 let gearman = GearmanClient(address: gearmand.gearmanAddress)
                 let file = try temporaryFile(try readmeExample("php-worker"), suffix: ".php")
                 defer { try? FileManager.default.removeItem(at: file) }
-                let worker = try TestProcess(
+                let worker = try LocalProcess(
                     "/usr/bin/php",
                     [file.path],
                     environment: ["GEARMAN_HOST": "127.0.0.1", "GEARMAN_PORT": "\(gearmand.port)", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "\(redis.port)"]
@@ -296,7 +296,7 @@ struct ReadmeExampleTests {
                 """
             let file = try temporaryFile(driver, suffix: ".py")
             defer { try? FileManager.default.removeItem(at: file) }
-            let process = try TestProcess(python, [file.path, "\(redis.port)", done.rawValue, failed.rawValue])
+            let process = try LocalProcess(python, [file.path, "\(redis.port)", done.rawValue, failed.rawValue])
             #expect(try await process.waitForExit() == 0, "\(process.log)")
             let record = try #require(try await store.record(done))
             #expect(record.state == .done && record.result == ByteBuffer(bytes: [0] + Array("binary".utf8) + [0xFF]))
@@ -315,7 +315,7 @@ func pythonWithRedis() async throws -> String {
     let path = ProcessInfo.processInfo.environment["PATH"] ?? ""
     let candidates = path.split(separator: ":").map { "\($0)/python3" } + ["/usr/bin/python3"]
     for candidate in candidates where FileManager.default.isExecutableFile(atPath: candidate) {
-        if try await TestProcess(candidate, ["-c", "import redis"]).waitForExit() == 0 { return candidate }
+        if try await LocalProcess(candidate, ["-c", "import redis"]).waitForExit() == 0 { return candidate }
     }
     throw TestFailure(description: "no python3 with the redis module: run `apt-get install python3-redis`")
 }

@@ -39,7 +39,7 @@ import Testing
             try await client.setPHPString("k", to: "before")
 
             server.kill()
-            try await withTimeout(20) {
+            try await withTimeout(.seconds(20)) {
                 // The first request finds the connection dropped (or races the close); the reconnect fails with a
                 // typed error, and inside the back-off window the server is reported unavailable without a connect.
                 var codes: [MemcacheError.Code] = []
@@ -57,7 +57,7 @@ import Testing
             }
 
             try await server.launch()
-            try await withTimeout(20) {
+            try await withTimeout(.seconds(20)) {
                 // Back-off is at most 1 s: the client must be back within a few seconds.
                 let deadline = ContinuousClock.now + .seconds(10)
                 while ContinuousClock.now < deadline {

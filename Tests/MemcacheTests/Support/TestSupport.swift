@@ -8,31 +8,6 @@ import Testing
 import Glibc
 #endif
 
-/// Fails with a clear message instead of hanging if `body` does not finish within `seconds`.
-func withTimeout<T: Sendable>(
-    _ seconds: Double = 30,
-    _ body: @escaping @Sendable () async throws -> T
-) async throws -> T {
-    try await withThrowingTaskGroup(of: T?.self) { group in
-        group.addTask { try await body() }
-        group.addTask {
-            try await Task.sleep(for: .seconds(seconds))
-            return nil
-        }
-        guard let first = try await group.next(), let value = first else {
-            group.cancelAll()
-            throw TestTimeout(seconds: seconds)
-        }
-        group.cancelAll()
-        return value
-    }
-}
-
-struct TestTimeout: Error, CustomStringConvertible {
-    let seconds: Double
-    var description: String { "test body did not finish within \(seconds) s" }
-}
-
 /// Expects `body` to throw a `MemcacheError` with `code`.
 func expectMemcacheError<T>(
     _ code: MemcacheError.Code,
