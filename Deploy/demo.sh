@@ -19,7 +19,9 @@ memcached_port=47302
 stop() {
     for name in worker gateway memcached redis gearmand; do
         if [ -f "$state/$name.pid" ]; then
-            kill "$(cat "$state/$name.pid")" 2>/dev/null || true
+            pid=$(cat "$state/$name.pid")
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
             rm -f "$state/$name.pid"
         fi
     done
@@ -54,6 +56,12 @@ bin="$(swift build --show-bin-path)/jobgate"
 
 mkdir -p "$state"
 stop
+for port in $gearman_port $redis_port $memcached_port $gateway_port; do
+    if nc -z 127.0.0.1 "$port" 2>/dev/null; then
+        echo "127.0.0.1:$port is already in use by another program; stop it (or Deploy/demo.sh stop) and try again" >&2
+        exit 1
+    fi
+done
 start gearmand /usr/sbin/gearmand --listen=127.0.0.1 --port=$gearman_port --threads=1 --log-file=stderr
 start redis redis-server --bind 127.0.0.1 --port $redis_port --save "" --appendonly yes --appendfsync everysec \
     --dir "$state" --notify-keyspace-events Ehx
