@@ -46,6 +46,8 @@ public struct JobRecord: Sendable, Hashable {
     public var finished: Int64?
     /// Seconds a terminal record is kept; the worker applies it when it writes the outcome.
     public var resultTTL: Int?
+    /// Legacy jobs only: what memcached held under the handle before this job (see `LegacyResultStore`).
+    public var legacyFence: String?
 
     public init(id: JobID, state: JobState, function: String) {
         self.id = id
@@ -86,6 +88,8 @@ public enum JobField {
     public static let updated = "updated"
     public static let finished = "finished"
     public static let resultTTL = "result_ttl"
+    /// Legacy (memcached) jobs: the CAS of the value under the handle when the job got it, `none` if there was none.
+    public static let legacyFence = "legacy_fence"
 }
 
 extension JobRecord {
@@ -116,5 +120,6 @@ extension JobRecord {
         updated = number(JobField.updated)
         finished = number(JobField.finished)
         resultTTL = number(JobField.resultTTL)
+        legacyFence = text(JobField.legacyFence)
     }
 }

@@ -5,7 +5,9 @@ public import NIOCore
 /// (`memcache_set($mc, $job->handle(), $result)`).
 ///
 /// Handles restart at 1 when gearmand restarts, so a value under a handle may be left over from an
-/// earlier job: callers clear the key when a new job gets that handle (`clear`) before trusting a read.
+/// earlier job. The gateway *fences* the key when gearmand names the handle: it notes the CAS unique of whatever
+/// is stored there then (`fence`), and a later read counts only a value written after that (`result(handle:after:)`):
+/// memcached gives every write a new CAS. Nothing is deleted, so legacy readers see what they always saw.
 public struct LegacyResultStore: Sendable {
     public let memcache: MemcacheClient
     /// Which PHP extension the workers use: the two store types differently (reference §5).
@@ -21,8 +23,24 @@ public struct LegacyResultStore: Sendable {
 
     /// The value a legacy worker stored for `handle`, decoded as PHP wrote it; nil when there is none.
     public func result(handle: String) async throws(JobStoreError) -> PHPValue? {
+        try await result(handle: handle, after: nil)
+    }
+
+    /// The CAS unique of the value stored under `handle` now, or nil when there is none: a value with this CAS
+    /// was written before the job that now has the handle existed.
+    public func fence(handle: String) async throws(JobStoreError) -> UInt64? {
         do {
-            return try await memcache.getPHPValue(handle, writtenBy: writtenBy)
+            return try await memcache.gets(handle)?.cas
+        } catch {
+            throw JobStoreError(.legacyStore, "memcached read of \(handle) failed: \(error)")
+        }
+    }
+
+    /// The value under `handle`, unless it is the one that was there at the fence (`staleCAS`).
+    public func result(handle: String, after staleCAS: UInt64?) async throws(JobStoreError) -> PHPValue? {
+        do {
+            guard let item = try await memcache.gets(handle), staleCAS == nil || item.cas != staleCAS else { return nil }
+            return try PHPValue(decoding: item, writtenBy: writtenBy, maximumDecompressedSize: memcache.configuration.maximumDecompressedSize)
         } catch {
             throw JobStoreError(.legacyStore, "memcached read of \(handle) failed: \(error)")
         }

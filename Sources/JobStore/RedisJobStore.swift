@@ -109,26 +109,45 @@ public final class RedisJobStore: Sendable {
         _ = try await updateUnlessFinished(id, [JobField.handle: ByteBuffer(string: handle), JobField.server: ByteBuffer(string: server)])
     }
 
+    /// Notes the legacy fence of a memcached-backed job (see `LegacyResultStore`).
+    public func setLegacyFence(_ id: JobID, _ fence: String) async throws(JobStoreError) {
+        _ = try await updateUnlessFinished(id, [JobField.legacyFence: ByteBuffer(string: fence)])
+    }
+
+    /// Writes `done` and the result over an unfinished record only (for writers that may race each other, such as
+    /// the gateways bridging legacy jobs). Returns whether it wrote.
+    @discardableResult
+    public func completeUnlessFinished(_ id: JobID, result: ByteBuffer) async throws(JobStoreError) -> Bool {
+        try await finishUnlessFinished(id, state: .done, field: JobField.result, payload: result)
+    }
+
     /// Marks an unfinished job failed without a worker (gearmand refused it, or it was lost). A job that
     /// finished meanwhile keeps its outcome; a record that is gone stays gone. Returns whether it was marked.
     @discardableResult
     public func markFailed(_ id: JobID, reason: String) async throws(JobStoreError) -> Bool {
-        let now = Self.now()
+        try await finishUnlessFinished(id, state: .failed, field: JobField.reason, payload: ByteBuffer(string: reason))
+    }
+
+    private func finishUnlessFinished(_ id: JobID, state: JobState, field: String, payload: ByteBuffer) async throws(JobStoreError) -> Bool {
         let reply = try await send(
             RedisCommand(
                 "EVAL",
-                ["\(Self.markFailedScript)", "1", "\(schema.jobKey(id))", "\(configuration.resultTTL)", "\(reason)", "\(now)"]
+                [
+                    "\(Self.finishUnlessFinishedScript)", "1", "\(schema.jobKey(id))", "\(configuration.resultTTL)",
+                    "\(field)", .bytes(payload), "\(Self.now())", "\(state.rawValue)",
+                ]
             )
         )
         return reply.int == 1
     }
 
-    /// KEYS[1] job hash; ARGV TTL, reason, now. Writes `failed` only over an unfinished record.
-    static let markFailedScript = """
+    /// KEYS[1] job hash; ARGV default TTL, field, value, now, state. Writes the outcome over an unfinished record
+    /// only, with the record's own result TTL if it has one.
+    static let finishUnlessFinishedScript = """
         local state = redis.call('HGET', KEYS[1], 'state')
         if not state or state == 'done' or state == 'failed' then return 0 end
-        redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'finished', ARGV[3], 'updated', ARGV[3], 'state', 'failed')
-        redis.call('EXPIRE', KEYS[1], ARGV[1])
+        redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'finished', ARGV[4], 'updated', ARGV[4], 'state', ARGV[5])
+        redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[1]))
         return 1
         """
 

@@ -71,6 +71,11 @@ public final class MemcacheClient: Sendable {
         try await connection(forKey: key).get(key)
     }
 
+    /// `gets`: the item with its CAS unique, which changes with every write of the key.
+    public func gets(_ key: String) async throws(MemcacheError) -> MemcacheItem? {
+        try await connection(forKey: key).gets([key]).first
+    }
+
     /// The hits among `keys`, by key: one pipelined multi-get per server, the servers asked concurrently.
     public func get(_ keys: [String]) async throws(MemcacheError) -> [String: MemcacheItem] {
         var byServer: [Int: [String]] = [:]

@@ -1,0 +1,146 @@
+import Gearman
+import JobStore
+import Logging
+import Memcache
+import NIOCore
+
+/// Jobs whose workers keep results in memcached under the Gearman job handle (the legacy pattern), made to look
+/// like any other job.
+///
+/// The bridge never pushes anything itself: it turns what gearmand and memcached say into the job's Redis record
+/// (progress, then `done` with the value found under the handle, or `failed` as lost), and the change feed pushes
+/// that like every other change. So `STATUS`, `RESULT`, `WAIT`, `WATCH` and `SUBSCRIBE` work the same, through any
+/// gateway. One poller per gateway asks gearmand about every legacy job that is watched or waited on, in one
+/// pipelined `GET_STATUS` batch per server; it polls every `minimumInterval` while something changes and backs off
+/// to `maximumInterval` while nothing does.
+struct LegacyBridge: Sendable {
+    /// Memcached-backed functions and the PHP extension their workers store values with.
+    let functions: [String: PHPMemcacheExtension]
+    let memcache: MemcacheClient
+    let store: RedisJobStore
+    let gearman: GearmanServerPool
+    let minimumInterval: Duration
+    let maximumInterval: Duration
+    let grace: Duration
+    let statistics: GatewayStatistics
+    let logger: Logger
+
+    func handles(_ function: String) -> Bool { functions[function] != nil }
+
+    private func results(for function: String) -> LegacyResultStore? {
+        functions[function].map { LegacyResultStore(memcache: memcache, writtenBy: $0) }
+    }
+
+    /// Right after gearmand named the job's handle: note what memcached already holds under it (a value an earlier
+    /// job left there before gearmand restarted and reused the handle), so that it is never taken as this job's.
+    func fence(_ id: JobID, function: String, handle: String) async {
+        guard let results = results(for: function) else { return }
+        do {
+            let fence = try await results.fence(handle: handle).map(String.init) ?? "none"
+            try await store.setLegacyFence(id, fence)
+        } catch {
+            logger.warning("could not fence a legacy job's handle", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
+        }
+    }
+
+    /// Polls until cancelled; `followed` names the jobs someone watches or waits on.
+    func run(followed: @Sendable () -> [JobID]) async {
+        var interval = minimumInterval
+        var unknownSince: [JobID: ContinuousClock.Instant] = [:]
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            let ids = followed()
+            guard !ids.isEmpty, let records = try? await store.records(ids) else {
+                interval = maximumInterval
+                continue
+            }
+            let legacy = records.compactMap { $0 }.filter { !$0.state.isTerminal && handles($0.function) }
+            let changed = await poll(legacy, unknownSince: &unknownSince)
+            interval = changed ? minimumInterval : min(interval * 2, maximumInterval)
+        }
+    }
+
+    /// One round over `records`; true when any job moved.
+    @discardableResult
+    func poll(_ records: [JobRecord], unknownSince: inout [JobID: ContinuousClock.Instant]) async -> Bool {
+        var changed = false
+        var byServer: [GearmanServerAddress: [(JobRecord, String)]] = [:]
+        for record in records {
+            guard let handle = record.handle, let server = record.server.flatMap(GearmanServerAddress.init) else { continue }
+            byServer[server, default: []].append((record, handle))
+        }
+        for (server, jobs) in byServer {
+            guard let client = gearman.client(for: server) else { continue }
+            statistics.legacyPolls.add(1, ordering: .relaxed)
+            guard let statuses = try? await client.status(handles: jobs.map(\.1)) else { continue }  // gearmand down: decide nothing
+            for ((record, handle), status) in zip(jobs, statuses) {
+                if status.known {
+                    unknownSince[record.id] = nil
+                    changed = await progress(record, status) || changed
+                } else {
+                    changed = await finish(record, handle: handle, unknownSince: &unknownSince) || changed
+                }
+            }
+        }
+        let live = Set(records.map(\.id))
+        unknownSince = unknownSince.filter { live.contains($0.key) }
+        return changed
+    }
+
+    private func progress(_ record: JobRecord, _ status: GearmanJobStatus) async -> Bool {
+        do {
+            if status.running && record.state == .queued {
+                try await store.markRunning(record.id, function: record.function, handle: record.handle ?? "", server: record.server ?? "")
+            }
+            guard status.numerator != record.numerator || status.denominator != record.denominator else {
+                return status.running && record.state == .queued
+            }
+            try await store.reportProgress(record.id, numerator: status.numerator, denominator: status.denominator)
+            return true
+        } catch {
+            logger.warning("could not record a legacy job's progress", metadata: ["job.id": "\(record.id)", "job.error": "\(error)"])
+            return false
+        }
+    }
+
+    /// gearmand no longer knows the job: its result is in memcached, or it never comes (lost).
+    private func finish(_ record: JobRecord, handle: String, unknownSince: inout [JobID: ContinuousClock.Instant]) async -> Bool {
+        guard let results = results(for: record.function) else { return false }
+        let staleCAS = record.legacyFence.flatMap { UInt64($0) }
+        do {
+            if let value = try await results.result(handle: handle, after: staleCAS) {
+                unknownSince[record.id] = nil
+                try await store.completeUnlessFinished(record.id, result: Self.bytes(of: value))
+                return true
+            }
+        } catch {
+            logger.warning("could not read a legacy job's result", metadata: ["job.id": "\(record.id)", "job.error": "\(error)"])
+            return false
+        }
+        let now = ContinuousClock.now
+        let since = unknownSince[record.id] ?? now
+        unknownSince[record.id] = since
+        guard now - since >= grace else { return false }
+        unknownSince[record.id] = nil
+        do {
+            let reason = "lost: gearmand no longer knows the job and memcached has no result under \(handle) after \(grace.components.seconds) s"
+            if try await store.markFailed(record.id, reason: reason) { statistics.jobsLost.add(1, ordering: .relaxed) }
+        } catch {
+            logger.warning("could not mark a lost legacy job", metadata: ["job.id": "\(record.id)", "job.error": "\(error)"])
+        }
+        return true
+    }
+
+    /// A PHP value as result bytes: strings as stored, numbers and booleans as PHP prints them (`true` is `1`,
+    /// `false` and `null` are empty), arrays and objects as their serialized text.
+    static func bytes(of value: PHPValue) -> ByteBuffer {
+        switch value {
+        case .string(let bytes): bytes
+        case .integer(let number): ByteBuffer(string: String(number))
+        case .float(let number): ByteBuffer(string: number == number.rounded() && abs(number) < 1e15 ? String(Int64(number)) : String(number))
+        case .bool(let flag): ByteBuffer(string: flag ? "1" : "")
+        case .null: ByteBuffer()
+        case .serialized(let serialized): serialized.bytes
+        }
+    }
+}
