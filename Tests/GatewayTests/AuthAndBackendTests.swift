@@ -107,9 +107,10 @@ struct AuthAndBackendTests {
 
     /// A WATCH and a WAIT made before Redis went away still end when the job finishes after Redis is back,
     /// and miss nothing. Redis is saved before it is killed, as a persistent Redis would be; the restarted
-    /// server has keyspace notifications off until the gateway re-enables them.
+    /// server has keyspace notifications off until the gateway re-enables them. The backstop sweep is made too
+    /// slow to matter, so the events after the restart come from notifications.
     @Test func watchAndWaitSurviveRedisRestart() async throws {
-        try await withGatewayStack { stack in
+        try await withGatewayStack({ $0.sweepInterval = .seconds(120) }) { stack in
             let release = Latch()
             let finish = Latch()
             try await withTestWorker(stack, ["hold": { payload, progress in
@@ -123,11 +124,11 @@ struct AuthAndBackendTests {
                 try await eventually("the job to run") {
                     try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.running)))
                 }
-                let watcher = try await stack.connect()
-                #expect(try await watcher.request("@w WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.running)), tag: GatewayTag(rawValue: "w")))
                 let waiter = try await stack.connect()
                 try await waiter.send("WAIT \(id) 60000\n")
-                try await Task.sleep(for: .milliseconds(200))  // let the WAIT start waiting
+                try await eventually("the WAIT to follow the job") { try await stack.statistic("jobs_followed") == 1 }
+                let watcher = try await stack.connect()
+                #expect(try await watcher.request("@w WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.running)), tag: GatewayTag(rawValue: "w")))
 
                 let saved = try LoopbackSocket.exchange(port: stack.redis.port, request: Array("SAVE\r\n".utf8), timeoutMs: 5_000)
                 #expect(String(decoding: saved, as: UTF8.self).hasPrefix("+OK"))
@@ -137,6 +138,10 @@ struct AuthAndBackendTests {
                 try await stack.redis.launch()
                 try await eventually("Redis to be used again", timeout: .seconds(20)) {
                     try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.running)))
+                }
+                try await eventually("the gateway to re-enable keyspace notifications", timeout: .seconds(20)) {
+                    let flags = try Self.notificationFlags(redisPort: stack.redis.port)
+                    return flags.contains("E") && flags.contains("h")
                 }
 
                 release.open()
@@ -150,5 +155,14 @@ struct AuthAndBackendTests {
                 try await waiter.expectUsable()
             }
         }
+    }
+
+    /// `CONFIG GET notify-keyspace-events`, asked over a raw socket.
+    static func notificationFlags(redisPort: Int) throws -> String {
+        let request = "*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$22\r\nnotify-keyspace-events\r\n"
+        let reply = try LoopbackSocket.exchange(port: redisPort, request: Array(request.utf8), timeoutMs: 2_000)
+        // *2 $22 notify-keyspace-events $<n> <flags>
+        let lines = String(decoding: reply, as: UTF8.self).split(separator: "\r\n", omittingEmptySubsequences: false)
+        return lines.count > 4 ? String(lines[4]) : ""
     }
 }
