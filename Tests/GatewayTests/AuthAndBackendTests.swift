@@ -157,6 +157,35 @@ struct AuthAndBackendTests {
         }
     }
 
+    /// A Redis that restarts empty (no persistence) lost the job's record: a WATCH and a WAIT made before end with
+    /// EXPIRED once Redis is back, instead of waiting forever.
+    @Test func watchAndWaitEndWhenRedisLosesTheJob() async throws {
+        try await withGatewayStack { stack in
+            let release = Latch()
+            try await withTestWorker(stack, ["hold": { payload, _ in
+                await release.wait()
+                return payload
+            }]) {
+                let client = try await stack.connect()
+                let id = try await client.submit("hold", "job")
+                try await eventually("the job to run") {
+                    try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.running)))
+                }
+                let waiter = try await stack.connect()
+                try await waiter.send("WAIT \(id) 60000\n")
+                try await eventually("the WAIT to follow the job") { try await stack.statistic("jobs_followed") == 1 }
+                let watcher = try await stack.connect()
+                #expect(try await watcher.request("WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.running))))
+
+                try await stack.redis.restart()
+                #expect(try await watcher.next(timeout: .seconds(20)) == .event(.expired(id)))
+                #expect(try await waiter.next(timeout: .seconds(20)) == .reply(.expired(id)))
+                release.open()
+                try await watcher.expectUsable()
+            }
+        }
+    }
+
     /// `CONFIG GET notify-keyspace-events`, asked over a raw socket.
     static func notificationFlags(redisPort: Int) throws -> String {
         let request = "*3\r\n$6\r\nCONFIG\r\n$3\r\nGET\r\n$22\r\nnotify-keyspace-events\r\n"
