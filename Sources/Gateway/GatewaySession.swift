@@ -27,7 +27,16 @@ struct GatewaySession {
     }
 
     func run() async {
-        let outbox = SessionOutbox(limit: configuration.outputBufferLimit)
+        let outbox = SessionOutbox(limit: configuration.outputBufferLimit) { [channel, statistics, logger] in
+            // The client does not read: tell it if the socket still takes it, and close rather than buffer more.
+            // Not through the writer, which may be stuck on a full socket, and without waiting long for the ERR.
+            statistics.slowConsumersClosed.add(1, ordering: .relaxed)
+            logger.notice("closing a connection that does not read its replies")
+            let connection = channel.channel
+            let message = GatewayResponse.reply(.error(code: Self.slowConsumer, message: "output buffer limit exceeded; closing"))
+            connection.writeAndFlush(message).whenComplete { _ in connection.close(promise: nil) }
+            connection.eventLoop.scheduleTask(in: .seconds(1)) { connection.close(promise: nil) }
+        }
         let lastRequest = LastActivity()
         do {
             try await channel.executeThenClose { inbound, outbound in
@@ -61,12 +70,7 @@ struct GatewaySession {
                     return
                 }
             case .overflowed:
-                // The client does not read: tell it (if the socket takes it) and close, rather than buffer more.
-                statistics.slowConsumersClosed.add(1, ordering: .relaxed)
-                logger.notice("closing a connection that does not read its replies")
-                let message = GatewayResponse.reply(.error(code: Self.slowConsumer, message: "output buffer limit exceeded; closing"))
-                channel.channel.writeAndFlush(message).whenComplete { _ in channel.channel.close(promise: nil) }
-                return
+                return  // the outbox's overflow handler closes the connection
             case .closed:
                 return
             }

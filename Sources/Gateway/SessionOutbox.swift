@@ -7,7 +7,8 @@ import Synchronization
 /// The one writer of the connection drains it. Progress events for a job are coalesced while they wait (the
 /// newest replaces the queued one in place: a slow watcher sees the latest progress, not every step); replies
 /// and terminal events are never dropped. The queued bytes are bounded: past `limit` the outbox overflows, drops
-/// everything and the connection is closed, instead of memory growing for a client that does not read.
+/// everything and calls `onOverflow` (once), which closes the connection, instead of memory growing for a client
+/// that does not read.
 final class SessionOutbox: Sendable {
     private struct ProgressKey: Hashable {
         var id: GatewayJobID
@@ -37,9 +38,13 @@ final class SessionOutbox: Sendable {
 
     private let state = Mutex(State())
     let limit: Int
+    /// Called by whoever enqueues past the limit: the writer cannot be relied on to notice, as it may be stuck
+    /// writing to a socket the client does not read.
+    private let onOverflow: @Sendable () -> Void
 
-    init(limit: Int) {
+    init(limit: Int, onOverflow: @escaping @Sendable () -> Void = {}) {
         self.limit = limit
+        self.onOverflow = onOverflow
     }
 
     /// Queues a reply or a terminal event; false once the outbox is closed or overflowed.
@@ -66,8 +71,8 @@ final class SessionOutbox: Sendable {
     }
 
     private func push(_ body: (inout State) -> Void) -> Bool {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>?? in
-            guard !state.isClosed, !state.hasOverflowed else { return .none }
+        let (waiter, overflowed) = state.withLock { state -> (CheckedContinuation<Void, Never>??, Bool) in
+            guard !state.isClosed, !state.hasOverflowed else { return (.none, false) }
             body(&state)
             if state.bytes > limit {
                 state.hasOverflowed = true
@@ -75,10 +80,11 @@ final class SessionOutbox: Sendable {
                 state.latestProgress.removeAll()
             }
             defer { state.waiter = nil }
-            return .some(state.waiter)
+            return (.some(state.waiter), state.hasOverflowed)
         }
         guard case .some(let continuation) = waiter else { return false }
         continuation?.resume()
+        if overflowed { onOverflow() }
         return true
     }
 

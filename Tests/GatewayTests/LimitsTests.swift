@@ -1,0 +1,217 @@
+import Gateway
+import GatewayProtocol
+import LocalServers
+import NIOCore
+import Testing
+
+/// Every configurable limit, each answered with its own `ERR` code (or a close where the protocol allows no reply).
+@Suite("Gateway limits", .timeLimit(.minutes(2)))
+struct LimitsTests {
+    /// `maximumLineLength`: a line of exactly the limit is read (a CR before the LF does not count), one byte
+    /// more is `LINE_TOO_LONG`.
+    @Test func lineLength() async throws {
+        try await withGatewayStack({ $0.maximumLineLength = 64 }) { stack in
+            let client = try await stack.connect()
+            let atLimit = "AUTH " + String(repeating: "a", count: 59)  // no secrets configured: any AUTH is OK
+            #expect(atLimit.utf8.count == 64)
+            #expect(try await client.request(atLimit + "\n") == .reply(.ok))
+            #expect(try await client.request(atLimit + "\r\n") == .reply(.ok))
+            try await client.send(atLimit + "a\n")
+            try await client.expectError(.lineTooLong)
+            try await client.expectUsable()
+        }
+    }
+
+    /// `maximumPayloadSize`: announced by HELLO; a block of exactly the limit is submitted, one byte more is
+    /// `PAYLOAD_TOO_LARGE` and skipped.
+    @Test func payloadSize() async throws {
+        try await withGatewayStack({ $0.maximumPayloadSize = 16 }) { stack in
+            let client = try await stack.connect()
+            guard case .reply(.hello(let info), nil) = try await client.request("HELLO\n") else {
+                Issue.record("no HELLO")
+                return
+            }
+            #expect(info.maximumPayloadSize == 16)
+            _ = try await client.submit("reverse", String(repeating: "p", count: 16))
+            try await client.send("SUBMIT reverse 17\n" + String(repeating: "p", count: 17) + "\n")
+            try await client.expectError(.payloadTooLarge)
+            try await client.expectUsable()
+            #expect(try await stack.statistic("jobs_submitted") == 1)
+        }
+    }
+
+    /// `maximumWatchesPerConnection` = 2: a third WATCH is `TOO_MANY_WATCHES`; after an UNWATCH one more works;
+    /// the limit is per connection.
+    @Test func watchesPerConnection() async throws {
+        try await withGatewayStack({ $0.maximumWatchesPerConnection = 2 }) { stack in
+            let client = try await stack.connect()
+            // No worker for this function: the jobs stay queued.
+            let ids = try await [client.submit("unserved", "1"), client.submit("unserved", "2"), client.submit("unserved", "3")]
+            for id in ids.prefix(2) {
+                #expect(try await client.request("WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.queued))))
+            }
+            try await client.send("@third WATCH \(ids[2])\n")
+            try await client.expectError(.tooManyWatches, tag: GatewayTag(rawValue: "third"))
+            #expect(try await client.request("UNWATCH \(ids[0])\n") == .reply(.unwatched(ids[0])))
+            #expect(try await client.request("WATCH \(ids[2])\n") == .reply(.watching(ids[2], GatewayJobStatus(.queued))))
+            try await client.send("WATCH \(ids[0])\n")
+            try await client.expectError(.tooManyWatches)
+
+            let other = try await stack.connect()
+            #expect(try await other.request("WATCH \(ids[0])\n") == .reply(.watching(ids[0], GatewayJobStatus(.queued))))
+        }
+    }
+
+    /// `maximumConnections` = 2: a third connection gets `ERR BUSY` and is closed; once one closes, a new one is
+    /// served.
+    @Test func connections() async throws {
+        try await withGatewayStack({ $0.maximumConnections = 2 }) { stack in
+            let first = try await stack.connect()
+            let second = try await stack.connect()
+            try await first.expectUsable()
+            try await second.expectUsable()
+            let third = try await stack.connect()
+            try await third.expectError(.busy)
+            #expect(try await third.next() == nil, "a refused connection is closed")
+
+            await first.close()
+            var served: GatewayTestClient?
+            try await eventually("a slot to free up") {
+                let client = try await stack.connect()
+                if try await client.request("PING\n") == .reply(.pong) {
+                    served = client
+                    return true
+                }
+                await client.close()
+                return false
+            }
+            let client = try #require(served)
+            guard case .reply(.stats(let stats), nil) = try await client.request("STATS\n") else {
+                Issue.record("no STATS")
+                return
+            }
+            #expect(stats.contains { $0.name == "connections_refused" && (Int($0.value) ?? 0) >= 1 })
+            try await second.expectUsable()
+        }
+    }
+
+    /// `idleTimeout`: a connection that WATCHes a running job is not idle; a quiet one beside it is closed with
+    /// `IDLE_TIMEOUT`; once the watch ended the watcher is idle too.
+    @Test func idleTimeoutSparesWatchers() async throws {
+        try await withGatewayStack({ $0.idleTimeout = .seconds(2) }) { stack in
+            let release = Latch()
+            try await withTestWorker(stack, ["hold": { payload, _ in
+                await release.wait()
+                return payload
+            }]) {
+                let submitter = try await stack.connect()
+                let id = try await submitter.submit("hold", "result")
+                try await eventually("the job to run") {
+                    try await submitter.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.running)))
+                }
+                await submitter.close()
+
+                let watcher = try await stack.connect()
+                #expect(try await watcher.request("WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.running))))
+                // Connected after the WATCH: the watcher has been quiet at least as long when this one is closed.
+                let quiet = try await stack.connect()
+                try await quiet.expectError(.idleTimeout)
+                #expect(try await quiet.next() == nil)
+                // Each connection checks on its own schedule (every second at most): give the watcher's a turn.
+                try await Task.sleep(for: .milliseconds(1_500))
+
+                release.open()
+                #expect(try await watcher.next() == .event(.done(id, result: ByteBuffer(string: "result"))))
+                try await watcher.expectError(.idleTimeout)
+                #expect(try await watcher.next() == nil)
+            }
+        }
+    }
+
+    /// `outputBufferLimit`: a subscriber that never reads while many jobs of its function end is closed (its
+    /// `ERR SLOW_CONSUMER` may or may not get through), without reading, while a subscriber that reads gets
+    /// every event and the gateway stays healthy.
+    ///
+    /// The limit is well above one event: a single event larger than the limit would close even a reading client.
+    /// The socket buffers in between are not known in advance, so jobs are submitted until the gateway gives up
+    /// on the stalled client.
+    @Test func outputBufferLimit() async throws {
+        let resultSize = 8 * 1_024
+        try await withGatewayStack({ $0.outputBufferLimit = 256 * 1_024 }) { stack in
+            let stalled = try await RawGatewayConnection.connect(port: stack.port, receiveBufferSize: 4_096)
+            try await stalled.send("SUBSCRIBE bulk\n")
+            try await eventually("SUBSCRIBED") { stalled.receivedBytes > 0 }
+            try await stalled.setReading(false)
+            let reader = try await stack.connect()
+            #expect(try await reader.request("SUBSCRIBE bulk\n") == .reply(.subscribed(GatewayFunctionName(rawValue: "bulk")!)))
+
+            let submitter = try await stack.connect()
+            let result = ByteBuffer(repeating: UInt8(ascii: "r"), count: resultSize)
+            let submitted = try await withTestWorker(stack, ["bulk": { _, _ in result }]) {
+                var submitted = 0
+                // In small batches, each read by the reading subscriber before the next: its own outbox never
+                // holds more than a batch, whatever the scheduling.
+                let batch = 10
+                while submitted < 2_000, try await stack.statistic("slow_consumers_closed") == 0 {
+                    try await submitter.send(String(repeating: "SUBMIT bulk 1\nx\n", count: batch))
+                    for _ in 0..<batch {
+                        guard case .reply(.created, nil) = try await submitter.next() else {
+                            Issue.record("a SUBMIT was not answered CREATED")
+                            return submitted
+                        }
+                    }
+                    submitted += batch
+                    // The reading subscriber gets every job's end.
+                    for _ in 0..<batch {
+                        let event = try await reader.next()
+                        guard case .event(.done(_, let bytes), nil) = event, bytes == result else {
+                            Issue.record("the reading subscriber got \(String(describing: event))")
+                            return submitted
+                        }
+                    }
+                }
+                return submitted
+            }
+            #expect(try await stack.statistic("slow_consumers_closed") == 1, "only the stalled client was given up on")
+            // Closed by the gateway while still not reading: only the reader, the submitter and STATS remain.
+            try await eventually("the stalled connection to be closed") { try await stack.statistic("connections_open") == 3 }
+
+            try await stalled.setReading(true)
+            try await stalled.waitUntilClosed()
+            let events = try stalled.responses(allowingTruncatedEnd: true)
+            #expect(events.first == .reply(.subscribed(GatewayFunctionName(rawValue: "bulk")!)))
+            var delivered = 0
+            for event in events.dropFirst() {
+                switch event {
+                case .event(.done(_, let bytes), nil):
+                    #expect(bytes == result)
+                    delivered += 1
+                case .reply(.error(.slowConsumer, _), nil): break
+                default: Issue.record("the stalled client got \(event)")
+                }
+            }
+            #expect(delivered < submitted, "events past the limit were dropped, not buffered")
+            try await reader.expectUsable()
+            try await submitter.expectUsable()
+        }
+    }
+
+    /// `maximumWaitTimeout` = 1 s: `WAIT id 60000` (and `SUBMIT … wait=60000`) returns TIMEOUT after about 1 s.
+    @Test func waitTimeoutCap() async throws {
+        try await withGatewayStack({ $0.maximumWaitTimeout = .seconds(1) }) { stack in
+            let client = try await stack.connect()
+            let id = try await client.submit("unserved", "x")
+            let start = ContinuousClock.now
+            #expect(try await client.request("WAIT \(id) 60000\n") == .reply(.timeout(id, GatewayJobStatus(.queued))))
+            #expect(ContinuousClock.now - start >= .milliseconds(900))
+
+            let again = ContinuousClock.now
+            guard case .reply(.timeout(_, let status), nil) = try await client.request("SUBMIT unserved 1 wait=60000\ny\n") else {
+                Issue.record("SUBMIT wait= did not time out")
+                return
+            }
+            #expect(status.state == .queued)
+            #expect(ContinuousClock.now - again >= .milliseconds(900))
+        }
+    }
+}
