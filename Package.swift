@@ -95,7 +95,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "GatewayProtocol", "JobStore", "Gearman", "Redis",
+                "GatewayProtocol", "JobStore", "Gearman", "Redis", "Memcache",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

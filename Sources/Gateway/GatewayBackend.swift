@@ -27,6 +27,8 @@ struct GatewayBackend: Sendable {
     let configuration: GatewayConfiguration
     let statistics: GatewayStatistics
     let logger: Logger
+    /// Set when some functions keep their results in memcached.
+    let legacy: LegacyBridge?
 
     /// Creates the record, then submits to gearmand as a background job whose unique key is the job id.
     func submit(_ submission: GatewaySubmission) async throws(GatewayFailure) -> (JobID, created: Bool) {
@@ -67,6 +69,7 @@ struct GatewayBackend: Sendable {
             // The job runs anyway; its worker records the location when it starts.
             logger.warning("could not record a job's location", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
         }
+        await legacy?.fence(id, function: submission.function.rawValue, handle: location.handle)
         statistics.jobsSubmitted.add(1, ordering: .relaxed)
         return (id, true)
     }
@@ -79,7 +82,16 @@ struct GatewayBackend: Sendable {
         } catch {
             throw backendDown("Redis", error)
         }
-        if let record { return .found(record) }
+        if let record {
+            // Nobody may be polling an unwatched legacy job: ask gearmand and memcached now.
+            if let legacy, !record.state.isTerminal, legacy.handles(record.function) {
+                var unknownSince: [JobID: ContinuousClock.Instant] = [:]
+                if await legacy.poll([record], unknownSince: &unknownSince), let fresh = try? await store.record(id) {
+                    return .found(fresh)
+                }
+            }
+            return .found(record)
+        }
         return ids.isGenuine(id.rawValue) ? .expired(id) : .notFound
     }
 
@@ -112,7 +124,8 @@ struct GatewayBackend: Sendable {
             let ids = followed()
             guard !ids.isEmpty, let records = try? await store.records(ids) else { continue }
             var unfinished: [GearmanServerAddress: [JobRecord]] = [:]
-            for record in records.compactMap({ $0 }) where !record.state.isTerminal {
+            // Legacy jobs never write Redis: the legacy bridge decides when they are lost.
+            for record in records.compactMap({ $0 }) where !record.state.isTerminal && !(legacy?.handles(record.function) ?? false) {
                 let server = record.server.flatMap(GearmanServerAddress.init) ?? gearman.ranking(for: record.id.rawValue)[0].address
                 unfinished[server, default: []].append(record)
             }

@@ -1,4 +1,5 @@
 public import Gearman
+public import Memcache
 public import Redis
 
 /// Everything `jobgate serve` can be told. Defaults suit one machine: loopback only, local servers.
@@ -14,6 +15,16 @@ public struct GatewayConfiguration: Sendable {
     public var keyPrefix = "jobgate:"
     /// Accepted `AUTH` secrets; none means no authentication. Several allow rotating a secret.
     public var secrets: [String] = []
+
+    // MARK: Legacy workers that store results in memcached under the Gearman job handle
+    /// Memcached-backed functions and the PHP extension their workers store with; all others use Redis.
+    public var legacyFunctions: [String: PHPMemcacheExtension] = [:]
+    /// The legacy workers' memcached servers, as they list them (order, hosts, ports, weights), and their hashing.
+    public var memcachedServers: [MemcacheServer] = []
+    public var memcachedDistribution: MemcacheDistribution = .peclMemcacheConsistent
+    /// The bridge polls gearmand this often while legacy jobs change, backing off to the maximum while they do not.
+    public var legacyMinimumPollInterval: Duration = .milliseconds(100)
+    public var legacyMaximumPollInterval: Duration = .seconds(1)
 
     // MARK: Limits, each answered with its own ERR code
     public var maximumLineLength = 8 * 1024

@@ -2,6 +2,7 @@ public import Gearman
 import GatewayProtocol
 public import JobStore
 public import Logging
+import Memcache
 import NIOCore
 import NIOPosix
 public import Redis
@@ -69,12 +70,18 @@ public final class GatewayServer: Service {
         let feed = JobChangeFeed(store: store, sweepInterval: configuration.sweepInterval, logger: logger)
         let hub = PushHub(feed: feed, statistics: statistics)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
-        let backend = GatewayBackend(store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger)
+        let legacy = try makeLegacyBridge(store: store, gearman: gearman, statistics: statistics)
+        let backend = GatewayBackend(
+            store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger, legacy: legacy
+        )
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run() }
                 group.addTask { await hub.run() }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
+                if let legacy {
+                    group.addTask { await legacy.run(followed: { hub.followedIDs }) }
+                }
                 await feed.waitUntilReady()
                 try await acceptConnections(backend: backend, hub: hub, statistics: statistics)
                 group.cancelAll()
@@ -82,11 +89,33 @@ public final class GatewayServer: Service {
         } catch {
             await gearman.shutdown()
             await redis.close()
+            await legacy?.memcache.shutdown()
             throw error
         }
         await gearman.shutdown()
         await redis.close()
+        await legacy?.memcache.shutdown()
     }
+
+    private func makeLegacyBridge(store: RedisJobStore, gearman: GearmanServerPool, statistics: GatewayStatistics) throws -> LegacyBridge? {
+        guard !configuration.legacyFunctions.isEmpty else { return nil }
+        guard !configuration.memcachedServers.isEmpty else {
+            throw GatewayConfigurationError("legacy functions need the memcached servers their workers store results in")
+        }
+        let distribution = configuration.memcachedServers.count == 1 ? .single : configuration.memcachedDistribution
+        return LegacyBridge(
+            functions: configuration.legacyFunctions,
+            memcache: try MemcacheClient(servers: configuration.memcachedServers, distribution: distribution, logger: logger),
+            store: store,
+            gearman: gearman,
+            minimumInterval: configuration.legacyMinimumPollInterval,
+            maximumInterval: configuration.legacyMaximumPollInterval,
+            grace: configuration.lostJobGrace,
+            statistics: statistics,
+            logger: logger
+        )
+    }
+
 
     private func acceptConnections(backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics) async throws {
         let configuration = self.configuration
@@ -160,4 +189,10 @@ public final class GatewayServer: Service {
             try await outbound.write(.reply(.error(code: .busy, message: "too many connections (limit \(limit)); try again later")))
         }
     }
+}
+
+/// A configuration the gateway cannot run with.
+public struct GatewayConfigurationError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }

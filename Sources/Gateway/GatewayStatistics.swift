@@ -14,6 +14,7 @@ final class GatewayStatistics: Sendable {
     let eventsPushed = Atomic<Int>(0)
     let backendErrors = Atomic<Int>(0)
     let slowConsumersClosed = Atomic<Int>(0)
+    let legacyPolls = Atomic<Int>(0)
 
     func snapshot(watchedJobs: Int) -> [GatewayStatistic] {
         func stat(_ name: String, _ counter: borrowing Atomic<Int>) -> GatewayStatistic {
@@ -24,6 +25,7 @@ final class GatewayStatistics: Sendable {
             stat("connections_refused", connectionsRefused), stat("commands", commands), stat("protocol_errors", protocolErrors),
             stat("jobs_submitted", jobsSubmitted), stat("jobs_joined", jobsJoined), stat("jobs_lost", jobsLost),
             stat("events_pushed", eventsPushed), stat("backend_errors", backendErrors), stat("slow_consumers_closed", slowConsumersClosed),
+            stat("legacy_polls", legacyPolls),
             GatewayStatistic("jobs_followed", String(watchedJobs)),
         ]
     }

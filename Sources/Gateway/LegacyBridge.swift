@@ -3,6 +3,7 @@ import JobStore
 import Logging
 import Memcache
 import NIOCore
+import Synchronization
 
 /// Jobs whose workers keep results in memcached under the Gearman job handle (the legacy pattern), made to look
 /// like any other job.

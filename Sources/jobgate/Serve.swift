@@ -3,6 +3,7 @@ import Foundation
 import Gateway
 import Gearman
 import Logging
+import Memcache
 import Redis
 import ServiceLifecycle
 import UnixSignals
@@ -49,6 +50,24 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Secrets clients must AUTH with, comma-separated; none: no authentication.")
     var secrets: String?
+
+    @Option(
+        name: .customLong("legacy-functions"),
+        help: ArgumentHelp(
+            "Functions whose workers store results in memcached under the Gearman job handle, comma-separated, each optionally :pecl-memcache (the default) or :php-memcached for the PHP extension they store with.",
+            valueName: "fn[:ext],…"
+        )
+    )
+    var legacyFunctions: String?
+
+    @Option(help: ArgumentHelp("The legacy workers' memcached servers, in their order.", valueName: "host:port,…"))
+    var memcached: String?
+
+    @Option(
+        name: .customLong("memcached-distribution"),
+        help: "How the legacy workers spread keys over several memcached servers: \(Distribution.allCases.map(\.rawValue).joined(separator: ", ")). (default: pecl-consistent)"
+    )
+    var memcachedDistribution: String?
 
     @Option(name: .customLong("max-line"), help: "Longest request line in bytes (ERR LINE_TOO_LONG). (default: 8192)")
     var maxLine: Int?
@@ -122,6 +141,27 @@ struct Serve: AsyncParsableCommand {
         configuration.keyPrefix = settings.value("key-prefix", keyPrefix) ?? configuration.keyPrefix
         if let secrets = settings.value("secrets", secrets) {
             configuration.secrets = secrets.split(separator: ",").map(String.init)
+        }
+        if let legacy = settings.value("legacy-functions", legacyFunctions) {
+            for entry in legacy.split(separator: ",") {
+                let parts = entry.split(separator: ":", maxSplits: 1).map(String.init)
+                switch parts.count == 2 ? parts[1] : "pecl-memcache" {
+                case "pecl-memcache": configuration.legacyFunctions[parts[0]] = .peclMemcache
+                case "php-memcached": configuration.legacyFunctions[parts[0]] = .phpMemcached
+                case let other: throw ValidationError("--legacy-functions: unknown PHP extension \(other) (pecl-memcache or php-memcached)")
+                }
+            }
+        }
+        if let memcached = settings.value("memcached", memcached) {
+            guard let servers = MemcachedServers(argument: memcached) else { throw ValidationError("--memcached: expected host:port,…, got \(memcached)") }
+            configuration.memcachedServers = servers.servers
+        }
+        if let name = settings.value("memcached-distribution", memcachedDistribution) {
+            guard let distribution = Distribution(rawValue: name) else { throw ValidationError("--memcached-distribution: unknown \(name)") }
+            configuration.memcachedDistribution = distribution.value
+        }
+        if !configuration.legacyFunctions.isEmpty && configuration.memcachedServers.isEmpty {
+            throw ValidationError("--legacy-functions needs --memcached: the servers the legacy workers store results in")
         }
         configuration.maximumLineLength = try settings.int("max-line", maxLine) ?? configuration.maximumLineLength
         configuration.maximumPayloadSize = try settings.int("max-payload", maxPayload) ?? configuration.maximumPayloadSize
