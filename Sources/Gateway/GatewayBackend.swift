@@ -54,6 +54,7 @@ struct GatewayBackend: Sendable {
             case .normal: .normal
             case .low: .low
             }
+        let watermarks = await legacy?.watermarks(for: submission.function.rawValue)
         let request = GearmanJobRequest(function: submission.function.rawValue, unique: id.rawValue, payload: submission.payload, priority: priority)
         let location: GearmanJobLocation
         do {
@@ -69,7 +70,7 @@ struct GatewayBackend: Sendable {
             // The job runs anyway; its worker records the location when it starts.
             logger.warning("could not record a job's location", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
         }
-        await legacy?.fence(id, function: submission.function.rawValue, handle: location.handle)
+        await legacy?.fence(id, function: submission.function.rawValue, handle: location.handle, watermarks: watermarks)
         statistics.jobsSubmitted.add(1, ordering: .relaxed)
         return (id, true)
     }

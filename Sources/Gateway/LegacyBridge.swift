@@ -32,15 +32,26 @@ struct LegacyBridge: Sendable {
         functions[function].map { LegacyResultStore(memcache: memcache, writtenBy: $0) }
     }
 
-    /// Right after gearmand named the job's handle: note what memcached already holds under it (a value an earlier
-    /// job left there before gearmand restarted and reused the handle), so that it is never taken as this job's.
-    func fence(_ id: JobID, function: String, handle: String) async {
-        guard let results = results(for: function) else { return }
+    /// Before the job is submitted: the memcached servers' CAS counters, so that a value an earlier job left under
+    /// a reused handle is never taken as this job's (see `LegacyResultStore`). Nil when memcached is down: then
+    /// any value under the handle counts.
+    func watermarks(for function: String) async -> [UInt64]? {
+        guard let results = results(for: function) else { return nil }
         do {
-            let fence = try await results.fence(handle: handle).map(String.init) ?? "none"
-            try await store.setLegacyFence(id, fence)
+            return try await results.watermarks()
         } catch {
-            logger.warning("could not fence a legacy job's handle", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
+            logger.warning("could not take memcached's CAS watermark", metadata: ["job.function": "\(function)", "job.error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// After gearmand named the handle: record the watermark of the server that holds the handle's key.
+    func fence(_ id: JobID, function: String, handle: String, watermarks: [UInt64]?) async {
+        guard let results = results(for: function), let watermarks, let watermark = results.watermark(for: handle, in: watermarks) else { return }
+        do {
+            try await store.setLegacyFence(id, String(watermark))
+        } catch {
+            logger.warning("could not record a legacy job's watermark", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
         }
     }
 
@@ -89,14 +100,11 @@ struct LegacyBridge: Sendable {
     }
 
     private func progress(_ record: JobRecord, _ status: GearmanJobStatus) async -> Bool {
+        let starts = status.running && record.state == .queued
+        guard starts || status.numerator != record.numerator || status.denominator != record.denominator else { return false }
         do {
-            if status.running && record.state == .queued {
-                try await store.markRunning(record.id, function: record.function, handle: record.handle ?? "", server: record.server ?? "")
-            }
-            guard status.numerator != record.numerator || status.denominator != record.denominator else {
-                return status.running && record.state == .queued
-            }
-            try await store.reportProgress(record.id, numerator: status.numerator, denominator: status.denominator)
+            // One write for state and numbers: a separate "running" write would reset the numbers under a concurrent poll.
+            try await store.reportProgress(record.id, numerator: status.numerator, denominator: status.denominator, running: status.running)
             return true
         } catch {
             logger.warning("could not record a legacy job's progress", metadata: ["job.id": "\(record.id)", "job.error": "\(error)"])
@@ -107,9 +115,9 @@ struct LegacyBridge: Sendable {
     /// gearmand no longer knows the job: its result is in memcached, or it never comes (lost).
     private func finish(_ record: JobRecord, handle: String, unknownSince: inout [JobID: ContinuousClock.Instant]) async -> Bool {
         guard let results = results(for: record.function) else { return false }
-        let staleCAS = record.legacyFence.flatMap { UInt64($0) }
+        let watermark = record.legacyFence.flatMap { UInt64($0) }
         do {
-            if let value = try await results.result(handle: handle, after: staleCAS) {
+            if let value = try await results.result(handle: handle, after: watermark) {
                 unknownSince[record.id] = nil
                 try await store.completeUnlessFinished(record.id, result: Self.bytes(of: value))
                 return true

@@ -46,7 +46,7 @@ public struct JobRecord: Sendable, Hashable {
     public var finished: Int64?
     /// Seconds a terminal record is kept; the worker applies it when it writes the outcome.
     public var resultTTL: Int?
-    /// Legacy jobs only: what memcached held under the handle before this job (see `LegacyResultStore`).
+    /// Legacy jobs only: values under the handle with a CAS up to this are older than the job (see `LegacyResultStore`).
     public var legacyFence: String?
 
     public init(id: JobID, state: JobState, function: String) {
@@ -88,7 +88,7 @@ public enum JobField {
     public static let updated = "updated"
     public static let finished = "finished"
     public static let resultTTL = "result_ttl"
-    /// Legacy (memcached) jobs: the CAS of the value under the handle when the job got it, `none` if there was none.
+    /// Legacy (memcached) jobs: the CAS watermark of the handle's memcached server taken before the job was submitted.
     public static let legacyFence = "legacy_fence"
 }
 

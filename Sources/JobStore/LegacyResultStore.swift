@@ -4,10 +4,11 @@ public import NIOCore
 /// Results stored in memcached under the Gearman job handle, as legacy PHP workers do
 /// (`memcache_set($mc, $job->handle(), $result)`).
 ///
-/// Handles restart at 1 when gearmand restarts, so a value under a handle may be left over from an
-/// earlier job. The gateway *fences* the key when gearmand names the handle: it notes the CAS unique of whatever
-/// is stored there then (`fence`), and a later read counts only a value written after that (`result(handle:after:)`):
-/// memcached gives every write a new CAS. Nothing is deleted, so legacy readers see what they always saw.
+/// Handles restart at 1 when gearmand restarts, so a value under a handle may be left over from an earlier job.
+/// The gateway takes a *watermark* before it submits a job: the CAS counter of the memcached servers
+/// (`watermark()`). memcached numbers every write of an instance from one counter, so the job's own result, written
+/// after the submission, has a larger CAS than the watermark, and a leftover value a smaller one
+/// (`result(handle:after:)`). Nothing is deleted, so legacy readers see what they always saw.
 public struct LegacyResultStore: Sendable {
     public let memcache: MemcacheClient
     /// Which PHP extension the workers use: the two store types differently (reference §5).
@@ -26,20 +27,26 @@ public struct LegacyResultStore: Sendable {
         try await result(handle: handle, after: nil)
     }
 
-    /// The CAS unique of the value stored under `handle` now, or nil when there is none: a value with this CAS
-    /// was written before the job that now has the handle existed.
-    public func fence(handle: String) async throws(JobStoreError) -> UInt64? {
+    /// The CAS counter of each memcached server now, in list order (take it before submitting the job).
+    public func watermarks() async throws(JobStoreError) -> [UInt64] {
         do {
-            return try await memcache.gets(handle)?.cas
+            return try await memcache.casWatermarks()
         } catch {
-            throw JobStoreError(.legacyStore, "memcached read of \(handle) failed: \(error)")
+            throw JobStoreError(.legacyStore, "memcached CAS watermark failed: \(error)")
         }
     }
 
-    /// The value under `handle`, unless it is the one that was there at the fence (`staleCAS`).
-    public func result(handle: String, after staleCAS: UInt64?) async throws(JobStoreError) -> PHPValue? {
+    /// The watermark that applies to `handle`: the one of the server that holds its key.
+    public func watermark(for handle: String, in watermarks: [UInt64]) -> UInt64? {
+        let index = memcache.selector.serverIndex(forKey: handle)
+        return index < watermarks.count ? watermarks[index] : nil
+    }
+
+    /// The value under `handle`, if it was written after `watermark` (nil: no watermark, any value counts).
+    public func result(handle: String, after watermark: UInt64?) async throws(JobStoreError) -> PHPValue? {
         do {
-            guard let item = try await memcache.gets(handle), staleCAS == nil || item.cas != staleCAS else { return nil }
+            guard let item = try await memcache.gets(handle) else { return nil }
+            if let watermark, let cas = item.cas, cas <= watermark { return nil }
             return try PHPValue(decoding: item, writtenBy: writtenBy, maximumDecompressedSize: memcache.configuration.maximumDecompressedSize)
         } catch {
             throw JobStoreError(.legacyStore, "memcached read of \(handle) failed: \(error)")

@@ -109,7 +109,7 @@ public final class RedisJobStore: Sendable {
         _ = try await updateUnlessFinished(id, [JobField.handle: ByteBuffer(string: handle), JobField.server: ByteBuffer(string: server)])
     }
 
-    /// Notes the legacy fence of a memcached-backed job (see `LegacyResultStore`).
+    /// Notes the CAS watermark of a memcached-backed job (see `LegacyResultStore`).
     public func setLegacyFence(_ id: JobID, _ fence: String) async throws(JobStoreError) {
         _ = try await updateUnlessFinished(id, [JobField.legacyFence: ByteBuffer(string: fence)])
     }
@@ -193,14 +193,21 @@ public final class RedisJobStore: Sendable {
         )
     }
 
-    public func reportProgress(_ id: JobID, numerator: UInt32, denominator: UInt32, message: ByteBuffer = ByteBuffer()) async throws(JobStoreError) {
-        _ = try await updateUnlessFinished(
-            id,
-            [
-                JobField.numerator: ByteBuffer(string: "\(numerator)"), JobField.denominator: ByteBuffer(string: "\(denominator)"),
-                JobField.message: message, JobField.updated: ByteBuffer(string: "\(Self.now())"),
-            ]
-        )
+    /// Progress of an unfinished job; `running` also moves a queued job to running in the same write (for the legacy
+    /// bridge, which learns both from one gearmand status).
+    public func reportProgress(
+        _ id: JobID,
+        numerator: UInt32,
+        denominator: UInt32,
+        message: ByteBuffer = ByteBuffer(),
+        running: Bool = false
+    ) async throws(JobStoreError) {
+        var fields = [
+            JobField.numerator: ByteBuffer(string: "\(numerator)"), JobField.denominator: ByteBuffer(string: "\(denominator)"),
+            JobField.message: message, JobField.updated: ByteBuffer(string: "\(Self.now())"),
+        ]
+        if running { fields[JobField.state] = ByteBuffer(string: JobState.running.rawValue) }
+        _ = try await updateUnlessFinished(id, fields)
     }
 
     /// Writes `done` and the result with the TTL in one `MULTI/EXEC`.

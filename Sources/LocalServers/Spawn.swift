@@ -163,3 +163,15 @@ public func jobgateExecutable() -> String {
         .deletingLastPathComponent()
     return binDirectory.appendingPathComponent("jobgate").path
 }
+
+/// Runs a PHP script given as text with the `php` CLI; returns its output, or throws with it on a non-zero exit.
+public func runPHP(_ script: String, arguments: [String] = [], timeout: Duration = .seconds(60)) async throws -> String {
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString).php")
+    try script.write(to: file, atomically: true, encoding: .utf8)
+    defer { try? FileManager.default.removeItem(at: file) }
+    let run = try await runProgram("/usr/bin/php", [file.path] + arguments, timeout: timeout)
+    guard run.status == 0 else {
+        throw LocalServerError(message: "php exited \(run.status): \(run.outputText) \(run.errors)")
+    }
+    return run.outputText
+}

@@ -37,18 +37,6 @@ func job(_ function: String, _ unique: String, _ payload: String, _ priority: Ge
     GearmanJobRequest(function: function, unique: unique, payload: ByteBuffer(string: payload), priority: priority)
 }
 
-/// Runs a PHP script given as text; fails with its output when it exits non-zero.
-func runPHP(_ script: String, arguments: [String] = []) async throws -> String {
-    let file = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString).php")
-    try script.write(to: file, atomically: true, encoding: .utf8)
-    defer { try? FileManager.default.removeItem(at: file) }
-    let run = try await runProgram("/usr/bin/php", [file.path] + arguments)
-    guard run.status == 0 else {
-        throw TestFailure(description: "php exited \(run.status): \(run.outputText) \(run.errors)")
-    }
-    return run.outputText
-}
-
 /// A TCP listener on loopback that accepts connections and never answers: a hung server.
 func withSilentServer<T>(_ body: (Int) async throws -> T) async throws -> T {
     let channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)

@@ -71,6 +71,25 @@ public final class MemcacheClient: Sendable {
         try await connection(forKey: key).get(key)
     }
 
+    /// The current CAS counter of every server, in list order: each later write to a server gets a larger CAS.
+    ///
+    /// memcached numbers all writes of an instance from one counter, so a value whose CAS is above its server's
+    /// watermark was written after the watermark was taken. Found by writing and reading back a probe key on
+    /// each server.
+    public func casWatermarks() async throws(MemcacheError) -> [UInt64] {
+        var watermarks: [UInt64] = []
+        for server in connections {
+            let connection = try await server.connection()
+            let probe = "jobgate:cas-watermark"
+            try await connection.set(probe, to: ByteBuffer(string: "1"))
+            guard let cas = try await connection.gets([probe]).first?.cas else {
+                throw MemcacheError(.unexpectedResponse, "gets of the CAS probe returned no CAS", server: server.server.description)
+            }
+            watermarks.append(cas)
+        }
+        return watermarks
+    }
+
     /// `gets`: the item with its CAS unique, which changes with every write of the key.
     public func gets(_ key: String) async throws(MemcacheError) -> MemcacheItem? {
         try await connection(forKey: key).gets([key]).first
