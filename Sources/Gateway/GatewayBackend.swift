@@ -29,6 +29,8 @@ struct GatewayBackend: Sendable {
     let logger: Logger
     /// Set when some functions keep their results in memcached.
     let legacy: LegacyBridge?
+    /// Whether the legacy bridge's poller already follows a job (then a lookup need not poll it too).
+    let isFollowed: @Sendable (JobID) -> Bool
 
     /// Creates the record, then submits to gearmand as a background job whose unique key is the job id.
     func submit(_ submission: GatewaySubmission) async throws(GatewayFailure) -> (JobID, created: Bool) {
@@ -84,8 +86,9 @@ struct GatewayBackend: Sendable {
             throw backendDown("Redis", error)
         }
         if let record {
-            // Nobody may be polling an unwatched legacy job: ask gearmand and memcached now.
-            if let legacy, !record.state.isTerminal, legacy.handles(record.function) {
+            // Nobody may be polling an unwatched legacy job: ask gearmand and memcached now. (A followed one is left to
+            // the poller: two polls of one job racing could write an older progress over a newer one.)
+            if let legacy, !record.state.isTerminal, legacy.handles(record.function), !isFollowed(id) {
                 var unknownSince: [JobID: ContinuousClock.Instant] = [:]
                 if await legacy.poll([record], unknownSince: &unknownSince), let fresh = try? await store.record(id) {
                     return .found(fresh)

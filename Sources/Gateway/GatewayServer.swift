@@ -72,7 +72,8 @@ public final class GatewayServer: Service {
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let legacy = try makeLegacyBridge(store: store, gearman: gearman, statistics: statistics)
         let backend = GatewayBackend(
-            store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger, legacy: legacy
+            store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger, legacy: legacy,
+            isFollowed: { hub.isFollowed($0) }
         )
         do {
             try await withThrowingDiscardingTaskGroup { group in

@@ -74,6 +74,10 @@ final class PushHub: Sendable {
         self.statistics = statistics
     }
 
+    func isFollowed(_ id: JobID) -> Bool {
+        state.withLock { $0.watchers[id] != nil || $0.waiters[id] != nil }
+    }
+
     /// Jobs someone watches or waits for: the lost-job check looks at these.
     var followedIDs: [JobID] {
         state.withLock { Array(Set($0.watchers.keys).union($0.waiters.keys)) }

@@ -1,3 +1,4 @@
+import Foundation
 import Gateway
 import GatewayProtocol
 import JobStore
@@ -25,8 +26,21 @@ func withLegacyStack<T: Sendable>(
 }
 
 /// A legacy PHP worker: reports `sendStatus`, stores its result in memcached under the job handle, returns nothing
-/// to gearmand. `store` is PHP code setting `$result`; `jobs` is how many jobs it takes before exiting.
-func legacyWorkerScript(gearmand: LocalServer, memcached: LocalServer, function: String, extension: PHPMemcacheExtension, jobs: Int, store: String) -> String {
+/// to gearmand. `store` is PHP code setting `$result`; `jobs` is how many jobs it takes before exiting. With
+/// `steps`, it waits after each `sendStatus(i, 3)` until the file `<steps>.<i>` exists (the test creates it once it
+/// saw that PROGRESS), so that the test does not depend on the poller's timing.
+func legacyWorkerScript(
+    gearmand: LocalServer,
+    memcached: LocalServer,
+    function: String,
+    extension: PHPMemcacheExtension,
+    jobs: Int,
+    store: String,
+    steps: String? = nil
+) -> String {
+    let pause = { (step: Int) in
+        steps.map { "while (!file_exists('\($0).\(step)')) { usleep(10000); }" } ?? "usleep(100000);"
+    }
     let connect =
         switch `extension` {
         case .peclMemcache: "$mc = memcache_connect('127.0.0.1', \(memcached.port));"
@@ -44,9 +58,9 @@ func legacyWorkerScript(gearmand: LocalServer, memcached: LocalServer, function:
         $w->addServer('127.0.0.1', \(gearmand.port));
         $w->addFunction('\(function)', function ($job) use ($mc) {
             $job->sendStatus(1, 3);
-            usleep(400000);
+            \(pause(1))
             $job->sendStatus(2, 3);
-            usleep(400000);
+            \(pause(2))
             \(store)
             \(set)
             return '';
@@ -69,8 +83,15 @@ struct LegacyTests {
                 ("$result = ['a' => 1, 'b' => [2, 3]];", "a:2:{s:1:\"a\";i:1;s:1:\"b\";a:2:{i:0;i:2;i:1;i:3;}}"),
             ]
             for (store, expected) in cases {
+                let steps = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-steps-\(UUID().uuidString)").path
+                defer { for step in 1...2 { unlink("\(steps).\(step)") } }
                 let worker = Task {
-                    try await runPHP(legacyWorkerScript(gearmand: stack.gearmand, memcached: memcached, function: "legacy", extension: phpExtension, jobs: 1, store: store))
+                    try await runPHP(
+                        legacyWorkerScript(
+                            gearmand: stack.gearmand, memcached: memcached, function: "legacy", extension: phpExtension, jobs: 1, store: store,
+                            steps: steps
+                        )
+                    )
                 }
                 let watcher = try await stack.connect()
                 let waiter = try await stack.connect()
@@ -79,11 +100,13 @@ struct LegacyTests {
                 try await waiter.send("WAIT \(id) 20000\n")
                 // The worker may have reported before the WATCH: WATCHING shows that step.
                 var progress: [UInt64] = status.numerator > 0 ? [status.numerator] : []
+                if let seen = progress.last { FileManager.default.createFile(atPath: "\(steps).\(seen)", contents: nil) }
                 var last: GatewayResponse?
                 while true {
                     last = try await watcher.next(timeout: .seconds(20))
                     guard case .event(.progress(_, let numerator, 3, _), _) = last else { break }
                     progress.append(numerator)
+                    FileManager.default.createFile(atPath: "\(steps).\(numerator)", contents: nil)  // let the worker go on
                 }
                 #expect(progress == [1, 2], "PROGRESS follows sendStatus (WATCHING showed \(status))")
                 #expect(last == .event(.done(id, result: ByteBuffer(string: expected))))

@@ -60,10 +60,15 @@ struct GearmanFailureTests {
 
     /// With every server down the caller gets an error, never silence.
     @Test func poolWithNoServerUpFails() async throws {
-        let pool = GearmanServerPool(servers: [
-            GearmanServerAddress(host: "127.0.0.1", port: try freeLoopbackPort()),
-            GearmanServerAddress(host: "127.0.0.1", port: try freeLoopbackPort()),
-        ])
+        var configuration = GearmanClientConfiguration()
+        configuration.reconnectDelay = .seconds(30)  // long enough that the second call surely falls in the backoff
+        let pool = GearmanServerPool(
+            servers: [
+                GearmanServerAddress(host: "127.0.0.1", port: try freeLoopbackPort()),
+                GearmanServerAddress(host: "127.0.0.1", port: try freeLoopbackPort()),
+            ],
+            configuration: configuration
+        )
         let results = await pool.submitBackground([job("none", "a", ""), job("none", "b", "")])
         for result in results {
             let error = #expect(throws: GearmanError.self) { try result.get() }
@@ -149,8 +154,16 @@ struct GearmanFailureTests {
             #expect(Set(finished.all) == Set(started.all))
             // gearmand saw the three complete (they are gone) and still holds the other two, not running.
             // (gearmand notices the worker's disconnect a moment after it closed)
-            try await eventually("gearmand to show the two untouched jobs and no worker") {
-                try await client.admin(.status).contains("drain\t2\t0\t0")
+            let lastStatus = Recorder<[String]>()
+            do {
+                try await eventually("gearmand to show the two untouched jobs and no worker", timeout: .seconds(20)) {
+                    let status = try await client.admin(.status)
+                    lastStatus.append(status)
+                    return status.contains("drain\t2\t0\t0")
+                }
+            } catch {
+                Issue.record("gearmand status: \(lastStatus.all.last ?? [])")
+                throw error
             }
             await client.shutdown()
         }
