@@ -6,7 +6,8 @@ import Synchronization
 ///
 /// The one writer of the connection drains it. Progress events for a job are coalesced while they wait (the
 /// newest replaces the queued one in place: a slow watcher sees the latest progress, not every step); replies
-/// and terminal events are never dropped. The queued bytes are bounded: past `limit` the outbox overflows, drops
+/// and terminal events are never dropped. The queued bytes are bounded: past `limit` (with more than one entry
+/// waiting, so that a single large result still goes to a client that reads) the outbox overflows, drops
 /// everything and calls `onOverflow` (once), which closes the connection, instead of memory growing for a client
 /// that does not read.
 final class SessionOutbox: Sendable {
@@ -74,7 +75,9 @@ final class SessionOutbox: Sendable {
         let (waiter, overflowed) = state.withLock { state -> (CheckedContinuation<Void, Never>??, Bool) in
             guard !state.isClosed, !state.hasOverflowed else { return (.none, false) }
             body(&state)
-            if state.bytes > limit {
+            // One entry may be larger than the limit on its own (a big result to a client that reads): only a
+            // backlog behind it counts as a client that does not keep up.
+            if state.bytes > limit && state.queue.count > 1 {
                 state.hasOverflowed = true
                 state.queue.removeAll()
                 state.latestProgress.removeAll()

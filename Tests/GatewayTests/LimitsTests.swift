@@ -214,4 +214,18 @@ struct LimitsTests {
             #expect(ContinuousClock.now - again >= .milliseconds(900))
         }
     }
+
+    /// The output limit bounds a backlog, not one reply: a result larger than the limit still reaches a client
+    /// that reads.
+    @Test func largeResultToReadingClient() async throws {
+        try await withGatewayStack({ $0.outputBufferLimit = 4096 }) { stack in
+            let big = ByteBuffer(repeating: UInt8(ascii: "r"), count: 64 * 1024)
+            let reply = try await withTestWorker(stack, ["big": { _, _ in big }]) {
+                let client = try await stack.connect()
+                return try await client.request(submitLine("big", "x", options: "wait=10000"))
+            }
+            guard case .reply(.done(_, let result), _) = try #require(reply) else { Issue.record("\(String(describing: reply))"); return }
+            #expect(result == big)
+        }
+    }
 }
