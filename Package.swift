@@ -143,7 +143,7 @@ let package = Package(
         .testTarget(
             name: "GearmanTests",
             dependencies: [
-                "Gearman",
+                "Gearman", "LocalServers",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -184,7 +184,7 @@ let package = Package(
         .testTarget(
             name: "GatewayProtocolTests",
             dependencies: [
-                "GatewayProtocol",
+                "GatewayProtocol", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

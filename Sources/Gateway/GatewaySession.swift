@@ -33,7 +33,7 @@ struct GatewaySession {
             statistics.slowConsumersClosed.add(1, ordering: .relaxed)
             logger.notice("closing a connection that does not read its replies")
             let connection = channel.channel
-            let message = GatewayResponse.reply(.error(code: Self.slowConsumer, message: "output buffer limit exceeded; closing"))
+            let message = GatewayResponse.reply(.error(code: GatewayErrorCode.slowConsumer, message: "output buffer limit exceeded; closing"))
             connection.writeAndFlush(message).whenComplete { _ in connection.close(promise: nil) }
             connection.eventLoop.scheduleTask(in: .seconds(1)) { connection.close(promise: nil) }
         }
@@ -77,8 +77,6 @@ struct GatewaySession {
         }
     }
 
-    static let slowConsumer = GatewayErrorCode(rawValue: "SLOW_CONSUMER")!
-    static let idle = GatewayErrorCode(rawValue: "IDLE_TIMEOUT")!
 
     /// Closes a connection that sent no complete request for `idleTimeout` and follows nothing: this also ends
     /// clients that trickle a request a byte at a time.
@@ -88,7 +86,7 @@ struct GatewaySession {
             try? await Task.sleep(for: step)
             let quiet = lastRequest.elapsed
             if quiet >= configuration.idleTimeout && !hub.isFollowing(outbox: outbox) {
-                outbox.enqueue(.reply(.error(code: Self.idle, message: "no request for \(configuration.idleTimeout); closing")))
+                outbox.enqueue(.reply(.error(code: .idleTimeout, message: "no request for \(configuration.idleTimeout); closing")))
                 outbox.close()
                 try? await Task.sleep(for: .milliseconds(100))
                 channel.channel.close(promise: nil)

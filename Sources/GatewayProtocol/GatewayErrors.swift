@@ -31,6 +31,10 @@ public struct GatewayErrorCode: RawRepresentable, Hashable, Sendable, CustomStri
     public static let busy = GatewayErrorCode(known: "BUSY")
     public static let backendDown = GatewayErrorCode(known: "BACKEND_DOWN")
     public static let `internal` = GatewayErrorCode(known: "INTERNAL")
+    /// Extension: the client did not read its replies and events; the connection is closed.
+    public static let slowConsumer = GatewayErrorCode(known: "SLOW_CONSUMER")
+    /// Extension: no complete request for the idle timeout while nothing was followed; the connection is closed.
+    public static let idleTimeout = GatewayErrorCode(known: "IDLE_TIMEOUT")
 
     public var description: String { rawValue }
 }

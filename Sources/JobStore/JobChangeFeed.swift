@@ -118,11 +118,7 @@ public final class JobChangeFeed: Service {
                 for await event in self.subscriber.events {
                     if case .subscribed(isReconnect: true) = event {
                         // A restarted Redis forgets a CONFIG SET that was not also written to redis.conf.
-                        do {
-                            try await KeyspaceNotifications.ensureEnabled(on: self.store.redis)
-                        } catch {
-                            self.logger.error("keyspace notifications are off after a reconnect", metadata: ["jobstore.error": "\(error)"])
-                        }
+                        group.addTask { await self.enableNotifications() }
                     }
                     self.handle(event)
                 }
@@ -152,6 +148,27 @@ public final class JobChangeFeed: Service {
             for waiter in waiters { waiter.resume() }
             wakeReader.yield()
             logger.debug("job change feed subscribed; re-reading followed jobs")
+        }
+    }
+
+    /// Switches keyspace notifications on again, retrying until Redis takes it (its command connections may
+    /// still be backing off from the outage), then re-reads everything followed: changes made while they were
+    /// off sent no notification.
+    private func enableNotifications() async {
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                try await KeyspaceNotifications.ensureEnabled(on: store.redis)
+                state.withLock { $0.dirty.formUnion($0.followed.keys) }
+                wakeReader.yield()
+                return
+            } catch {
+                failures += 1
+                if failures == 5 {
+                    logger.error("keyspace notifications are still off after a reconnect", metadata: ["jobstore.error": "\(error)"])
+                }
+                try? await Task.sleep(for: .milliseconds(min(2_000, 50 << min(failures, 6))))
+            }
         }
     }
 

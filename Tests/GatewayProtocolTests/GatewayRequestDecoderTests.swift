@@ -2,6 +2,7 @@ import GatewayProtocol
 import NIOCore
 import NIOEmbedded
 import NIOTestUtils
+import LocalServers
 import Testing
 
 @Suite struct GatewayRequestDecoderTests {
@@ -182,7 +183,7 @@ import Testing
     /// The mixed stream fed in seeded random chunks.
     @Test(arguments: 1...8 as ClosedRange<UInt64>)
     func randomChunks(seed: UInt64) throws {
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix64(seed: seed)
         let stream = Array(Self.mixedStream.map(\.0).joined().utf8)
         var feed = DecoderFeed(GatewayRequestDecoder())
         try feed.feed(stream, inChunksOf: randomSizes(maximum: 40, using: &rng))

@@ -1,6 +1,7 @@
 import GatewayProtocol
 import NIOCore
 import NIOEmbedded
+import LocalServers
 import Testing
 
 /// Bad input: each case gets the right error code (with the tag when it could be read), and the next request on the
@@ -150,7 +151,7 @@ import Testing
 
     /// Binary junk without LF (NUL, 0xFF, CR) for a long time stays bounded too.
     @Test func binaryJunkWithoutLineBreakStaysBounded() throws {
-        var rng = SplitMix64(state: 42)
+        var rng = SplitMix64(seed: 42)
         var feed = DecoderFeed(GatewayRequestDecoder(maximumLineLength: 512))
         let junk = (0..<(1 << 19)).map { _ -> UInt8 in
             let byte = UInt8.random(in: 0...255, using: &rng)
@@ -168,7 +169,7 @@ import Testing
         var feed = DecoderFeed(GatewayRequestDecoder(maximumPayloadSize: 64 * 1024))
         let size = 4 << 20
         try feed.feed("@big SUBMIT f \(size)\r\n")
-        var rng = SplitMix64(state: 7)
+        var rng = SplitMix64(seed: 7)
         try feed.feed((0..<size).map { _ in UInt8.random(in: 0...255, using: &rng) }, inChunksOf: [4096, 1, 65_537, 100])
         #expect(feed.maximumBuffered <= 1)
         #expect(feed.outputs.isEmpty)
@@ -245,7 +246,7 @@ import Testing
     /// Random binary junk (seeded) never crashes, stays bounded and resyncs at the next LF-terminated request.
     @Test(arguments: 1...40 as ClosedRange<UInt64>)
     func randomJunkResyncs(seed: UInt64) throws {
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix64(seed: seed)
         let decoder = GatewayRequestDecoder(maximumLineLength: 128, maximumPayloadSize: 256)
         var feed = DecoderFeed(decoder)
         for round in 0..<20 {
@@ -270,7 +271,7 @@ import Testing
     /// once the damage is behind (a mangled byte count may swallow what follows), requests parse again.
     @Test(arguments: 1...40 as ClosedRange<UInt64>)
     func mutatedRequestsResync(seed: UInt64) throws {
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix64(seed: seed)
         let decoder = GatewayRequestDecoder(maximumLineLength: 128, maximumPayloadSize: 256)
         var feed = DecoderFeed(decoder)
         let valid = Array(GatewayRequestDecoderTests.mixedStream.map(\.0).joined().utf8)

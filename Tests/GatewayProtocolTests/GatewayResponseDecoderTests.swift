@@ -1,6 +1,7 @@
 import GatewayProtocol
 import NIOCore
 import NIOTestUtils
+import LocalServers
 import Testing
 
 @Suite struct GatewayResponseDecoderTests {
@@ -44,7 +45,7 @@ import Testing
     /// All of them in seeded random chunks.
     @Test(arguments: 1...8 as ClosedRange<UInt64>)
     func randomChunks(seed: UInt64) throws {
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix64(seed: seed)
         var feed = DecoderFeed(GatewayResponseDecoder())
         try feed.feed(Self.wire(Self.all).bytes, inChunksOf: randomSizes(maximum: 50, using: &rng))
         try feed.finish()

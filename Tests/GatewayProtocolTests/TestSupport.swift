@@ -1,3 +1,4 @@
+import LocalServers
 import GatewayProtocol
 import NIOCore
 
@@ -52,18 +53,6 @@ struct DecoderFeed<Decoder: NIOSingleStepByteToMessageDecoder> {
     }
 }
 
-/// A seeded generator, so that "random" chunkings and junk are the same on every run.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Random chunk sizes from 1 to `maximum`.
 func randomSizes(count: Int = 64, maximum: Int, using rng: inout SplitMix64) -> [Int] {

@@ -84,7 +84,7 @@ struct BadInputTests {
     @Test(arguments: [UInt64(1), 2, 3])
     func randomJunk(seed: UInt64) async throws {
         try await withGatewayStack({ $0.maximumWaitTimeout = .seconds(1) }) { stack in
-            var generator = SeededGenerator(seed: seed)
+            var generator = SplitMix64(seed: seed)
             var errors = 0
             for _ in 0..<8 {
                 let junk = Self.junk(bytes: 3_000, using: &generator)
@@ -116,7 +116,7 @@ struct BadInputTests {
         "unique=", "priority=high", "wait=500", "=", "\u{0}", "\u{7F}", "é", "3kq9w0c6r2z8m1v4x7b5n0t2ye",
     ].map { Array($0.utf8) }
 
-    static func junk(bytes count: Int, using generator: inout SeededGenerator) -> [UInt8] {
+    static func junk(bytes count: Int, using generator: inout SplitMix64) -> [UInt8] {
         var bytes: [UInt8] = []
         while bytes.count < count {
             switch generator.next() % 8 {

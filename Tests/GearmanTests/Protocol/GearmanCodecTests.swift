@@ -1,5 +1,6 @@
 import NIOCore
 import NIOTestUtils
+import LocalServers
 import Testing
 
 @testable import Gearman
@@ -196,7 +197,7 @@ struct GearmanCodecTests {
     func randomChunks(seed: UInt64) throws {
         let stream = ByteBuffer.joined(Self.mixedStream.map(\.0))
         let expected = Self.mixedStream.flatMap(\.1)
-        var rng = SplitMix64(state: seed)
+        var rng = SplitMix64(seed: seed)
         for maxChunk in [2, 7, 13, 64] {
             let chunks = Self.chunks(of: stream, maxChunk: maxChunk, using: &rng)
             #expect(try Self.decode(chunks, seenEOF: true) == expected)
