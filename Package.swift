@@ -124,11 +124,23 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // MARK: `jobgate bench`: the gateway against gearmand and polling, on a stack on loopback
+        .target(
+            name: "Benchmarks",
+            dependencies: [
+                "Gearman", "GatewayProtocol", "WorkerRuntime", "JobStore", "Redis", "LocalServers",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: The `jobgate` executable
         .executableTarget(
             name: "JobGateCommand",
             dependencies: [
-                "Gearman", "Gateway", "WorkerRuntime", "JobStore", "Redis", "Memcache",
+                "Gearman", "Gateway", "WorkerRuntime", "JobStore", "Redis", "Memcache", "Benchmarks",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -210,6 +222,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BenchmarksTests",
+            dependencies: ["Benchmarks", "LocalServers"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,210 @@
+import Foundation
+
+/// Sizes of a benchmark run.
+public struct BenchmarkOptions: Sendable, Codable {
+    /// Jobs per throughput measurement (submit and end to end), per side and round.
+    public var jobs = 20_000
+    /// Client connections for the throughput measurements (the same on both sides).
+    public var connections = 4
+    /// Requests each connection keeps outstanding while submitting.
+    public var submitWindow = 64
+    /// Jobs each connection keeps in flight end to end.
+    public var endToEndWindow = 16
+    /// Jobs the no-op worker runs at once (the same on both sides).
+    public var workerConcurrency = 32
+    /// Rounds of each throughput comparison; sides alternate which goes first.
+    public var rounds = 3
+    /// Sequential push-latency samples.
+    public var latencySamples = 2_000
+    /// Jobs detected by the 1 s and the 100 ms poller.
+    public var pollSamplesSlow = 20
+    public var pollSamplesFast = 60
+    /// Connections that each watch one job.
+    public var watchers = 10_000
+
+    public init() {}
+
+    /// A small smoke run: every section, small sizes.
+    public static var quick: BenchmarkOptions {
+        var options = BenchmarkOptions()
+        options.jobs = 1_000
+        options.connections = 2
+        options.submitWindow = 16
+        options.endToEndWindow = 8
+        options.workerConcurrency = 8
+        options.rounds = 1
+        options.latencySamples = 50
+        options.pollSamplesSlow = 3
+        options.pollSamplesFast = 8
+        options.watchers = 100
+        return options
+    }
+}
+
+/// Everything `jobgate bench` measured, as written with `--json`.
+public struct BenchmarkReport: Sendable, Codable {
+    public var machine: Machine
+    public var options: BenchmarkOptions
+    public var submit: Throughput
+    public var endToEnd: Throughput
+    public var pushLatency: PushLatency
+    public var watchers: Watchers
+    public var legacyBridge: Skipped
+
+    public struct Machine: Sendable, Codable {
+        public var cpus: Int
+        public var cpuModel: String
+        public var memoryGiB: Double
+        public var kernel: String
+        /// `release` or `debug`: figures from a debug build say little.
+        public var build: String
+        public var date: String
+        /// RLIMIT_NOFILE after the bench raised its soft limit (the gateway process inherits it).
+        public var openFilesLimit: Int
+    }
+
+    /// One comparison of jobs per second, the gateway against gearmand directly.
+    public struct Throughput: Sendable, Codable {
+        public var what: String
+        public var direct: String
+        /// Medians over the rounds.
+        public var gatewayJobsPerSecond: Double
+        public var directJobsPerSecond: Double
+        /// gateway ÷ direct, from the medians.
+        public var ratio: Double
+        public var gatewayRounds: [Double]
+        public var directRounds: [Double]
+        public var target: String
+        public var met: Bool
+    }
+
+    /// Latency summary in microseconds.
+    public struct Distribution: Sendable, Codable {
+        public var samples: Int
+        public var meanMicroseconds: Double
+        public var p50Microseconds: Double
+        public var p99Microseconds: Double
+        public var p999Microseconds: Double
+        public var maxMicroseconds: Double
+    }
+
+    public struct Polling: Sendable, Codable {
+        public var intervalMilliseconds: Int
+        public var detection: Distribution
+    }
+
+    public struct PushLatency: Sendable, Codable {
+        public var what: String
+        public var push: Distribution
+        public var polling: [Polling]
+        /// Mean detection delay of the 1 s poller ÷ mean push latency.
+        public var meanRatioToOneSecondPolling: Double
+        public var target: String
+        public var met: Bool
+    }
+
+    public struct Watchers: Sendable, Codable {
+        public var what: String
+        public var watchers: Int
+        /// The gateway's RSS before the watchers connected (jobs submitted, one client).
+        public var gatewayRSSBeforeMiB: Double
+        /// The gateway's RSS with every watcher connected and idle.
+        public var gatewayRSSIdleMiB: Double
+        public var bytesPerWatcher: Double
+        /// First job's outcome write to the last job's: how long the worker took.
+        public var completionSpanMilliseconds: Double
+        /// Last outcome write to the last `EVENT … DONE` read by its watcher.
+        public var lastDoneAfterLastCompletionMilliseconds: Double
+        /// Per job: outcome write to `EVENT … DONE` at its watcher, under this load.
+        public var delivery: Distribution
+        public var target: String
+        public var met: Bool
+    }
+
+    public struct Skipped: Sendable, Codable {
+        public var available: Bool
+        public var note: String
+    }
+}
+
+extension BenchmarkReport.Distribution {
+    /// Summarises durations (nanoseconds), nearest-rank percentiles.
+    init(nanoseconds values: [Int64]) {
+        let sorted = values.sorted()
+        func rank(_ p: Double) -> Double {
+            guard !sorted.isEmpty else { return 0 }
+            let index = min(sorted.count - 1, max(0, Int((p * Double(sorted.count)).rounded(.up)) - 1))
+            return Double(sorted[index]) / 1_000
+        }
+        samples = sorted.count
+        meanMicroseconds = sorted.isEmpty ? 0 : Double(sorted.reduce(0, +)) / Double(sorted.count) / 1_000
+        p50Microseconds = rank(0.50)
+        p99Microseconds = rank(0.99)
+        p999Microseconds = rank(0.999)
+        maxMicroseconds = Double(sorted.last ?? 0) / 1_000
+    }
+}
+
+extension Duration {
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+
+    var seconds: Double { Double(nanoseconds) / 1e9 }
+}
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return 0 }
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+// MARK: The table
+
+extension BenchmarkReport {
+    /// The report as a plain-text table.
+    public var table: String {
+        func rate(_ value: Double) -> String { String(format: "%10.0f jobs/s", value) }
+        func us(_ value: Double) -> String { value >= 10_000 ? String(format: "%.1f ms", value / 1_000) : String(format: "%.0f µs", value) }
+        func verdict(_ met: Bool) -> String { met ? "met" : "MISSED" }
+        var lines: [String] = []
+        lines.append("jobgate bench — \(machine.cpus) CPUs (\(machine.cpuModel)), \(String(format: "%.0f", machine.memoryGiB)) GiB, \(machine.kernel), \(machine.build) build, \(machine.date)")
+        lines.append("open files limit raised to \(machine.openFilesLimit) (setrlimit RLIMIT_NOFILE; the gateway process inherits it)")
+        lines.append("")
+        for (title, section) in [("1. submit", submit), ("2. end to end", endToEnd)] {
+            lines.append("\(title): \(section.what)")
+            lines.append("   gateway \(rate(section.gatewayJobsPerSecond))   rounds: \(section.gatewayRounds.map { String(format: "%.0f", $0) }.joined(separator: ", "))")
+            lines.append("   direct  \(rate(section.directJobsPerSecond))   rounds: \(section.directRounds.map { String(format: "%.0f", $0) }.joined(separator: ", "))   (\(section.direct))")
+            lines.append("   ratio   \(String(format: "%.2f", section.ratio))×   target \(section.target): \(verdict(section.met))")
+            lines.append("")
+        }
+        lines.append("3. push latency: \(pushLatency.what)")
+        lines.append("   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "samples      mean       p50       p99     p99.9       max")
+        func row(_ name: String, _ d: Distribution) -> String {
+            "   " + name.padding(toLength: 22, withPad: " ", startingAt: 0)
+                + [String(d.samples), us(d.meanMicroseconds), us(d.p50Microseconds), us(d.p99Microseconds), us(d.p999Microseconds), us(d.maxMicroseconds)]
+                .map { $0.leftPadded(to: 9) }.joined(separator: " ")
+        }
+        lines.append(row("push (EVENT DONE)", pushLatency.push))
+        for polling in pushLatency.polling {
+            lines.append(row("poll STATUS \(polling.intervalMilliseconds) ms", polling.detection))
+        }
+        lines.append("   mean 1 s polling ÷ mean push: \(String(format: "%.0f", pushLatency.meanRatioToOneSecondPolling))×   target \(pushLatency.target): \(verdict(pushLatency.met))")
+        lines.append("")
+        lines.append("4. watchers: \(watchers.what)")
+        lines.append("   gateway RSS \(String(format: "%.1f", watchers.gatewayRSSBeforeMiB)) MiB before, \(String(format: "%.1f", watchers.gatewayRSSIdleMiB)) MiB with \(watchers.watchers) idle watchers (\(String(format: "%.0f", watchers.bytesPerWatcher)) B each)")
+        lines.append("   worker finished the jobs in \(String(format: "%.0f", watchers.completionSpanMilliseconds)) ms; last DONE \(String(format: "%.1f", watchers.lastDoneAfterLastCompletionMilliseconds)) ms after the last outcome write")
+        lines.append(row("delivery per job", watchers.delivery))
+        lines.append("   target \(watchers.target): \(verdict(watchers.met))")
+        lines.append("")
+        lines.append("5. legacy bridge: \(legacyBridge.note)")
+        return lines.joined(separator: "\n")
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}

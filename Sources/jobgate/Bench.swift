@@ -1,0 +1,94 @@
+import ArgumentParser
+import Benchmarks
+import Foundation
+import Gearman
+import Logging
+
+/// `jobgate bench`: the gateway measured against gearmand alone and against polling, on loopback.
+struct Bench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the gateway against gearmand alone and against polling, on a stack on loopback.",
+        discussion: """
+            Starts gearmand and redis-server on free loopback ports (or uses --gearman/--redis), runs
+            this executable as `jobgate serve` in its own process, and measures, each side by side in the
+            same run: submit throughput (gateway vs SUBMIT_JOB_BG straight to gearmand), end to end
+            (SUBMIT + WATCH through a no-op in-process JobWorker and Redis vs foreground jobs straight to
+            gearmand), push latency vs STATUS polling every 1 s and 100 ms, and many idle watchers (gateway
+            RSS, time to deliver every DONE). Raises the soft open-files limit to the hard limit.
+            Build with `swift build -c release` first: debug figures say little.
+
+            Examples:
+              .build/release/jobgate bench
+              .build/release/jobgate bench --quick --json /tmp/bench.json
+            """
+    )
+
+    @Flag(help: "A small smoke run: every section, small sizes.")
+    var quick = false
+
+    @Option(help: "Jobs per throughput measurement, per side and round.")
+    var jobs: Int?
+
+    @Option(help: "Client connections for the throughput measurements (the same on both sides).")
+    var connections: Int?
+
+    @Option(help: "Connections that each watch one job.")
+    var watchers: Int?
+
+    @Option(help: "Rounds of each throughput comparison.")
+    var rounds: Int?
+
+    @Option(name: .customLong("latency-samples"), help: "Sequential push-latency samples.")
+    var latencySamples: Int?
+
+    @Option(name: .customLong("worker-concurrency"), help: "Jobs the no-op workers run at once.")
+    var workerConcurrency: Int?
+
+    @Option(help: ArgumentHelp("Use this gearmand instead of starting one.", valueName: "host:port"))
+    var gearman: HostPort?
+
+    @Option(help: ArgumentHelp("Use this Redis instead of starting one (the gateway enables keyspace events on it).", valueName: "host:port"))
+    var redis: HostPort?
+
+    @Option(help: ArgumentHelp("Also write the report as JSON to this file.", valueName: "file"))
+    var json: String?
+
+    func validate() throws {
+        for (name, value) in [("jobs", jobs), ("connections", connections), ("watchers", watchers), ("rounds", rounds),
+                              ("latency-samples", latencySamples), ("worker-concurrency", workerConcurrency)] {
+            if let value, value < 1 { throw ValidationError("--\(name) must be at least 1") }
+        }
+    }
+
+    func run() async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = .warning
+            return handler
+        }
+        var options = quick ? BenchmarkOptions.quick : BenchmarkOptions()
+        if let jobs { options.jobs = jobs }
+        if let connections { options.connections = connections }
+        if let watchers { options.watchers = watchers }
+        if let rounds { options.rounds = rounds }
+        if let latencySamples { options.latencySamples = latencySamples }
+        if let workerConcurrency { options.workerConcurrency = workerConcurrency }
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let runner = BenchmarkRunner(
+            options: options,
+            gearman: gearman.map { GearmanServerAddress(host: $0.host, port: $0.port) },
+            redis: redis.map { ($0.host, $0.port) },
+            executable: executable,
+            logger: Logger(label: "jobgate.bench")
+        )
+        let report = try await runner.run { line in
+            FileHandle.standardError.write(Data((line + "\n").utf8))
+        }
+        print(report.table)
+        if let json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try encoder.encode(report).write(to: URL(fileURLWithPath: json))
+        }
+    }
+}
