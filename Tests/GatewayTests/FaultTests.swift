@@ -112,4 +112,29 @@ struct FaultTests {
             for watcher in watchers { await watcher.close() }
         }
     }
+
+    /// SIGTERM to a real `jobgate serve`: what was sent is answered (a pending WAIT at once), then it exits 0.
+    @Test func sigtermAnswersThenExits() async throws {
+        try await withGatewayStack { stack in
+            let port = try freeLoopbackPort()
+            let gateway = try LocalProcess(
+                jobgateExecutable(),
+                ["serve", "--listen", "127.0.0.1:\(port)", "--gearman", stack.gearmand.address, "--redis", stack.redis.address]
+            )
+            defer { gateway.stop() }
+            try await eventually("jobgate serve to listen") { (try? await GatewayTestClient.connect(port: port)) != nil }
+            let client = try await GatewayTestClient.connect(port: port)
+            let id = try #require(try await client.request(submitLine("nobody-runs-this", "x"))?.createdID)
+            try await client.send("WAIT \(id) 60000\nPING\n")
+            try await Task.sleep(for: .milliseconds(200))
+            gateway.signal(SIGTERM)
+            guard case .reply(.timeout(id, _), _) = try #require(try await client.next(timeout: .seconds(10))) else {
+                Issue.record("the pending WAIT was not answered"); return
+            }
+            #expect(try await client.next() == .reply(.pong))
+            #expect(try await client.next() == nil)
+            let status = try await gateway.waitForExit(timeout: .seconds(10))
+            #expect(status == 0, "\(gateway.log)")
+        }
+    }
 }
