@@ -81,10 +81,12 @@ struct GatewaySession {
     /// Closes a connection that sent no complete request for `idleTimeout` and follows nothing: this also ends
     /// clients that trickle a request a byte at a time.
     private func closeWhenIdle(_ outbox: SessionOutbox, lastRequest: LastActivity) async {
-        let step = min(configuration.idleTimeout, .seconds(1))
+        var wait = configuration.idleTimeout
         while !Task.isCancelled {
-            try? await Task.sleep(for: step)
+            // Sleep until the earliest moment the connection can be idle: one wakeup per timeout, not per second.
+            try? await Task.sleep(for: wait)
             let quiet = lastRequest.elapsed
+            wait = quiet >= configuration.idleTimeout ? configuration.idleTimeout : configuration.idleTimeout - quiet
             if quiet >= configuration.idleTimeout && !hub.isFollowing(outbox: outbox) {
                 outbox.enqueue(.reply(.error(code: .idleTimeout, message: "no request for \(configuration.idleTimeout); closing")))
                 outbox.close()
