@@ -140,12 +140,13 @@ let package = Package(
         .executableTarget(
             name: "JobGateCommand",
             dependencies: [
-                "Gearman", "Gateway", "WorkerRuntime", "JobStore", "Redis", "Memcache", "Benchmarks",
+                "Gearman", "Gateway", "GatewayProtocol", "WorkerRuntime", "JobStore", "Redis", "Memcache", "Benchmarks",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             path: "Sources/jobgate",
             swiftSettings: swiftSettings

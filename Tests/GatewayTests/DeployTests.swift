@@ -1,0 +1,49 @@
+import Foundation
+import LocalServers
+import Testing
+
+/// The files under `Deploy/` work as they are.
+@Suite("Deploy files", .timeLimit(.minutes(2)))
+struct DeployTests {
+    static let deploy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Deploy")
+
+    /// `jobgate serve --config Deploy/jobgate.conf.example` starts (addresses overridden by the environment, which
+    /// wins over the file), answers PING and stops cleanly on SIGTERM.
+    @Test func exampleConfigurationIsAccepted() async throws {
+        try await withLocalServer(.gearmand) { gearmand in
+            try await withLocalServer(.redis) { redis in
+                let port = try freeLoopbackPort()
+                let process = try LocalProcess(
+                    jobgateExecutable(),
+                    ["serve", "--config", Self.deploy.appendingPathComponent("jobgate.conf.example").path],
+                    environment: ["JOBGATE_LISTEN": "127.0.0.1:\(port)", "JOBGATE_GEARMAN": gearmand.address, "JOBGATE_REDIS": redis.address]
+                )
+                defer { process.stop() }
+                try await eventually("the gateway to answer PING") {
+                    if let status = process.exitStatus { throw DeployTestFailure(description: "jobgate serve exited (\(status)): \(process.log)") }
+                    let answer = try? LoopbackSocket.exchange(port: port, request: Array("PING\r\n".utf8), timeoutMs: 500)
+                    return answer == Array("PONG\r\n".utf8)
+                }
+                process.signal(SIGTERM)
+                #expect(try await process.waitForExit() == 0, "\(process.log)")
+            }
+        }
+    }
+
+    /// The example names every option `jobgate serve --help` lists.
+    @Test func exampleConfigurationNamesEveryOption() async throws {
+        let help = try await runProgram(jobgateExecutable(), ["serve", "--help"])
+        #expect(help.status == 0)
+        let options = Set(help.outputText.matches(of: /--([a-z][a-z-]+)/).map { String($0.1) }).subtracting(["config", "help", "version"])
+        #expect(options.count >= 18, "\(options.sorted())")
+        let example = try String(contentsOf: Self.deploy.appendingPathComponent("jobgate.conf.example"), encoding: .utf8)
+        for option in options.sorted() {
+            #expect(example.contains("\n\(option) = ") || example.contains("\n# \(option) = "), "Deploy/jobgate.conf.example lacks \(option)")
+        }
+    }
+}
+
+struct DeployTestFailure: Error, CustomStringConvertible {
+    let description: String
+}
