@@ -42,6 +42,7 @@ struct GatewayBackend: Sendable {
         } catch {
             throw backendDown("Redis", error)
         }
+        statistics.metrics.backendSucceeded("Redis")
         if case .joined(let existing) = outcome {
             statistics.jobsJoined.add(1, ordering: .relaxed)
             return (existing, false)
@@ -61,6 +62,7 @@ struct GatewayBackend: Sendable {
             _ = try? await store.markFailed(id, reason: "gearmand did not accept the job: \(error.message)")
             throw backendDown("gearmand", error)
         }
+        statistics.metrics.backendSucceeded("gearmand")
         do {
             try await store.setLocation(id, handle: location.handle, server: location.server.description)
         } catch {
@@ -79,6 +81,7 @@ struct GatewayBackend: Sendable {
         } catch {
             throw backendDown("Redis", error)
         }
+        statistics.metrics.backendSucceeded("Redis")
         if let record { return .found(record) }
         return ids.isGenuine(id.rawValue) ? .expired(id) : .notFound
     }
@@ -93,6 +96,7 @@ struct GatewayBackend: Sendable {
 
     func backendDown(_ backend: String, _ error: any Error) -> GatewayFailure {
         statistics.backendErrors.add(1, ordering: .relaxed)
+        statistics.metrics.backendFailed(backend)
         return GatewayFailure(code: .backendDown, message: "\(backend) is unavailable: \(error)")
     }
 

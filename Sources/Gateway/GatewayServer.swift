@@ -17,6 +17,7 @@ public final class GatewayServer: Service {
     public let configuration: GatewayConfiguration
     private let logger: Logger
     private let listening = Mutex<ListenState>(.init())
+    private let httpAddress = ListeningAddress()
 
     private struct ListenState {
         var address: SocketAddress?
@@ -43,10 +44,17 @@ public final class GatewayServer: Service {
         }
     }
 
+    /// The address of the HTTP port (`/metrics`, job pages), once it listens; throws when it is off.
+    public func waitUntilHTTPListening() async throws -> SocketAddress {
+        guard configuration.httpPort != nil else { throw GatewayHTTPDisabled() }
+        return try await httpAddress.wait()
+    }
+
     public func run() async throws {
         do {
             try await serve()
         } catch {
+            httpAddress.resolve(.failure(error))
             let waiters = listening.withLock { state in
                 state.failure = error
                 defer { state.waiters = [] }
@@ -70,12 +78,20 @@ public final class GatewayServer: Service {
         let hub = PushHub(feed: feed, statistics: statistics)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let backend = GatewayBackend(store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger)
+        statistics.metrics.countWatchers { hub.watcherCount }
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run() }
                 group.addTask { await hub.run() }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
                 await feed.waitUntilReady()
+                if let httpPort = configuration.httpPort {
+                    let http = GatewayHTTPServer(
+                        host: configuration.httpHost, port: httpPort, backend: backend, hub: hub, statistics: statistics,
+                        maximumConnections: configuration.maximumConnections, logger: logger
+                    )
+                    group.addTask { try await http.run { address in self.httpAddress.resolve(.success(address)) } }
+                }
                 try await acceptConnections(backend: backend, hub: hub, statistics: statistics)
                 group.cancelAll()
             }
@@ -160,4 +176,9 @@ public final class GatewayServer: Service {
             try await outbound.write(.reply(.error(code: .busy, message: "too many connections (limit \(limit)); try again later")))
         }
     }
+}
+
+/// `waitUntilHTTPListening()` on a gateway without `--http`.
+public struct GatewayHTTPDisabled: Error, CustomStringConvertible {
+    public var description: String { "the gateway has no HTTP port (--http)" }
 }

@@ -14,6 +14,8 @@ final class GatewayStatistics: Sendable {
     let eventsPushed = Atomic<Int>(0)
     let backendErrors = Atomic<Int>(0)
     let slowConsumersClosed = Atomic<Int>(0)
+    /// Labelled counters and the push latency histogram (`GatewayMetrics.swift`).
+    let metrics = GatewayMetricCounters()
 
     func snapshot(watchedJobs: Int) -> [GatewayStatistic] {
         func stat(_ name: String, _ counter: borrowing Atomic<Int>) -> GatewayStatistic {
@@ -25,6 +27,6 @@ final class GatewayStatistics: Sendable {
             stat("jobs_submitted", jobsSubmitted), stat("jobs_joined", jobsJoined), stat("jobs_lost", jobsLost),
             stat("events_pushed", eventsPushed), stat("backend_errors", backendErrors), stat("slow_consumers_closed", slowConsumersClosed),
             GatewayStatistic("jobs_followed", String(watchedJobs)),
-        ]
+        ] + metrics.samples().map { GatewayStatistic($0.statisticName, $0.value) }
     }
 }
