@@ -43,7 +43,25 @@ func parseHTTPResponse(_ bytes: [UInt8]) throws -> HTTPTestResponse {
         guard let colon = line.firstIndex(of: ":") else { throw HTTPTestFailure(description: "bad header \(line)") }
         headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
     }
-    return HTTPTestResponse(status: status, headers: headers, body: String(text[split.upperBound...]))
+    var body = String(text[split.upperBound...])
+    if headers["transfer-encoding"] == "chunked" { body = try dechunked(body) }
+    return HTTPTestResponse(status: status, headers: headers, body: body)
+}
+
+/// The body of a chunked response: `<hex size>\r\n<bytes>\r\n` … `0\r\n\r\n`.
+private func dechunked(_ text: String) throws -> String {
+    var rest = Array(text.utf8)[...]
+    var body: [UInt8] = []
+    while true {
+        guard let lineEnd = rest.firstIndex(of: 13), rest[rest.index(after: lineEnd)] == 10,
+            let size = Int(String(decoding: rest[..<lineEnd], as: UTF8.self), radix: 16)
+        else { throw HTTPTestFailure(description: "bad chunk") }
+        rest = rest[(lineEnd + 2)...]
+        if size == 0 { return String(decoding: body, as: UTF8.self) }
+        guard rest.count >= size + 2 else { throw HTTPTestFailure(description: "short chunk") }
+        body += rest.prefix(size)
+        rest = rest.dropFirst(size + 2)
+    }
 }
 
 /// The Prometheus text exposition format (0.0.4), parsed strictly: a test fails on anything a Prometheus server
