@@ -21,6 +21,12 @@ struct JobPageTests {
                 #expect(!response.body.contains(id.rawValue))
             }
             #expect(try await httpRequest(port: http, "/jobs/\(id)", method: "POST").status == 405)
+            let garbage = try await onOwnThread {
+                let socket = try LoopbackSocket(port: http, timeoutMs: 10_000)
+                try socket.send(Array("NOT HTTP AT ALL\r\n\r\n".utf8))
+                return String(decoding: try socket.receive { _ in false }, as: UTF8.self)
+            }
+            #expect(garbage.hasPrefix("HTTP/1.1 400"), "a malformed request gets 400 and the connection closes: \(garbage)")
             let page = try await httpRequest(port: http, "/jobs/\(id)")
             #expect(page.status == 200)
             #expect(page.headers["content-type"] == "text/html; charset=utf-8")
