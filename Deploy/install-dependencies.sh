@@ -10,8 +10,8 @@ packages=(
     gearman-job-server gearman-tools redis-server memcached
     # interop peers used by the tests
     php-cli php-gearman php-memcache php-memcached php-redis python3-redis
-    # examples and tests
-    netcat-openbsd procps
+    # examples and tests (chromium: the job page tests load it headless)
+    netcat-openbsd procps chromium fonts-dejavu-core
 )
 
 missing=()
@@ -28,7 +28,7 @@ if ((${#missing[@]})); then
 fi
 
 # Debian starts these as system services on install; jobgate's tests and demo run their own copies.
-for binary in gearmand redis-server memcached php swift; do
+for binary in gearmand redis-server memcached php chromium swift; do
     command -v "$binary" >/dev/null || [ -x "/usr/sbin/$binary" ] || [ -x "/opt/swift/usr/bin/$binary" ] || {
         echo "missing after install: $binary" >&2
         exit 1

@@ -46,6 +46,7 @@ struct GatewayBackend: Sendable {
         } catch {
             throw backendDown("Redis", error)
         }
+        statistics.metrics.backendSucceeded("Redis")
         if case .joined(let existing) = outcome {
             statistics.jobsJoined.add(1, ordering: .relaxed)
             return (existing, false)
@@ -66,6 +67,7 @@ struct GatewayBackend: Sendable {
             _ = try? await store.markFailed(id, reason: "gearmand did not accept the job: \(error.message)")
             throw backendDown("gearmand", error)
         }
+        statistics.metrics.backendSucceeded("gearmand")
         do {
             try await store.setLocation(id, handle: location.handle, server: location.server.description)
         } catch {
@@ -85,6 +87,7 @@ struct GatewayBackend: Sendable {
         } catch {
             throw backendDown("Redis", error)
         }
+        statistics.metrics.backendSucceeded("Redis")
         if let record {
             // Nobody may be polling an unwatched legacy job: ask gearmand and memcached now. (A followed one is left to
             // the poller: two polls of one job racing could write an older progress over a newer one.)
@@ -109,6 +112,7 @@ struct GatewayBackend: Sendable {
 
     func backendDown(_ backend: String, _ error: any Error) -> GatewayFailure {
         statistics.backendErrors.add(1, ordering: .relaxed)
+        statistics.metrics.backendFailed(backend)
         return GatewayFailure(code: .backendDown, message: "\(backend) is unavailable: \(error)")
     }
 

@@ -13,6 +13,9 @@ public struct GatewayConfiguration: Sendable {
     public var redis = RedisConnectionConfiguration()
     /// Prefix of every Redis key (several deployments may share a Redis).
     public var keyPrefix = "jobgate:"
+    /// The HTTP port for `/metrics` and job pages (`--http`); nil: off. Port 0 picks a free port.
+    public var httpHost = "127.0.0.1"
+    public var httpPort: Int?
     /// Accepted `AUTH` secrets; none means no authentication. Several allow rotating a secret.
     public var secrets: [String] = []
 

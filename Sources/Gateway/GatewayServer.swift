@@ -18,6 +18,7 @@ public final class GatewayServer: Service {
     public let configuration: GatewayConfiguration
     private let logger: Logger
     private let listening = Mutex<ListenState>(.init())
+    private let httpAddress = ListeningAddress()
 
     private struct ListenState {
         var address: SocketAddress?
@@ -44,10 +45,17 @@ public final class GatewayServer: Service {
         }
     }
 
+    /// The address of the HTTP port (`/metrics`, job pages), once it listens; throws when it is off.
+    public func waitUntilHTTPListening() async throws -> SocketAddress {
+        guard configuration.httpPort != nil else { throw GatewayHTTPDisabled() }
+        return try await httpAddress.wait()
+    }
+
     public func run() async throws {
         do {
             try await serve()
         } catch {
+            httpAddress.resolve(.failure(error))
             let waiters = listening.withLock { state in
                 state.failure = error
                 defer { state.waiters = [] }
@@ -75,6 +83,7 @@ public final class GatewayServer: Service {
             store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger, legacy: legacy,
             isFollowed: { hub.isFollowed($0) }
         )
+        statistics.metrics.countWatchers { hub.watcherCount }
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run() }
@@ -84,6 +93,13 @@ public final class GatewayServer: Service {
                     group.addTask { await legacy.run(followed: { hub.followedIDs }) }
                 }
                 await feed.waitUntilReady()
+                if let httpPort = configuration.httpPort {
+                    let http = GatewayHTTPServer(
+                        host: configuration.httpHost, port: httpPort, backend: backend, hub: hub, statistics: statistics,
+                        maximumConnections: configuration.maximumConnections, logger: logger
+                    )
+                    group.addTask { try await http.run { address in self.httpAddress.resolve(.success(address)) } }
+                }
                 try await acceptConnections(backend: backend, hub: hub, statistics: statistics)
                 group.cancelAll()
             }
@@ -196,4 +212,9 @@ public final class GatewayServer: Service {
 public struct GatewayConfigurationError: Error, CustomStringConvertible {
     public let description: String
     init(_ description: String) { self.description = description }
+}
+
+/// `waitUntilHTTPListening()` on a gateway without `--http`.
+public struct GatewayHTTPDisabled: Error, CustomStringConvertible {
+    public var description: String { "the gateway has no HTTP port (--http)" }
 }

@@ -111,7 +111,9 @@ struct GatewaySession {
                 statistics.commands.add(1, ordering: .relaxed)
                 let request: GatewayRequest
                 switch item {
-                case .success(let parsed): request = parsed
+                case .success(let parsed):
+                    request = parsed
+                    statistics.metrics.countCommand(parsed.command.verb)
                 case .failure(let error):
                     statistics.protocolErrors.add(1, ordering: .relaxed)
                     outbox.enqueue(error.response)

@@ -15,6 +15,8 @@ final class GatewayStatistics: Sendable {
     let backendErrors = Atomic<Int>(0)
     let slowConsumersClosed = Atomic<Int>(0)
     let legacyPolls = Atomic<Int>(0)
+    /// Labelled counters and the push latency histogram (`GatewayMetrics.swift`).
+    let metrics = GatewayMetricCounters()
 
     func snapshot(watchedJobs: Int) -> [GatewayStatistic] {
         func stat(_ name: String, _ counter: borrowing Atomic<Int>) -> GatewayStatistic {
@@ -27,6 +29,6 @@ final class GatewayStatistics: Sendable {
             stat("events_pushed", eventsPushed), stat("backend_errors", backendErrors), stat("slow_consumers_closed", slowConsumersClosed),
             stat("legacy_polls", legacyPolls),
             GatewayStatistic("jobs_followed", String(watchedJobs)),
-        ]
+        ] + metrics.samples().map { GatewayStatistic($0.statisticName, $0.value) }
     }
 }

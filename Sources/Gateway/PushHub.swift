@@ -78,6 +78,11 @@ final class PushHub: Sendable {
         state.withLock { $0.watchers[id] != nil || $0.waiters[id] != nil }
     }
 
+    /// Watches registered now, over all connections (a metric).
+    var watcherCount: Int {
+        state.withLock { $0.watchers.values.reduce(0) { $0 + $1.count } }
+    }
+
     /// Jobs someone watches or waits for: the lost-job check looks at these.
     var followedIDs: [JobID] {
         state.withLock { Array(Set($0.watchers.keys).union($0.waiters.keys)) }
@@ -144,6 +149,7 @@ final class PushHub: Sendable {
             outbox.enqueue(response)
             statistics.eventsPushed.add(1, ordering: .relaxed)
         }
+        if ended { statistics.metrics.jobEnded(update.record, pushes: pushes.count) }
     }
 
     /// The event a watcher should see for `update`, or nil when nothing it can see changed.

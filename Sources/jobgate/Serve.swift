@@ -30,6 +30,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Address to listen on, host:port. Loopback unless you mean otherwise. (default: 127.0.0.1:4740)")
     var listen: String?
 
+    @Option(help: "HTTP address for /metrics (Prometheus) and live job pages (/jobs/<id>), host:port. (default: off)")
+    var http: String?
+
     @Option(help: "gearmand servers, comma-separated host:port. (default: 127.0.0.1:4730)")
     var gearman: String?
 
@@ -122,6 +125,11 @@ struct Serve: AsyncParsableCommand {
             let (host, port) = try Settings.hostPort(listen, option: "listen")
             configuration.host = host
             configuration.port = port
+        }
+        if let http = settings.value("http", http), !http.isEmpty, http != "off" {
+            let (host, port) = try Settings.hostPort(http, option: "http")
+            configuration.httpHost = host
+            configuration.httpPort = port
         }
         if let gearman = settings.value("gearman", gearman) {
             configuration.gearmanServers = try gearman.split(separator: ",").map { part in

@@ -124,6 +124,12 @@ struct ClientCommandTests {
                 #expect(notFound.errors.contains("NOT_FOUND"))
                 let notAnID = try await jobgate(stack, ["watch", "not an id"])
                 #expect(notAnID.status == 64)
+                for usage in [["submit", "echo", "--data", "x", "--file", "/dev/null"], ["submit", "echo", "--watch", "--wait", "1"],
+                              ["submit", "bad function", "--data", "x"], ["submit", "echo", "--unique", String(repeating: "u", count: 64)]] {
+                    #expect(try await jobgate(stack, usage).status == 64, "\(usage)")
+                }
+                let badGateway = try await runProgram(jobgateExecutable(), ["status", String(repeating: "a", count: 39), "--gateway", "nowhere"])
+                #expect(badGateway.status == 64)
 
                 let submitted = try await jobgate(stack, ["submit", "echo", "--data", "short-lived"])
                 let id = submitted.outputText.trimmingCharacters(in: .newlines)

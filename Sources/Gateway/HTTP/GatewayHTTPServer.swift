@@ -1,0 +1,272 @@
+import GatewayProtocol
+import JobStore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Synchronization
+
+/// The gateway's HTTP port (`--http`): `/metrics` for Prometheus and a live page per job.
+///
+/// `GET /jobs/<id>` is a page that follows the job through `GET /jobs/<id>/events` (Server-Sent Events). Knowing
+/// an id is the only way in: unknown ids are 404 and nothing lists jobs. Every response but the event stream
+/// closes its connection, and a request must arrive within `requestTimeout`, so idle clients hold nothing.
+final class GatewayHTTPServer: Sendable {
+    typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+
+    let host: String
+    let port: Int
+    private let backend: GatewayBackend
+    private let hub: PushHub
+    private let statistics: GatewayStatistics
+    private let logger: Logger
+    private let requestTimeout: TimeAmount = .seconds(10)
+    private let maximumConnections: Int
+    private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// Largest result shown on a job page; the rest is cut (the line protocol has all of it).
+    static let maximumResultShown = 256 * 1024
+
+    init(host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int, logger: Logger) {
+        self.host = host
+        self.port = port
+        self.backend = backend
+        self.hub = hub
+        self.statistics = statistics
+        self.maximumConnections = maximumConnections
+        self.logger = logger
+    }
+
+    /// Binds, then calls `listening` with the address and serves until cancelled or `stop()`.
+    func run(listening: @Sendable (SocketAddress) -> Void) async throws {
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .bind(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    return try Connection(wrappingChannelSynchronously: channel)
+                }
+            }
+        let listenerChannel = listener.channel
+        connections.withLock { $0[ObjectIdentifier(listenerChannel)] = listenerChannel }
+        listening(listener.channel.localAddress!)
+        logger.info("gateway HTTP listening", metadata: ["gateway.http": "\(listener.channel.localAddress!)"])
+        try await withTaskCancellationHandler {
+            try await listener.executeThenClose { inbound in
+                try await withThrowingDiscardingTaskGroup { group in
+                    for try await connection in inbound {
+                        let key = ObjectIdentifier(connection.channel)
+                        let admitted = connections.withLock { open -> Bool in
+                            guard open.count <= maximumConnections else { return false }
+                            open[key] = connection.channel
+                            return true
+                        }
+                        guard admitted else {
+                            connection.channel.close(promise: nil)
+                            continue
+                        }
+                        group.addTask {
+                            await self.serve(connection)
+                            _ = self.connections.withLock { $0.removeValue(forKey: key) }
+                        }
+                    }
+                }
+            }
+        } onCancel: {
+            stop()
+        }
+    }
+
+    /// Closes the listener and every connection, event streams included.
+    func stop() {
+        for channel in connections.withLock({ Array($0.values) }) { channel.close(promise: nil) }
+    }
+
+    // MARK: Requests
+
+    private func serve(_ connection: Connection) async {
+        let channel = connection.channel
+        let timer = channel.eventLoop.scheduleTask(in: requestTimeout) { channel.close(promise: nil) }
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var head: HTTPRequestHead?
+                for try await part in inbound {
+                    switch part {
+                    case .head(let requestHead): head = requestHead
+                    case .body: continue  // no route takes a body
+                    case .end:
+                        timer.cancel()
+                        guard let head else { return }
+                        try await respond(to: head, channel: channel, outbound: outbound)
+                        return
+                    }
+                }
+            }
+        } catch {
+            logger.debug("HTTP connection ended", metadata: ["gateway.error": "\(error)"])
+        }
+        timer.cancel()
+    }
+
+    private func respond(to head: HTTPRequestHead, channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        guard head.method == .GET || head.method == .HEAD else {
+            return try await send(.methodNotAllowed, "text/plain; charset=utf-8", "only GET\n", head: head, outbound: outbound, extra: [("Allow", "GET, HEAD")])
+        }
+        let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+        switch Array(segments) {
+        case ["metrics"]:
+            let text = GatewayPrometheus.render(statistics.snapshot(watchedJobs: hub.feed.followedCount))
+            try await send(.ok, "text/plain; version=0.0.4; charset=utf-8", text, head: head, outbound: outbound)
+        case let route where route.count == 2 && route[0] == "jobs":
+            guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }
+            switch try await lookUp(id, head: head, outbound: outbound) {
+            case nil, .notFound?: return
+            case .expired?: try await send(.ok, "text/html; charset=utf-8", JobPage.html(id: id, record: nil), head: head, outbound: outbound)
+            case .found(let record)?: try await send(.ok, "text/html; charset=utf-8", JobPage.html(id: id, record: record), head: head, outbound: outbound)
+            }
+        case let route where route.count == 3 && route[0] == "jobs" && route[2] == "events":
+            guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }
+            try await streamEvents(of: id, head: head, channel: channel, outbound: outbound)
+        default:
+            try await notFound(head, outbound)
+        }
+    }
+
+    /// The job, or nil after answering 404 (never issued) or 503 (Redis is down).
+    private func lookUp(_ id: GatewayJobID, head: HTTPRequestHead, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws -> JobLookup? {
+        let lookup: JobLookup
+        do {
+            lookup = try await backend.lookUp(id)
+        } catch {
+            try await send(.serviceUnavailable, "text/plain; charset=utf-8", "\(error.message)\n", head: head, outbound: outbound)
+            return nil
+        }
+        if case .notFound = lookup {
+            try await notFound(head, outbound)
+            return nil
+        }
+        return lookup
+    }
+
+    private func notFound(_ head: HTTPRequestHead, _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        try await send(.notFound, "text/plain; charset=utf-8", "not found\n", head: head, outbound: outbound)
+    }
+
+    /// Headers every response carries: ids in URLs must not leak through caches or the Referer header.
+    private static let commonHeaders: [(String, String)] = [
+        ("Cache-Control", "no-store"),
+        ("Referrer-Policy", "no-referrer"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"),
+    ]
+
+    private func send(
+        _ status: HTTPResponseStatus,
+        _ contentType: String,
+        _ body: String,
+        head: HTTPRequestHead,
+        outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>,
+        extra: [(String, String)] = []
+    ) async throws {
+        let bytes = ByteBuffer(string: body)
+        var headers = HTTPHeaders(Self.commonHeaders + extra)
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: String(bytes.readableBytes))
+        headers.add(name: "Connection", value: "close")
+        try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: headers)))
+        if head.method != .HEAD { try await outbound.write(.body(.byteBuffer(bytes))) }
+        try await outbound.write(.end(nil))
+    }
+
+    // MARK: Server-Sent Events
+
+    /// The job's state now, then each change as it happens, until its end; the page closes the stream then.
+    /// A watcher in the push hub, as for `WATCH`: registered before the read, so no change falls in between.
+    private func streamEvents(of gatewayID: GatewayJobID, head: HTTPRequestHead, channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        guard let id = JobID(rawValue: gatewayID.rawValue) else { return try await notFound(head, outbound) }
+        let outbox = SessionOutbox(limit: 1024 * 1024)
+        guard let token = hub.addWatcher(id, as: gatewayID, outbox: outbox, tag: nil, limit: 1) else { return try await notFound(head, outbound) }
+        defer { hub.removeAll(for: outbox) }
+        guard let found = try await lookUp(gatewayID, head: head, outbound: outbound) else { return }
+        var headers = HTTPHeaders(Self.commonHeaders)
+        headers.add(name: "Content-Type", value: "text/event-stream; charset=utf-8")
+        try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers)))
+        guard head.method == .GET else { return try await outbound.write(.end(nil)) }
+        statistics.metrics.eventStreamOpened()
+        defer { statistics.metrics.eventStreamClosed() }
+        // A client that goes away ends the stream at once, not at the job's next change.
+        channel.closeFuture.whenComplete { _ in outbox.close() }
+
+        func write(_ event: String, _ json: String) async throws {
+            try await outbound.write(.body(.byteBuffer(ByteBuffer(string: "event: \(event)\ndata: \(json)\n\n"))))
+        }
+        switch found {
+        case .notFound:
+            return
+        case .expired:
+            try await write("end", JobPage.json(state: "expired"))
+            return try await outbound.write(.end(nil))
+        case .found(let record):
+            try await write("state", JobPage.json(record))
+            if record.state.isTerminal {
+                try await write("end", JobPage.json(record))
+                return try await outbound.write(.end(nil))
+            }
+            hub.activate(token, shown: record)
+        }
+        while true {
+            switch await outbox.next() {
+            case .closed, .overflowed:
+                return
+            case .response(.event(let event, _)):
+                switch event {
+                case .progress(_, let numerator, let denominator, let message):
+                    try await write("state", JobPage.json(state: "running", numerator: numerator, denominator: denominator, message: message))
+                case .done(_, let result):
+                    try await write("end", JobPage.json(state: "done", result: result))
+                    return try await outbound.write(.end(nil))
+                case .failed(_, let reason):
+                    try await write("end", JobPage.json(state: "failed", reason: reason))
+                    return try await outbound.write(.end(nil))
+                case .expired:
+                    try await write("end", JobPage.json(state: "expired"))
+                    return try await outbound.write(.end(nil))
+                }
+            case .response:
+                continue
+            }
+        }
+    }
+}
+
+/// An address that becomes known once a listener is bound, or an error if it never is.
+final class ListeningAddress: Sendable {
+    private struct State {
+        var result: Result<SocketAddress, any Error>?
+        var waiters: [CheckedContinuation<SocketAddress, any Error>] = []
+    }
+
+    private let state = Mutex(State())
+
+    func resolve(_ result: Result<SocketAddress, any Error>) {
+        let waiters = state.withLock { state -> [CheckedContinuation<SocketAddress, any Error>] in
+            guard state.result == nil else { return [] }
+            state.result = result
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume(with: result) }
+    }
+
+    func wait() async throws -> SocketAddress {
+        try await withCheckedThrowingContinuation { continuation in
+            let ready = state.withLock { state -> Result<SocketAddress, any Error>? in
+                if let result = state.result { return result }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let ready { continuation.resume(with: ready) }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+import GatewayProtocol
+import JobStore
+import NIOCore
+
+/// The live job page and the JSON of its events.
+///
+/// The page is complete as served (state, progress, outcome), so it reads without JavaScript; a small script then
+/// follows `/jobs/<id>/events` and updates it. The state is also on `<body data-state=…>` for scripts and tests.
+enum JobPage {
+    static func html(id: GatewayJobID, record: JobRecord?) -> String {
+        let state = record.map { $0.state.rawValue } ?? "expired"
+        let numerator = UInt64(record?.numerator ?? 0)
+        let denominator = UInt64(record?.denominator ?? 0)
+        let percent = Self.percent(state: state, numerator: numerator, denominator: denominator)
+        let message = record.map { text($0.message) } ?? ""
+        var outcome = ""
+        if let record, record.state == .done {
+            outcome = shown(record.result ?? ByteBuffer()).text
+        } else if let record, record.state == .failed {
+            outcome = text(record.reason ?? ByteBuffer())
+        }
+        let outcomeTitle = state == "failed" ? "Reason" : "Result"
+        let hasOutcome = state == "done" || state == "failed"
+        return """
+            <!doctype html>
+            <html lang="en">
+            <head>
+            <meta charset="utf-8">
+            <meta name="viewport" content="width=device-width, initial-scale=1">
+            <meta name="referrer" content="no-referrer">
+            <title>jobgate · \(escape(record?.function ?? "job"))</title>
+            <style>
+            body { font: 16px/1.5 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }
+            main { max-width: 44rem; margin: 3rem auto; background: #fff; padding: 2rem 2.5rem; border-radius: 10px;
+                   box-shadow: 0 1px 4px rgba(0,0,0,.12); }
+            h1 { font-size: 1.25rem; margin: 0 0 .25rem; }
+            code { font-size: .85rem; background: #eef0f3; padding: .1rem .35rem; border-radius: 4px; word-break: break-all; }
+            #state { display: inline-block; margin: 1rem 0 .5rem; padding: .15rem .7rem; border-radius: 99px; font-weight: 600;
+                     background: #e3e8ef; text-transform: uppercase; letter-spacing: .05em; font-size: .8rem; }
+            body[data-state=running] #state { background: #dbeafe; color: #1e40af; }
+            body[data-state=done] #state { background: #dcfce7; color: #166534; }
+            body[data-state=failed] #state, body[data-state=expired] #state { background: #fee2e2; color: #991b1b; }
+            .bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; }
+            #fill { height: 100%; background: #3b82f6; transition: width .3s; }
+            body[data-state=done] #fill { background: #22c55e; }
+            body[data-state=failed] #fill { background: #ef4444; }
+            #figures { color: #4b5563; margin: .4rem 0; }
+            #message { min-height: 1.5em; margin: .25rem 0 1rem; }
+            pre { background: #0f172a; color: #e2e8f0; padding: 1rem; border-radius: 6px; white-space: pre-wrap; word-break: break-all;
+                  max-height: 24rem; overflow: auto; }
+            </style>
+            </head>
+            <body data-state="\(state)">
+            <main>
+            <h1>Job <code id="job-id">\(id)</code></h1>
+            <div>Function <code id="function">\(escape(record?.function ?? "?"))</code></div>
+            <div id="state">\(state)</div>
+            <div class="bar" role="progressbar" aria-valuemin="0" aria-valuemax="100" aria-valuenow="\(percent)"><div id="fill" style="width: \(percent)%"></div></div>
+            <div id="figures"><span id="percent">\(percent)%</span> · <span id="fraction">\(numerator)/\(denominator)</span></div>
+            <div id="message">\(escape(message))</div>
+            <section id="outcome"\(hasOutcome ? "" : " hidden")><h2 id="outcome-title">\(outcomeTitle)</h2><pre id="result">\(escape(outcome))</pre></section>
+            </main>
+            <script>
+            \(script)
+            </script>
+            </body>
+            </html>
+
+            """
+    }
+
+    /// Updates the page from each event; closes the stream at the end (an EventSource would reconnect otherwise).
+    private static let script = """
+        (function () {
+          var body = document.body;
+          function $(id) { return document.getElementById(id); }
+          function show(job) {
+            body.dataset.state = job.state;
+            $("state").textContent = job.state;
+            if (job.numerator !== undefined) {
+              var percent = job.state === "done" ? 100
+                : job.denominator > 0 ? Math.min(100, Math.floor(job.numerator * 100 / job.denominator)) : 0;
+              $("fill").style.width = percent + "%";
+              $("fill").parentNode.setAttribute("aria-valuenow", percent);
+              $("percent").textContent = percent + "%";
+              $("fraction").textContent = job.numerator + "/" + job.denominator;
+            }
+            if (job.message !== undefined) { $("message").textContent = job.message; }
+            if (job.state === "done" || job.state === "failed") {
+              if (job.state === "done") { $("fill").style.width = "100%"; $("percent").textContent = "100%"; }
+              $("outcome-title").textContent = job.state === "failed" ? "Reason" : "Result";
+              $("result").textContent = job.state === "failed" ? (job.reason || "") : (job.result || "");
+              $("outcome").hidden = false;
+            }
+          }
+          if (!window.EventSource || body.dataset.state === "done" || body.dataset.state === "failed" || body.dataset.state === "expired") { return; }
+          var source = new EventSource(location.pathname.replace(/\\/$/, "") + "/events");
+          source.addEventListener("state", function (e) { show(JSON.parse(e.data)); });
+          source.addEventListener("end", function (e) { show(JSON.parse(e.data)); source.close(); });
+        })();
+        """
+
+    // MARK: Event data
+
+    static func json(_ record: JobRecord) -> String {
+        var fields: [(String, String)] = [
+            ("state", quoted(record.state.rawValue)),
+            ("numerator", String(record.numerator)),
+            ("denominator", String(record.denominator)),
+            ("message", quoted(text(record.message))),
+        ]
+        if record.state == .done {
+            let result = shown(record.result ?? ByteBuffer())
+            fields += [("result", quoted(result.text)), ("truncated", String(result.truncated))]
+        }
+        if record.state == .failed { fields.append(("reason", quoted(text(record.reason ?? ByteBuffer())))) }
+        return object(fields)
+    }
+
+    static func json(state: String, numerator: UInt64, denominator: UInt64, message: ByteBuffer) -> String {
+        object([("state", quoted(state)), ("numerator", String(numerator)), ("denominator", String(denominator)), ("message", quoted(text(message)))])
+    }
+
+    static func json(state: String, result: ByteBuffer) -> String {
+        let result = shown(result)
+        return object([("state", quoted(state)), ("result", quoted(result.text)), ("truncated", String(result.truncated))])
+    }
+
+    static func json(state: String, reason: ByteBuffer) -> String {
+        object([("state", quoted(state)), ("reason", quoted(text(reason)))])
+    }
+
+    static func json(state: String) -> String { object([("state", quoted(state))]) }
+
+    // MARK: Helpers
+
+    static func percent(state: String, numerator: UInt64, denominator: UInt64) -> UInt64 {
+        if state == "done" { return 100 }
+        return denominator > 0 ? min(100, numerator * 100 / denominator) : 0
+    }
+
+    private static func shown(_ bytes: ByteBuffer) -> (text: String, truncated: Bool) {
+        let truncated = bytes.readableBytes > GatewayHTTPServer.maximumResultShown
+        return (String(decoding: bytes.readableBytesView.prefix(GatewayHTTPServer.maximumResultShown), as: UTF8.self), truncated)
+    }
+
+    /// Bytes as text: invalid UTF-8 becomes U+FFFD.
+    private static func text(_ bytes: ByteBuffer) -> String { String(decoding: bytes.readableBytesView, as: UTF8.self) }
+
+    private static func object(_ fields: [(String, String)]) -> String {
+        "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
+    }
+
+    /// A JSON string; `<` is escaped too, so nothing in it can end a script or style element.
+    static func quoted(_ string: String) -> String {
+        var out = "\""
+        for scalar in string.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "<": out += "\\u003c"
+            case _ where scalar.value < 0x20 || scalar.value == 0x2028 || scalar.value == 0x2029:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    static func escape(_ string: String) -> String {
+        var out = ""
+        for character in string {
+            switch character {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "\"": out += "&quot;"
+            case "'": out += "&#39;"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+}

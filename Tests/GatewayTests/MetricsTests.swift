@@ -1,0 +1,113 @@
+import Foundation
+import Gateway
+import GatewayProtocol
+import LocalServers
+import NIOCore
+import Testing
+
+/// `/metrics` on the HTTP port, and `STATS` showing the same figures.
+@Suite("Gateway metrics", .timeLimit(.minutes(2)))
+struct MetricsTests {
+    /// The exposition parses, and its counters move as jobs are submitted, watched, pushed and end.
+    @Test func countersMoveWhenJobsRun() async throws {
+        try await withGatewayStack({ $0.httpPort = 0 }) { stack in
+            let http = try await stack.gateway.waitUntilHTTPListening().port!
+            let proceed = Gate()
+            let failNow = Gate()
+            try await withTestWorker(stack, [
+                "reverse": { payload, progress in
+                    try await progress(1, 2, "halfway")
+                    await proceed.wait()
+                    return ByteBuffer(string: String(String(buffer: payload).reversed()))
+                },
+                "fail": { _, _ in
+                    await failNow.wait()
+                    throw ClientTestError.broken
+                },
+            ]) {
+                let before = try await metrics(http)
+                #expect(before.types["jobgate_commands_total"] == "counter")
+                #expect(before.types["jobgate_push_latency_seconds"] == "histogram")
+                #expect(before.types["jobgate_watchers"] == "gauge")
+                #expect(before.value("jobgate_watchers") == 0)
+
+                let client = try await stack.connect()
+                let id = try #require(try await client.request(submitLine("reverse", "hello"))?.createdID)
+                guard case .reply(.watching, _) = try #require(try await client.request("WATCH \(id)\n")) else { Issue.record("no WATCHING"); return }
+                let watching = try await metrics(http)
+                #expect(watching.value("jobgate_watchers") == 1)
+                #expect(watching.value("jobgate_connections_open") == 1)
+                proceed.open()
+                _ = try await client.nextTerminal(timeout: .seconds(10))
+                let failing = try #require(try await client.request(submitLine("fail", "x"))?.createdID)
+                guard case .reply(.watching, _) = try #require(try await client.request("WATCH \(failing)\n")) else { Issue.record("no WATCHING"); return }
+                failNow.open()
+                guard case .event(.failed, _) = try #require(try await client.nextTerminal(timeout: .seconds(10))) else { Issue.record("no FAILED"); return }
+                guard case .reply(.done, _) = try #require(try await client.request("WAIT \(id) 1000\n")) else { Issue.record("no DONE"); return }
+
+                let after = try await metrics(http)
+                func moved(_ name: String, _ labels: [String: String] = [:]) -> Double {
+                    (after.value(name, labels) ?? .nan) - (before.value(name, labels) ?? .nan)
+                }
+                #expect(moved("jobgate_commands_total", ["verb": "SUBMIT"]) == 2)
+                #expect(moved("jobgate_commands_total", ["verb": "WATCH"]) == 2)
+                #expect(moved("jobgate_commands_total", ["verb": "WAIT"]) == 1)
+                #expect(moved("jobgate_jobs_submitted_total") == 2)
+                #expect(moved("jobgate_jobs_ended_total", ["state": "done"]) == 1)
+                #expect(moved("jobgate_jobs_ended_total", ["state": "failed"]) == 1)
+                #expect(moved("jobgate_push_latency_seconds_count") == 2, "two terminal events went to a watcher")
+                #expect(moved("jobgate_push_latency_seconds_bucket", ["le": "+Inf"]) == 2)
+                #expect(moved("jobgate_events_pushed_total") >= 1)
+                #expect(after.value("jobgate_watchers") == 0, "the watch ended with the job")
+                #expect(after.value("jobgate_connections_accepted_total") == 1)
+
+                // STATS shows the same figures, under the names it always had plus labelled ones.
+                guard case .reply(.stats(let stats), _) = try #require(try await client.request("STATS\n")) else { Issue.record("no STATS"); return }
+                let byName = Dictionary(stats.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 })
+                #expect(byName["commands_by_verb{verb=SUBMIT}"] == "2")
+                #expect(byName["jobs_ended{state=done}"] == "1")
+                #expect(byName["push_latency_seconds_count"] == "2")
+                #expect(byName["jobs_submitted"] == "2")
+            }
+        }
+    }
+
+    /// Backend errors are counted by backend, and a backend that answers again counts as a reconnect.
+    @Test func backendErrorsAndReconnects() async throws {
+        try await withGatewayStack({ $0.httpPort = 0 }) { stack in
+            let http = try await stack.gateway.waitUntilHTTPListening().port!
+            let client = try await stack.connect()
+            let id = try #require(try await client.request(submitLine("nobody", "x"))?.createdID)
+            stack.redis.kill()
+            guard case .reply(.error(let code, _), _) = try #require(try await client.request("STATUS \(id)\n")) else {
+                Issue.record("STATUS answered with Redis down"); return
+            }
+            #expect(code == .backendDown)
+            let down = try await metrics(http)
+            #expect((down.value("jobgate_backend_errors_total", ["backend": "redis"]) ?? 0) >= 1)
+            #expect(down.value("jobgate_backend_reconnects_total", ["backend": "redis"]) == 0)
+            try await stack.redis.restart()
+            try await eventually("STATUS to work again", timeout: .seconds(20)) {
+                if case .reply(.status, _) = try await client.request("STATUS \(id)\n") { return true }
+                return false
+            }
+            let back = try await metrics(http)
+            #expect(back.value("jobgate_backend_reconnects_total", ["backend": "redis"]) == 1)
+        }
+    }
+
+    /// Off unless asked for.
+    @Test func theHTTPPortIsOffByDefault() async throws {
+        #expect(GatewayConfiguration().httpPort == nil)
+        try await withGatewayStack { stack in
+            await #expect(throws: GatewayHTTPDisabled.self) { try await stack.gateway.waitUntilHTTPListening() }
+        }
+    }
+
+    private func metrics(_ port: Int) async throws -> PrometheusExposition {
+        let response = try await httpRequest(port: port, "/metrics")
+        #expect(response.status == 200)
+        #expect(response.headers["content-type"]?.hasPrefix("text/plain; version=0.0.4") == true)
+        return try PrometheusExposition(parsing: response.body)
+    }
+}
