@@ -23,6 +23,7 @@ enum GatewayPrometheus {
         "backend_reconnects": ("jobgate_backend_reconnects_total", .counter, "A backend answering again after failing, by backend."),
         "slow_consumers_closed": ("jobgate_slow_consumers_closed_total", .counter, "Connections closed for not reading (SLOW_CONSUMER)."),
         "jobs_followed": ("jobgate_jobs_followed", .gauge, "Jobs watched or waited for now."),
+        "legacy_polls": ("jobgate_legacy_polls_total", .counter, "Pipelined gearmand status polls by the legacy memcached bridge."),
         "watchers": ("jobgate_watchers", .gauge, "Watches registered now (WATCH), over all connections."),
         "event_streams_open": ("jobgate_event_streams_open", .gauge, "Job pages following a job now (Server-Sent Events)."),
         "push_latency_seconds": (
