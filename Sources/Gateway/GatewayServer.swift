@@ -1,11 +1,11 @@
-public import Gearman
+import Gearman
 import GatewayProtocol
-public import JobStore
+import JobStore
 public import Logging
 import Memcache
 import NIOCore
 import NIOPosix
-public import Redis
+import Redis
 public import ServiceLifecycle
 import Synchronization
 

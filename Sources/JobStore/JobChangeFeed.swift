@@ -1,6 +1,6 @@
 public import Logging
-public import NIOCore
-public import Redis
+import NIOCore
+import Redis
 public import ServiceLifecycle
 import Synchronization
 

@@ -1,4 +1,4 @@
-public import Redis
+import Redis
 
 /// What can go wrong storing or reading jobs.
 public struct JobStoreError: Error, Hashable, Sendable, CustomStringConvertible {
