@@ -167,9 +167,14 @@ public final class JobChangeFeed: Service {
                 if failures == 5 {
                     logger.error("keyspace notifications are still off after a reconnect", metadata: ["jobstore.error": "\(error)"])
                 }
-                try? await Task.sleep(for: .milliseconds(min(2_000, 50 << min(failures, 6))))
+                await Self.pause(afterFailures: failures)
             }
         }
+    }
+
+    /// Between retries against a Redis that is down or restarting: 100 ms doubling to 2 s.
+    private static func pause(afterFailures failures: Int) async {
+        try? await Task.sleep(for: .milliseconds(min(2_000, 50 << min(failures, 6))))
     }
 
     private func sweep() async {
@@ -200,7 +205,7 @@ public final class JobChangeFeed: Service {
                     state.withLock { $0.dirty.formUnion(batch) }
                     failures += 1
                     logger.warning("cannot re-read changed jobs", metadata: ["jobstore.error": "\(error)", "jobstore.jobs": "\(batch.count)"])
-                    try? await Task.sleep(for: .milliseconds(min(2_000, 50 << min(failures, 6))))
+                    await Self.pause(afterFailures: failures)
                     if Task.isCancelled { return }
                 }
             }

@@ -133,9 +133,7 @@ public final class GearmanClient: Sendable {
     }
 
     private func backoff(afterFailures failures: Int) -> TimeAmount {
-        let base = configuration.reconnectDelay.nanoseconds
-        let capped = min(configuration.maximumReconnectDelay.nanoseconds, base << min(failures - 1, 20))
-        return .nanoseconds(capped)
+        gearmanBackoff(afterFailures: failures, initial: configuration.reconnectDelay, maximum: configuration.maximumReconnectDelay)
     }
 
     /// Closes the connection; later requests fail with `shuttingDown`.

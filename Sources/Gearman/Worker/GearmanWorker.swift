@@ -179,11 +179,8 @@ public final class GearmanWorker: Service {
                 logger.warning("worker cannot connect to gearmand", metadata: ["gearman.server": "\(server)", "gearman.error": "\(error)"])
             }
             guard !isDraining else { break }
-            let delay = min(
-                configuration.maximumReconnectDelay.nanoseconds,
-                configuration.reconnectDelay.nanoseconds << min(max(failures - 1, 0), 20)
-            )
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .nanoseconds(delay)) }
+            let delay = gearmanBackoff(afterFailures: failures, initial: configuration.reconnectDelay, maximum: configuration.maximumReconnectDelay)
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .nanoseconds(delay.nanoseconds)) }
         }
     }
 
