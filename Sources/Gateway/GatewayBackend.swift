@@ -32,74 +32,130 @@ struct GatewayBackend: Sendable {
     /// Whether the legacy bridge's poller already follows a job (then a lookup need not poll it too).
     let isFollowed: @Sendable (JobID) -> Bool
 
-    /// Creates the record, then submits to gearmand as a background job whose unique key is the job id.
-    func submit(_ submission: GatewaySubmission) async throws(GatewayFailure) -> (JobID, created: Bool) {
-        let id = ids.mint()
-        let outcome: RedisJobStore.CreateOutcome
+    /// What a `SUBMIT` got: its job id, and whether it created the job or joined an unfinished one.
+    struct Submitted: Sendable {
+        var id: JobID
+        var created: Bool
+    }
+
+    /// Creates the records, then submits to gearmand as background jobs whose unique keys are the job ids: one
+    /// Redis pipeline and one gearmand batch for all of them (group commit; see `BackendBatcher`).
+    func submit(_ submissions: [GatewaySubmission]) async -> [Result<Submitted, GatewayFailure>] {
+        let jobs = submissions.map {
+            RedisJobStore.NewJob(id: ids.mint(), function: $0.function.rawValue, unique: $0.unique?.rawValue, resultTTL: configuration.resultTTL)
+        }
+        let created: [Result<RedisJobStore.CreateOutcome, JobStoreError>]
         do {
-            outcome = try await store.create(
-                id: id,
-                function: submission.function.rawValue,
-                unique: submission.unique?.rawValue,
-                resultTTL: configuration.resultTTL
-            )
+            created = try await store.create(jobs)
         } catch {
-            throw backendDown("Redis", error)
+            let failure = backendDown("Redis", error)
+            return jobs.map { _ in .failure(failure) }
         }
         statistics.metrics.backendSucceeded("Redis")
-        if case .joined(let existing) = outcome {
-            statistics.jobsJoined.add(1, ordering: .relaxed)
-            return (existing, false)
-        }
-        let priority: GearmanPriority =
-            switch submission.priority {
-            case .high: .high
-            case .normal: .normal
-            case .low: .low
+        var results = [Result<Submitted, GatewayFailure>?](repeating: nil, count: jobs.count)
+        var toSubmit: [Int] = []
+        for (index, outcome) in created.enumerated() {
+            switch outcome {
+            case .success(.created):
+                toSubmit.append(index)
+            case .success(.joined(let existing)):
+                statistics.jobsJoined.add(1, ordering: .relaxed)
+                results[index] = .success(Submitted(id: existing, created: false))
+            case .failure(let error):
+                results[index] = .failure(backendDown("Redis", error))
             }
-        let watermarks = await legacy?.watermarks(for: submission.function.rawValue)
-        let request = GearmanJobRequest(function: submission.function.rawValue, unique: id.rawValue, payload: submission.payload, priority: priority)
-        let location: GearmanJobLocation
-        do {
-            location = try await gearman.submitBackground(request)
-        } catch {
-            // The record must not stay queued for a job gearmand never took: whoever joined it learns it failed.
-            _ = try? await store.markFailed(id, reason: "gearmand did not accept the job: \(error.message)")
-            throw backendDown("gearmand", error)
         }
-        statistics.metrics.backendSucceeded("gearmand")
-        do {
-            try await store.setLocation(id, handle: location.handle, server: location.server.description)
-        } catch {
-            // The job runs anyway; its worker records the location when it starts.
-            logger.warning("could not record a job's location", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
+        var watermarks: [String: [UInt64]] = [:]
+        if let legacy {
+            for function in Set(toSubmit.map { jobs[$0].function }) where legacy.handles(function) {
+                watermarks[function] = await legacy.watermarks(for: function)
+            }
         }
-        await legacy?.fence(id, function: submission.function.rawValue, handle: location.handle, watermarks: watermarks)
-        statistics.jobsSubmitted.add(1, ordering: .relaxed)
-        return (id, true)
+        let requests = toSubmit.map { index in
+            GearmanJobRequest(
+                function: jobs[index].function, unique: jobs[index].id.rawValue, payload: submissions[index].payload,
+                priority: Self.priority(submissions[index].priority)
+            )
+        }
+        var located: [(index: Int, location: RedisJobStore.JobLocation)] = []
+        for (index, outcome) in zip(toSubmit, await gearman.submitBackground(requests)) {
+            let id = jobs[index].id
+            switch outcome {
+            case .success(let location):
+                located.append((index, RedisJobStore.JobLocation(id: id, handle: location.handle, server: location.server.description)))
+                results[index] = .success(Submitted(id: id, created: true))
+            case .failure(let error):
+                // The record must not stay queued for a job gearmand never took: whoever joined it learns it failed.
+                _ = try? await store.markFailed(id, reason: "gearmand did not accept the job: \(error.message)")
+                results[index] = .failure(backendDown("gearmand", error))
+            }
+        }
+        let locations = located.map(\.location)
+        if !locations.isEmpty { statistics.metrics.backendSucceeded("gearmand") }
+        do {
+            try await store.setLocations(locations)
+        } catch {
+            // The jobs run anyway; their workers record the location when they start.
+            logger.warning("could not record jobs' locations", metadata: ["job.count": "\(locations.count)", "job.error": "\(error)"])
+        }
+        if let legacy {
+            for (index, location) in located where legacy.handles(jobs[index].function) {
+                let function = jobs[index].function
+                await legacy.fence(location.id, function: function, handle: location.handle, watermarks: watermarks[function] ?? nil)
+            }
+        }
+        statistics.jobsSubmitted.add(locations.count, ordering: .relaxed)
+        return results.map { $0! }
+    }
+
+    private static func priority(_ priority: GatewayPriority) -> GearmanPriority {
+        switch priority {
+        case .high: .high
+        case .normal: .normal
+        case .low: .low
+        }
     }
 
     func lookUp(_ gatewayID: GatewayJobID) async throws(GatewayFailure) -> JobLookup {
-        guard let id = JobID(rawValue: gatewayID.rawValue) else { return .notFound }
-        let record: JobRecord?
+        try await lookUp([gatewayID])[0].get()
+    }
+
+    /// What each id refers to, read in one Redis pipeline.
+    func lookUp(_ gatewayIDs: [GatewayJobID]) async -> [Result<JobLookup, GatewayFailure>] {
+        let jobIDs = gatewayIDs.map { JobID(rawValue: $0.rawValue) }
+        let records: [JobRecord?]
         do {
-            record = try await store.record(id)
+            records = try await store.records(jobIDs.compactMap { $0 })
         } catch {
-            throw backendDown("Redis", error)
+            let failure = backendDown("Redis", error)
+            return jobIDs.map { _ in .failure(failure) }
         }
         statistics.metrics.backendSucceeded("Redis")
-        if let record {
-            // Nobody may be polling an unwatched legacy job: ask gearmand and memcached now. (A followed one is left to
-            // the poller: two polls of one job racing could write an older progress over a newer one.)
-            if let legacy, !record.state.isTerminal, legacy.handles(record.function), !isFollowed(id) {
-                var unknownSince: [JobID: ContinuousClock.Instant] = [:]
-                if await legacy.poll([record], unknownSince: &unknownSince), let fresh = try? await store.record(id) {
-                    return .found(fresh)
-                }
+        var found = records.makeIterator()
+        var lookups: [Result<JobLookup, GatewayFailure>] = []
+        for id in jobIDs {
+            guard let id else {
+                lookups.append(.success(.notFound))
+                continue
             }
-            return .found(record)
+            guard let record = found.next()! else {
+                lookups.append(.success(ids.isGenuine(id.rawValue) ? .expired(id) : .notFound))
+                continue
+            }
+            lookups.append(.success(.found(await refreshedIfLegacy(record))))
         }
-        return ids.isGenuine(id.rawValue) ? .expired(id) : .notFound
+        return lookups
+    }
+
+    /// Nobody may be polling an unwatched legacy job: ask gearmand and memcached now. (A followed one is left to the
+    /// poller: two polls of one job racing could write an older progress over a newer one.)
+    private func refreshedIfLegacy(_ record: JobRecord) async -> JobRecord {
+        guard let legacy, !record.state.isTerminal, legacy.handles(record.function), !isFollowed(record.id) else { return record }
+        var unknownSince: [JobID: ContinuousClock.Instant] = [:]
+        if await legacy.poll([record], unknownSince: &unknownSince), let fresh = try? await store.record(record.id) {
+            return fresh
+        }
+        return record
     }
 
     func record(_ id: JobID) async throws(GatewayFailure) -> JobRecord? {

@@ -23,7 +23,6 @@ public final class GatewayServer: Service {
     private struct ListenState {
         var address: SocketAddress?
         var waiters: [CheckedContinuation<SocketAddress, any Error>] = []
-        var sessions: [ObjectIdentifier: any Channel] = [:]
         var failure: (any Error)?
     }
 
@@ -136,24 +135,31 @@ public final class GatewayServer: Service {
 
     private func acceptConnections(backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics) async throws {
         let configuration = self.configuration
+        let services = SessionServices(backend: backend, hub: hub, configuration: configuration, statistics: statistics, logger: logger)
+        let connections = GatewayConnections(limit: configuration.maximumConnections, statistics: statistics)
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // A client that sends its requests and shuts its side (`printf … | nc`) still gets every reply.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .bind(host: configuration.host, port: configuration.port) { channel in
+            .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(
+                    let pipeline = channel.pipeline.syncOperations
+                    guard connections.admit(channel) else {
+                        return try pipeline.addHandler(ConnectionRefusal(limit: configuration.maximumConnections))
+                    }
+                    try pipeline.addHandler(
                         ByteToMessageHandler(
                             GatewayRequestDecoder(maximumLineLength: configuration.maximumLineLength, maximumPayloadSize: configuration.maximumPayloadSize)
                         )
                     )
-                    try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(GatewayResponseEncoder()))
-                    return try NIOAsyncChannel<Result<GatewayRequest, GatewayRequestError>, GatewayResponse>(wrappingChannelSynchronously: channel)
+                    try pipeline.addHandler(GatewaySessionHandler(services: services))
                 }
             }
-        let address = listener.channel.localAddress!
+            .bind(host: configuration.host, port: configuration.port)
+            .get()
+        let address = listener.localAddress!
         let waiters = listening.withLock { state in
             state.address = address
             defer { state.waiters = [] }
@@ -162,50 +168,108 @@ public final class GatewayServer: Service {
         for waiter in waiters { waiter.resume(returning: address) }
         logger.info("gateway listening", metadata: ["gateway.address": "\(address)"])
 
-        try await withGracefulShutdownHandler {
-            try await listener.executeThenClose { connections in
-                try await withThrowingDiscardingTaskGroup { group in
-                    for try await connection in connections {
-                        let open = statistics.connectionsOpen.add(1, ordering: .relaxed).newValue
-                        statistics.connectionsAccepted.add(1, ordering: .relaxed)
-                        guard open <= configuration.maximumConnections else {
-                            statistics.connectionsOpen.subtract(1, ordering: .relaxed)
-                            statistics.connectionsRefused.add(1, ordering: .relaxed)
-                            group.addTask { await Self.refuse(connection, limit: configuration.maximumConnections) }
-                            continue
-                        }
-                        group.addTask {
-                            let key = ObjectIdentifier(connection.channel)
-                            self.listening.withLock { $0.sessions[key] = connection.channel }
-                            await GatewaySession(
-                                channel: connection,
-                                backend: backend,
-                                hub: hub,
-                                configuration: configuration,
-                                statistics: statistics,
-                                logger: self.logger
-                            ).run()
-                            self.listening.withLock { _ = $0.sessions.removeValue(forKey: key) }
-                            statistics.connectionsOpen.subtract(1, ordering: .relaxed)
-                        }
-                    }
-                }
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                try? await listener.closeFuture.get()
+                await connections.waitUntilAllClosed()
+            } onGracefulShutdown: {
+                // Stop accepting, and stop reading requests: what was read is answered, then each connection closes.
+                listener.close(promise: nil)
+                connections.endInputs()
+                hub.endAllWaits()
             }
-        } onGracefulShutdown: {
-            // Stop accepting, and stop reading requests: what was read is answered, then each connection closes.
-            listener.channel.close(promise: nil)
-            let sessions = self.listening.withLock { Array($0.sessions.values) }
-            for session in sessions { session.close(mode: .input, promise: nil) }
-            hub.endAllWaits()
+        } onCancel: {
+            listener.close(promise: nil)
+            connections.closeAll()
         }
+    }
+}
+
+/// The open client connections: the connection limit, and closing them on shutdown.
+final class GatewayConnections: Sendable {
+    private struct State {
+        var channels: [ObjectIdentifier: any Channel] = [:]
+        var allClosed: [CheckedContinuation<Void, Never>] = []
     }
 
-    /// Over the connection limit: one `ERR BUSY` line, then close.
-    private static func refuse(_ connection: NIOAsyncChannel<Result<GatewayRequest, GatewayRequestError>, GatewayResponse>, limit: Int) async {
-        try? await connection.executeThenClose { _, outbound in
-            try await outbound.write(.reply(.error(code: .busy, message: "too many connections (limit \(limit)); try again later")))
+    private let state = Mutex(State())
+    private let limit: Int
+    private let statistics: GatewayStatistics
+
+    init(limit: Int, statistics: GatewayStatistics) {
+        self.limit = limit
+        self.statistics = statistics
+    }
+
+    /// Counts a new connection in; false when it is over the limit (it is closed after `ERR BUSY`).
+    func admit(_ channel: any Channel) -> Bool {
+        statistics.connectionsAccepted.add(1, ordering: .relaxed)
+        let key = ObjectIdentifier(channel)
+        let admitted = state.withLock { state -> Bool in
+            guard state.channels.count < limit else { return false }
+            state.channels[key] = channel
+            return true
+        }
+        guard admitted else {
+            statistics.connectionsRefused.add(1, ordering: .relaxed)
+            return false
+        }
+        statistics.connectionsOpen.add(1, ordering: .relaxed)
+        channel.closeFuture.whenComplete { _ in self.remove(key) }
+        return true
+    }
+
+    private func remove(_ key: ObjectIdentifier) {
+        statistics.connectionsOpen.subtract(1, ordering: .relaxed)
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.channels[key] = nil
+            guard state.channels.isEmpty else { return [] }
+            defer { state.allClosed = [] }
+            return state.allClosed
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Graceful shutdown: no more requests are read; each session answers what it read, then closes.
+    func endInputs() {
+        for channel in state.withLock({ Array($0.channels.values) }) { channel.close(mode: .input, promise: nil) }
+    }
+
+    func closeAll() {
+        for channel in state.withLock({ Array($0.channels.values) }) { channel.close(promise: nil) }
+    }
+
+    func waitUntilAllClosed() async {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> Bool in
+                guard !state.channels.isEmpty else { return true }
+                state.allClosed.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
         }
     }
+}
+
+/// Over the connection limit: one `ERR BUSY` line, then close.
+private final class ConnectionRefusal: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let limit: Int
+
+    init(limit: Int) {
+        self.limit = limit
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        var message = context.channel.allocator.buffer(capacity: 80)
+        GatewayResponseEncoder.write(.reply(.error(code: .busy, message: "too many connections (limit \(limit)); try again later")), into: &message)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(message)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 }
 
 /// A configuration the gateway cannot run with.

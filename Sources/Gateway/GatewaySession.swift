@@ -5,263 +5,497 @@ import Logging
 import NIOCore
 import Synchronization
 
-/// One client connection: requests answered strictly in order, events pushed between replies.
-///
-/// The request loop handles one request at a time (a `WAIT` holds back the replies of later pipelined
-/// requests, as the protocol says) and queues its reply in the connection's outbox; a writer task drains the
-/// outbox to the socket, so pushes never wait for a request and a slow reader is bounded by the outbox.
-struct GatewaySession {
-    let channel: NIOAsyncChannel<Result<GatewayRequest, GatewayRequestError>, GatewayResponse>
+/// What every session of a gateway shares.
+struct SessionServices: Sendable {
     let backend: GatewayBackend
     let hub: PushHub
+    let submits: BackendBatcher<GatewaySubmission, GatewayBackend.Submitted>
+    let lookups: BackendBatcher<GatewayJobID, JobLookup>
     let configuration: GatewayConfiguration
     let statistics: GatewayStatistics
     let logger: Logger
 
-    private var serverInfo: GatewayServerInfo {
-        GatewayServerInfo(
-            version: JobGateVersion.current,
-            authenticationRequired: !configuration.secrets.isEmpty,
-            maximumPayloadSize: configuration.maximumPayloadSize
-        )
+    init(backend: GatewayBackend, hub: PushHub, configuration: GatewayConfiguration, statistics: GatewayStatistics, logger: Logger) {
+        self.backend = backend
+        self.hub = hub
+        self.submits = BackendBatcher { await backend.submit($0) }
+        self.lookups = BackendBatcher { await backend.lookUp($0) }
+        self.configuration = configuration
+        self.statistics = statistics
+        self.logger = logger
+    }
+}
+
+/// A request's reply: the responses to write, and what to do around writing them.
+struct SessionReply {
+    var responses: [GatewayResponse]
+    var effect: SessionEffect?
+
+    init(_ responses: GatewayResponse..., then effect: SessionEffect? = nil) {
+        self.responses = responses
+        self.effect = effect
+    }
+}
+
+/// Hub changes that must happen exactly when a reply is written, so events never come before the reply that starts
+/// them or after the one that stops them.
+enum SessionEffect {
+    /// After `WATCHING`: the watch's events flow from now on.
+    case activate(PushHub.Token, shown: JobRecord)
+    /// After `SUBSCRIBED`.
+    case subscribe(String, tag: GatewayTag?)
+    /// Before `UNSUBSCRIBED`.
+    case unsubscribe(String)
+    /// After `BYE`.
+    case close
+}
+
+/// One client connection, on its event loop: requests answered strictly in order, events pushed between replies.
+///
+/// Every request starts when it is read (a pipelined burst of `SUBMIT`s joins one backend batch) and reserves
+/// its reply's place in `ReplyOrder`, so replies still go out in request order. Pushed events are written as they
+/// come; what the socket does not take waits in a bounded `OutputBacklog`, and while anything waits (or too many
+/// requests are outstanding) the session stops reading: a client that does not read its replies cannot make the
+/// gateway buffer without bound.
+final class GatewaySessionHandler: ChannelDuplexHandler {
+    typealias InboundIn = Result<GatewayRequest, GatewayRequestError>
+    typealias OutboundIn = Never
+    typealias OutboundOut = ByteBuffer
+
+    /// Requests read and not yet answered before the session stops reading.
+    static let maximumOutstanding = 512
+
+    private struct PendingWait {
+        var token: PushHub.Token
+        var gatewayID: GatewayJobID
+        var request: GatewayRequest
+        var timer: Scheduled<Void>?
     }
 
-    func run() async {
-        let outbox = SessionOutbox(limit: configuration.outputBufferLimit) { [channel, statistics, logger] in
-            // The client does not read: tell it if the socket still takes it, and close rather than buffer more.
-            // Not through the writer, which may be stuck on a full socket, and without waiting long for the ERR.
-            statistics.slowConsumersClosed.add(1, ordering: .relaxed)
-            logger.notice("closing a connection that does not read its replies")
-            let connection = channel.channel
-            let message = GatewayResponse.reply(.error(code: GatewayErrorCode.slowConsumer, message: "output buffer limit exceeded; closing"))
-            connection.writeAndFlush(message).whenComplete { _ in connection.close(promise: nil) }
-            connection.eventLoop.scheduleTask(in: .seconds(1)) { connection.close(promise: nil) }
-        }
-        let lastRequest = LastActivity()
-        do {
-            try await channel.executeThenClose { inbound, outbound in
-                await withDiscardingTaskGroup { group in
-                    group.addTask { await closeWhenIdle(outbox, lastRequest: lastRequest) }
-                    async let writing: Void = write(outbox, to: outbound)
-                    await serve(inbound, outbox: outbox, lastRequest: lastRequest)
-                    // Input ended (QUIT, EOF, shutdown): everything queued is still written, then the connection closes.
-                    hub.removeAll(for: outbox)
-                    outbox.close()
-                    await writing
-                    group.cancelAll()
-                }
-            }
-        } catch {
-            logger.debug("connection ended", metadata: ["gateway.error": "\(error)"])
-        }
-        hub.removeAll(for: outbox)
+    private let services: SessionServices
+    private var hub: PushHub { services.hub }
+    private var configuration: GatewayConfiguration { services.configuration }
+    private var statistics: GatewayStatistics { services.statistics }
+
+    private var context: ChannelHandlerContext!
+    private var target: SessionPushTarget!
+    private var replies = ReplyOrder<SessionReply>()
+    private var backlog: OutputBacklog
+    /// Encoded responses not handed to the channel yet (written at the next flush).
+    private var output: ByteBuffer?
+    private var isAuthenticated: Bool
+    /// No more requests are handled: `QUIT`, the client closed its side, or the gateway shuts down.
+    private var inputEnded = false
+    private var isClosing = false
+    private var isClosed = false
+    private var readIsHeld = false
+    private var flushIsScheduled = false
+    private var lastRequest = NIODeadline.now()
+    private var idleCheck: Scheduled<Void>?
+    /// `WAIT`s (and `SUBMIT wait=`) in progress, by reply slot.
+    private var waits: [Int: PendingWait] = [:]
+
+    init(services: SessionServices) {
+        self.services = services
+        self.backlog = OutputBacklog(limit: services.configuration.outputBufferLimit)
+        self.isAuthenticated = services.configuration.secrets.isEmpty
     }
 
-    // MARK: Writing
+    // MARK: Lifecycle
 
-    private func write(_ outbox: SessionOutbox, to outbound: NIOAsyncChannelOutboundWriter<GatewayResponse>) async {
-        while true {
-            switch await outbox.next() {
-            case .response(let response):
-                do {
-                    try await outbound.write(response)
-                } catch {
-                    channel.channel.close(promise: nil)
-                    return
-                }
-            case .overflowed:
-                return  // the outbox's overflow handler closes the connection
-            case .closed:
-                return
-            }
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        target = SessionPushTarget(handler: NIOLoopBoundBox<GatewaySessionHandler?>(self, eventLoop: context.eventLoop))
+        scheduleIdleCheck(in: TimeAmount(configuration.idleTimeout))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        endSession()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        endSession()
+    }
+
+    private func endSession() {
+        guard !isClosed else { return }
+        isClosed = true
+        idleCheck?.cancel()
+        for wait in waits.values {
+            wait.timer?.cancel()
+            hub.removeWaiter(wait.token)
+        }
+        waits = [:]
+        hub.removeAll(for: target)
+        target.detach()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event {
+            endInput()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        services.logger.debug("connection failed", metadata: ["gateway.error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// The client closed its side (`printf … | nc`), or the gateway shuts down: what was read is still answered,
+    /// nothing is followed any more, then the connection closes.
+    private func endInput() {
+        inputEnded = true
+        hub.removeAll(for: target)
+        closeIfFinished()
+    }
+
+    private func closeIfFinished() {
+        if inputEnded && replies.outstanding == 0 { closeWhenWritten() }
+    }
+
+    /// Closes once everything queued has reached the socket (a client that stopped reading gets 5 s).
+    private func closeWhenWritten() {
+        guard !isClosing, !isClosed else { return }
+        isClosing = true
+        if backlog.isEmpty { closeAfterPendingWrites() }  // otherwise the backlog's drain calls it
+    }
+
+    private func closeAfterPendingWrites() {
+        flushNow()
+        let channel = context.channel
+        // A zero-length write completes after every write before it.
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in channel.close(promise: nil) }
+        channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+    }
+
+    // MARK: Reading
+
+    func read(context: ChannelHandlerContext) {
+        if mayRead {
+            context.read()
+        } else {
+            readIsHeld = true
         }
     }
 
+    private var mayRead: Bool {
+        !inputEnded && backlog.isEmpty && replies.outstanding < Self.maximumOutstanding
+    }
 
-    /// Closes a connection that sent no complete request for `idleTimeout` and follows nothing: this also ends
-    /// clients that trickle a request a byte at a time.
-    private func closeWhenIdle(_ outbox: SessionOutbox, lastRequest: LastActivity) async {
-        var wait = configuration.idleTimeout
-        while !Task.isCancelled {
-            // Sleep until the earliest moment the connection can be idle: one wakeup per timeout, not per second.
-            try? await Task.sleep(for: wait)
-            let quiet = lastRequest.elapsed
-            wait = quiet >= configuration.idleTimeout ? configuration.idleTimeout : configuration.idleTimeout - quiet
-            if quiet >= configuration.idleTimeout && !hub.isFollowing(outbox: outbox) {
-                outbox.enqueue(.reply(.error(code: .idleTimeout, message: "no request for \(configuration.idleTimeout); closing")))
-                outbox.close()
-                try? await Task.sleep(for: .milliseconds(100))
-                channel.channel.close(promise: nil)
-                return
-            }
+    private func resumeReadingIfHeld() {
+        guard readIsHeld, mayRead else { return }
+        readIsHeld = false
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !inputEnded, !isClosed else { return }
+        lastRequest = .now()
+        statistics.commands.add(1, ordering: .relaxed)
+        switch unwrapInboundIn(data) {
+        case .success(let request):
+            statistics.metrics.countCommand(request.command.verb)
+            handle(request, slot: replies.reserve())
+        case .failure(let error):
+            statistics.protocolErrors.add(1, ordering: .relaxed)
+            answer(replies.reserve(), SessionReply(error.response))
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushNow()
+        context.fireChannelReadComplete()
     }
 
     // MARK: Requests
 
-    private func serve(
-        _ inbound: NIOAsyncChannelInboundStream<Result<GatewayRequest, GatewayRequestError>>,
-        outbox: SessionOutbox,
-        lastRequest: LastActivity
-    ) async {
-        var isAuthenticated = configuration.secrets.isEmpty
-        do {
-            for try await item in inbound {
-                lastRequest.touch()
-                statistics.commands.add(1, ordering: .relaxed)
-                let request: GatewayRequest
-                switch item {
-                case .success(let parsed):
-                    request = parsed
-                    statistics.metrics.countCommand(parsed.command.verb)
-                case .failure(let error):
-                    statistics.protocolErrors.add(1, ordering: .relaxed)
-                    outbox.enqueue(error.response)
-                    continue
-                }
-                switch request.command {
-                case .hello, .ping, .quit, .auth: break
-                default:
-                    guard isAuthenticated else {
-                        outbox.enqueue(request.reply(.error(code: .noAuth, message: "authenticate with AUTH first")))
-                        continue
-                    }
-                }
-                if case .auth(let secret) = request.command {
-                    let accepted = configuration.secrets.isEmpty || configuration.secrets.contains { Self.constantTimeEqual($0, secret) }
-                    if accepted { isAuthenticated = true }
-                    outbox.enqueue(request.reply(accepted ? .ok : .error(code: .denied, message: "wrong secret")))
-                    continue
-                }
-                if case .quit = request.command {
-                    outbox.enqueue(request.reply(.bye))
-                    return
-                }
-                do {
-                    try await handle(request, outbox: outbox)
-                } catch {
-                    outbox.enqueue(request.reply(.error(code: error.code, message: error.message)))
-                }
-                guard outbox.isOpen else { return }
+    private func handle(_ request: GatewayRequest, slot: Int) {
+        switch request.command {
+        case .hello, .ping, .quit, .auth: break
+        default:
+            guard isAuthenticated else {
+                return answer(slot, SessionReply(request.reply(.error(code: .noAuth, message: "authenticate with AUTH first"))))
             }
-        } catch {
-            logger.debug("connection input ended", metadata: ["gateway.error": "\(error)"])
         }
-    }
-
-    private func handle(_ request: GatewayRequest, outbox: SessionOutbox) async throws(GatewayFailure) {
         switch request.command {
         case .hello:
-            outbox.enqueue(request.reply(.hello(serverInfo)))
+            let info = GatewayServerInfo(
+                version: JobGateVersion.current,
+                authenticationRequired: !configuration.secrets.isEmpty,
+                maximumPayloadSize: configuration.maximumPayloadSize
+            )
+            answer(slot, SessionReply(request.reply(.hello(info))))
         case .ping:
-            outbox.enqueue(request.reply(.pong))
+            answer(slot, SessionReply(request.reply(.pong)))
+        case .auth(let secret):
+            let accepted = configuration.secrets.isEmpty || configuration.secrets.contains { Self.constantTimeEqual($0, secret) }
+            if accepted { isAuthenticated = true }
+            answer(slot, SessionReply(request.reply(accepted ? .ok : .error(code: .denied, message: "wrong secret"))))
+        case .quit:
+            inputEnded = true
+            answer(slot, SessionReply(request.reply(.bye), then: .close))
         case .stats:
-            outbox.enqueue(request.reply(.stats(statistics.snapshot(watchedJobs: hub.feed.followedCount))))
+            answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: hub.feed.followedCount)))))
         case .submit(let submission):
-            let (id, created) = try await backend.submit(submission)
-            let gatewayID = GatewayJobID(rawValue: id.rawValue)!
-            if let wait = submission.waitMilliseconds {
-                outbox.enqueue(request.reply(try await waitForEnd(gatewayID, milliseconds: wait)))
-            } else {
-                outbox.enqueue(request.reply(created ? .created(gatewayID) : .exists(gatewayID)))
+            services.submits.enqueue(submission, on: context.eventLoop).assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let submitted):
+                    let gatewayID = GatewayJobID(rawValue: submitted.id.rawValue)!
+                    if let milliseconds = submission.waitMilliseconds {
+                        self.wait(for: gatewayID, milliseconds: milliseconds, request: request, slot: slot)
+                    } else {
+                        self.answer(slot, SessionReply(request.reply(submitted.created ? .created(gatewayID) : .exists(gatewayID))))
+                    }
+                case .failure(let error):
+                    self.answer(slot, Self.failure(error, request))
+                }
             }
         case .status(let gatewayID):
-            switch try await backend.lookUp(gatewayID) {
-            case .found(let record): outbox.enqueue(request.reply(.status(gatewayID, Self.status(record))))
-            case .expired: outbox.enqueue(request.reply(.status(gatewayID, GatewayJobStatus(.expired))))
-            case .notFound: throw Self.notFound(gatewayID)
+            lookUp(gatewayID, request: request, slot: slot) { lookup in
+                switch lookup {
+                case .found(let record): SessionReply(request.reply(.status(gatewayID, Self.status(record))))
+                case .expired: SessionReply(request.reply(.status(gatewayID, GatewayJobStatus(.expired))))
+                case .notFound: SessionReply(request.reply(Self.notFound(gatewayID)))
+                }
             }
         case .result(let gatewayID):
-            switch try await backend.lookUp(gatewayID) {
-            case .found(let record):
-                outbox.enqueue(request.reply(record.state.isTerminal ? Self.outcome(record, gatewayID) : .pending(gatewayID, Self.status(record))))
-            case .expired: outbox.enqueue(request.reply(.expired(gatewayID)))
-            case .notFound: throw Self.notFound(gatewayID)
+            lookUp(gatewayID, request: request, slot: slot) { lookup in
+                switch lookup {
+                case .found(let record) where record.state.isTerminal: SessionReply(request.reply(Self.outcome(record, gatewayID)))
+                case .found(let record): SessionReply(request.reply(.pending(gatewayID, Self.status(record))))
+                case .expired: SessionReply(request.reply(.expired(gatewayID)))
+                case .notFound: SessionReply(request.reply(Self.notFound(gatewayID)))
+                }
             }
         case .wait(let gatewayID, let milliseconds):
-            outbox.enqueue(request.reply(try await waitForEnd(gatewayID, milliseconds: milliseconds)))
+            wait(for: gatewayID, milliseconds: milliseconds, request: request, slot: slot)
         case .watch(let gatewayID):
-            try await watch(gatewayID, request: request, outbox: outbox)
+            watch(gatewayID, request: request, slot: slot)
         case .unwatch(let gatewayID):
-            if let id = JobID(rawValue: gatewayID.rawValue), let token = hub.watch(of: id, outbox: outbox) {
-                hub.removeWatcher(token, outbox: outbox)
+            if let id = JobID(rawValue: gatewayID.rawValue), let token = hub.watch(of: id, outbox: target) {
+                hub.removeWatcher(token, outbox: target)
             }
-            outbox.enqueue(request.reply(.unwatched(gatewayID)))
+            answer(slot, SessionReply(request.reply(.unwatched(gatewayID))))
         case .subscribe(let function):
-            outbox.enqueue(request.reply(.subscribed(function)))
-            hub.subscribe(function.rawValue, outbox: outbox, tag: request.tag)
+            answer(slot, SessionReply(request.reply(.subscribed(function)), then: .subscribe(function.rawValue, tag: request.tag)))
         case .unsubscribe(let function):
-            hub.unsubscribe(function.rawValue, outbox: outbox)
-            outbox.enqueue(request.reply(.unsubscribed(function)))
-        case .auth, .quit:
-            preconditionFailure("handled by the request loop")
+            answer(slot, SessionReply(request.reply(.unsubscribed(function)), then: .unsubscribe(function.rawValue)))
         }
     }
 
-    /// WATCH: register, then read (subscribe, then read), reply, then let held events through.
-    private func watch(_ gatewayID: GatewayJobID, request: GatewayRequest, outbox: SessionOutbox) async throws(GatewayFailure) {
-        guard let id = JobID(rawValue: gatewayID.rawValue) else { throw Self.notFound(gatewayID) }
-        guard let token = hub.addWatcher(id, as: gatewayID, outbox: outbox, tag: request.tag, limit: configuration.maximumWatchesPerConnection) else {
-            throw GatewayFailure(code: .tooManyWatches, message: "this connection already watches \(configuration.maximumWatchesPerConnection) jobs")
+    /// Looks a job up (batched with every session's lookups) and answers with what `reply` makes of it.
+    private func lookUp(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int, reply: @escaping (JobLookup) -> SessionReply) {
+        services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let lookup): self.answer(slot, reply(lookup))
+            case .failure(let error): self.answer(slot, Self.failure(error, request))
+            }
         }
-        let lookup: JobLookup
-        do {
-            lookup = try await backend.lookUp(gatewayID)
-        } catch {
-            hub.removeWatcher(token, outbox: outbox)
-            throw error
+    }
+
+    /// WATCH: register, then read (subscribe, then read); events flow once `WATCHING` is written.
+    private func watch(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int) {
+        guard let id = JobID(rawValue: gatewayID.rawValue) else {
+            return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
-        switch lookup {
-        case .notFound:
-            hub.removeWatcher(token, outbox: outbox)
-            throw Self.notFound(gatewayID)
-        case .expired:
-            hub.removeWatcher(token, outbox: outbox)
-            outbox.enqueue(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))))
-            outbox.enqueue(request.event(.expired(gatewayID)))
-        case .found(let record):
-            outbox.enqueue(request.reply(.watching(gatewayID, Self.status(record))))
-            if record.state.isTerminal {
-                if hub.removeWatcher(token, outbox: outbox) {
-                    outbox.enqueue(request.event(PushHub.terminalEvent(record, gatewayID)))
+        let limit = configuration.maximumWatchesPerConnection
+        guard let token = hub.addWatcher(id, as: gatewayID, outbox: target, tag: request.tag, limit: limit) else {
+            let error = GatewayReply.error(code: .tooManyWatches, message: "this connection already watches \(limit) jobs")
+            return answer(slot, SessionReply(request.reply(error)))
+        }
+        services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
+            switch result {
+            case .failure(let error):
+                self.hub.removeWatcher(token, outbox: self.target)
+                self.answer(slot, Self.failure(error, request))
+            case .success(.notFound):
+                self.hub.removeWatcher(token, outbox: self.target)
+                self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
+            case .success(.expired):
+                self.hub.removeWatcher(token, outbox: self.target)
+                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
+            case .success(.found(let record)) where record.state.isTerminal:
+                let watching = request.reply(.watching(gatewayID, Self.status(record)))
+                if self.hub.removeWatcher(token, outbox: self.target) {
+                    self.answer(slot, SessionReply(watching, request.event(PushHub.terminalEvent(record, gatewayID))))
+                } else {
+                    self.answer(slot, SessionReply(watching))  // unwatched meanwhile
                 }
-            } else {
-                hub.activate(token, shown: record)
+            case .success(.found(let record)):
+                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))
             }
         }
     }
 
     /// WAIT (and SUBMIT wait=): the outcome as soon as the job ends, or TIMEOUT with its state.
-    private func waitForEnd(_ gatewayID: GatewayJobID, milliseconds: UInt64) async throws(GatewayFailure) -> GatewayReply {
-        guard let id = JobID(rawValue: gatewayID.rawValue) else { throw Self.notFound(gatewayID) }
-        let timeout = min(Duration.milliseconds(Int64(clamping: milliseconds)), configuration.maximumWaitTimeout)
-        let token = hub.addWaiter(id)
-        let lookup: JobLookup
-        do {
-            lookup = try await backend.lookUp(gatewayID)
-        } catch {
-            hub.finishWaiter(token, with: .timedOut)
-            throw error
+    private func wait(for gatewayID: GatewayJobID, milliseconds: UInt64, request: GatewayRequest, slot: Int) {
+        guard let id = JobID(rawValue: gatewayID.rawValue) else {
+            return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
-        switch lookup {
-        case .notFound:
-            hub.finishWaiter(token, with: .timedOut)
-            throw Self.notFound(gatewayID)
-        case .expired:
-            hub.finishWaiter(token, with: .timedOut)
-            return .expired(gatewayID)
-        case .found(let record) where record.state.isTerminal:
-            hub.finishWaiter(token, with: .timedOut)
-            return Self.outcome(record, gatewayID)
-        case .found:
-            switch await hub.wait(token, timeout: timeout) {
-            case .ended(let record?): return Self.outcome(record, gatewayID)
-            case .ended(nil): return .expired(gatewayID)
-            case .timedOut:
-                guard let record = try await backend.record(id) else { return .expired(gatewayID) }
-                return record.state.isTerminal ? Self.outcome(record, gatewayID) : .timeout(gatewayID, Self.status(record))
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let token = hub.addWaiter(id) { outcome in
+            handler.eventLoop.execute { handler.value.waitEnded(slot: slot, outcome) }
+        }
+        waits[slot] = PendingWait(token: token, gatewayID: gatewayID, request: request)
+        services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
+            guard self.waits[slot] != nil else { return }  // already answered
+            let reply: SessionReply
+            switch result {
+            case .success(.found(let record)) where !record.state.isTerminal:
+                let timeout = min(Duration.milliseconds(Int64(clamping: milliseconds)), self.configuration.maximumWaitTimeout)
+                self.waits[slot]?.timer = self.context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+                    if self.hub.removeWaiter(token) { self.waitEnded(slot: slot, .stopped) }
+                }
+                return
+            case .success(.found(let record)): reply = SessionReply(request.reply(Self.outcome(record, gatewayID)))
+            case .success(.expired): reply = SessionReply(request.reply(.expired(gatewayID)))
+            case .success(.notFound): reply = SessionReply(request.reply(Self.notFound(gatewayID)))
+            case .failure(let error): reply = Self.failure(error, request)
+            }
+            // Unless the job ended meanwhile: then its waiter is on its way with the outcome.
+            guard self.hub.removeWaiter(token) else { return }
+            self.waits[slot] = nil
+            self.answer(slot, reply)
+        }
+    }
+
+    private func waitEnded(slot: Int, _ outcome: WaitOutcome) {
+        guard let wait = waits.removeValue(forKey: slot) else { return }
+        wait.timer?.cancel()
+        let (gatewayID, request) = (wait.gatewayID, wait.request)
+        switch outcome {
+        case .ended(let record?):
+            answer(slot, SessionReply(request.reply(Self.outcome(record, gatewayID))))
+        case .ended(nil):
+            answer(slot, SessionReply(request.reply(.expired(gatewayID))))
+        case .stopped:
+            lookUp(gatewayID, request: request, slot: slot) { lookup in
+                switch lookup {
+                case .found(let record) where record.state.isTerminal: SessionReply(request.reply(Self.outcome(record, gatewayID)))
+                case .found(let record): SessionReply(request.reply(.timeout(gatewayID, Self.status(record))))
+                case .expired, .notFound: SessionReply(request.reply(.expired(gatewayID)))
+                }
             }
         }
+    }
+
+    // MARK: Writing
+
+    /// Fills a reply slot and writes every reply that is now next in order.
+    private func answer(_ slot: Int, _ reply: SessionReply) {
+        guard !isClosed else { return }
+        for ready in replies.fill(slot, with: reply) {
+            write(ready)
+        }
+        scheduleFlush()
+        resumeReadingIfHeld()
+        closeIfFinished()
+    }
+
+    private func write(_ reply: SessionReply) {
+        if case .unsubscribe(let function) = reply.effect { hub.unsubscribe(function, outbox: target) }
+        for response in reply.responses { emit(response) }
+        switch reply.effect {
+        case .activate(let token, let shown): hub.activate(token, shown: shown)
+        case .subscribe(let function, let tag): hub.subscribe(function, outbox: target, tag: tag)
+        case .close: closeWhenWritten()
+        case .unsubscribe, nil: break
+        }
+    }
+
+    /// An event from the push hub.
+    fileprivate func pushed(_ response: GatewayResponse) {
+        guard !isClosed else { return }
+        emit(response)
+        scheduleFlush()
+    }
+
+    private func emit(_ response: GatewayResponse) {
+        guard !isClosed else { return }
+        guard backlog.isEmpty && context.channel.isWritable else {
+            if !backlog.append(response) { overflowed() }
+            return
+        }
+        encode(response)
+        if output!.readableBytes >= 64 * 1024 { writeOutput() }
+    }
+
+    private func encode(_ response: GatewayResponse) {
+        if output == nil { output = context.channel.allocator.buffer(capacity: 256) }
+        GatewayResponseEncoder.write(response, into: &output!)
+    }
+
+    private func writeOutput() {
+        guard let buffer = output else { return }
+        output = nil
+        context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    private func flushNow() {
+        writeOutput()
+        context.flush()
+    }
+
+    /// One flush for everything written during this turn of the event loop (a batch of replies, a burst of events).
+    private func scheduleFlush() {
+        guard !flushIsScheduled else { return }
+        flushIsScheduled = true
+        context.eventLoop.assumeIsolated().execute {
+            self.flushIsScheduled = false
+            if !self.isClosed { self.flushNow() }
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            while context.channel.isWritable, let response = backlog.popFirst() {
+                encode(response)
+                writeOutput()
+            }
+            flushNow()
+            if backlog.isEmpty {
+                if isClosing { closeAfterPendingWrites() }
+                resumeReadingIfHeld()
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// The client does not read: tell it, if the socket still takes it, and close rather than buffer more.
+    private func overflowed() {
+        statistics.slowConsumersClosed.add(1, ordering: .relaxed)
+        services.logger.notice("closing a connection that does not read its replies")
+        isClosing = true
+        let channel = context.channel
+        var message = channel.allocator.buffer(capacity: 64)
+        GatewayResponseEncoder.write(.reply(.error(code: GatewayErrorCode.slowConsumer, message: "output buffer limit exceeded; closing")), into: &message)
+        writeOutput()
+        context.writeAndFlush(wrapOutboundOut(message)).whenComplete { _ in channel.close(promise: nil) }
+        channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+        endSession()
+    }
+
+    // MARK: Idle connections
+
+    /// Closes a connection that sent no complete request for `idleTimeout`, waits for nothing and follows nothing:
+    /// this also ends clients that trickle a request a byte at a time. One timer per connection, rescheduled for
+    /// the earliest moment it can be idle.
+    private func scheduleIdleCheck(in delay: TimeAmount) {
+        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { self.checkIdle() }
+    }
+
+    private func checkIdle() {
+        guard !isClosed, !isClosing else { return }
+        let timeout = TimeAmount(configuration.idleTimeout)
+        let quiet = NIODeadline.now() - lastRequest
+        guard quiet >= timeout, replies.outstanding == 0, !hub.isFollowing(outbox: target) else {
+            return scheduleIdleCheck(in: quiet >= timeout ? timeout : timeout - quiet)
+        }
+        emit(.reply(.error(code: .idleTimeout, message: "no request for \(configuration.idleTimeout); closing")))
+        inputEnded = true
+        closeWhenWritten()
     }
 
     // MARK: Helpers
@@ -281,8 +515,13 @@ struct GatewaySession {
         record.state == .done ? .done(id, result: record.result ?? ByteBuffer()) : .failed(id, reason: record.reason ?? ByteBuffer())
     }
 
-    static func notFound(_ id: GatewayJobID) -> GatewayFailure {
-        GatewayFailure(code: .notFound, message: "no job \(id) was ever issued here")
+    static func notFound(_ id: GatewayJobID) -> GatewayReply {
+        .error(code: .notFound, message: "no job \(id) was ever issued here")
+    }
+
+    private static func failure(_ error: any Error, _ request: GatewayRequest) -> SessionReply {
+        let failure = error as? GatewayFailure ?? GatewayFailure(code: .internal, message: "\(error)")
+        return SessionReply(request.reply(.error(code: failure.code, message: failure.message)))
     }
 
     /// Compares secrets without an early exit, so timing does not tell how much of a guess was right.
@@ -297,14 +536,29 @@ struct GatewaySession {
     }
 }
 
-public enum JobGateVersion {
-    public static let current = "0.1.0"
+/// The session as the push hub sees it: events hop to the session's event loop. Detached when the session ends,
+/// so a hub that still holds it keeps no connection alive.
+final class SessionPushTarget: PushTarget {
+    private let handler: NIOLoopBoundBox<GatewaySessionHandler?>
+
+    init(handler: NIOLoopBoundBox<GatewaySessionHandler?>) {
+        self.handler = handler
+    }
+
+    func push(_ response: GatewayResponse) {
+        let handler = self.handler
+        if handler.eventLoop.inEventLoop {
+            handler.value?.pushed(response)
+        } else {
+            handler.eventLoop.execute { handler.value?.pushed(response) }
+        }
+    }
+
+    func detach() {
+        handler.value = nil
+    }
 }
 
-/// When a connection last completed a request.
-final class LastActivity: Sendable {
-    private let instant = Mutex(ContinuousClock.now)
-
-    func touch() { instant.withLock { $0 = .now } }
-    var elapsed: Duration { .now - instant.withLock { $0 } }
+public enum JobGateVersion {
+    public static let current = "0.1.0"
 }

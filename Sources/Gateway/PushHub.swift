@@ -9,14 +9,21 @@ import Synchronization
 enum WaitOutcome: Sendable {
     /// The job ended; nil: its record is gone (expired).
     case ended(JobRecord?)
-    case timedOut
+    /// The wait ended before the job did (its timeout passed, or the gateway shuts down): answer with the job's state.
+    case stopped
+}
+
+/// Where the push hub delivers a connection's events: a gateway session, or a job page's event stream.
+protocol PushTarget: AnyObject, Sendable {
+    /// Called from any thread, in the order of the job's changes; must not block.
+    func push(_ response: GatewayResponse)
 }
 
 /// Who is waiting for what, fed by the job store's change feed.
 ///
 /// Watchers get every change of their job and end with its terminal event; waiters get the end only;
 /// subscribers get the terminal event of every job of a function. A watcher registers before its session reads
-/// the job (subscribe, then read) and stays *pending* until the session queued its `WATCHING` reply: what
+/// the job (subscribe, then read) and stays *pending* until the session wrote its `WATCHING` reply: what
 /// arrives meanwhile is held and delivered right after that reply, so no event ever precedes it.
 final class PushHub: Sendable {
     let feed: JobChangeFeed
@@ -29,7 +36,7 @@ final class PushHub: Sendable {
     }
 
     private struct Watcher {
-        let outbox: SessionOutbox
+        let outbox: any PushTarget
         let tag: GatewayTag?
         let gatewayID: GatewayJobID
         var isActive = false
@@ -38,21 +45,21 @@ final class PushHub: Sendable {
     }
 
     private struct Subscriber {
-        let outbox: SessionOutbox
+        let outbox: any PushTarget
         let tag: GatewayTag?
     }
 
     private struct State {
         var nextNumber: UInt64 = 0
         var watchers: [JobID: [UInt64: Watcher]] = [:]
-        var waiters: [JobID: [UInt64: WaitSlot]] = [:]
+        var waiters: [JobID: [UInt64: @Sendable (WaitOutcome) -> Void]] = [:]
         /// function → outbox → subscriber
         var subscribers: [String: [ObjectIdentifier: Subscriber]] = [:]
         var isShuttingDown = false
         /// outbox → the jobs it watches, for limits, UNWATCH and cleanup.
         var watchesByOutbox: [ObjectIdentifier: [JobID: Token]] = [:]
 
-        mutating func forget(_ token: Token, outbox: SessionOutbox) {
+        mutating func forget(_ token: Token, outbox: any PushTarget) {
             let key = ObjectIdentifier(outbox)
             if watchesByOutbox[key]?[token.id] == token { watchesByOutbox[key]?[token.id] = nil }
             if watchesByOutbox[key]?.isEmpty == true { watchesByOutbox[key] = nil }
@@ -62,11 +69,6 @@ final class PushHub: Sendable {
             nextNumber += 1
             return nextNumber
         }
-    }
-
-    private struct WaitSlot {
-        var continuation: CheckedContinuation<WaitOutcome, Never>?
-        var outcome: WaitOutcome?
     }
 
     init(feed: JobChangeFeed, statistics: GatewayStatistics) {
@@ -99,8 +101,8 @@ final class PushHub: Sendable {
     private func deliver(_ update: JobUpdate) {
         let ended = update.record.map(\.state.isTerminal) ?? true
         var unfollow = 0
-        var pushes: [(SessionOutbox, GatewayResponse)] = []
-        var waiters: [CheckedContinuation<WaitOutcome, Never>] = []
+        var pushes: [(any PushTarget, GatewayResponse)] = []
+        var waiters: [@Sendable (WaitOutcome) -> Void] = []
         state.withLock { state in
             if var watchers = state.watchers[update.id] {
                 for (number, var watcher) in watchers {
@@ -122,19 +124,9 @@ final class PushHub: Sendable {
                 }
                 state.watchers[update.id] = watchers.isEmpty ? nil : watchers
             }
-            if ended, var slots = state.waiters[update.id] {
-                for (number, var slot) in slots {
-                    if let continuation = slot.continuation {
-                        waiters.append(continuation)
-                        slots[number] = nil
-                        unfollow += 1
-                    } else {
-                        // Not waiting yet: `wait` picks the outcome up.
-                        slot.outcome = .ended(update.record)
-                        slots[number] = slot
-                    }
-                }
-                state.waiters[update.id] = slots.isEmpty ? nil : slots
+            if ended, let ending = state.waiters.removeValue(forKey: update.id) {
+                waiters = Array(ending.values)
+                unfollow += ending.count
             }
             if let record = update.record, record.state.isTerminal, let subscribers = state.subscribers[record.function],
                 let gatewayID = GatewayJobID(rawValue: record.id.rawValue)
@@ -144,9 +136,9 @@ final class PushHub: Sendable {
             }
         }
         for _ in 0..<unfollow { feed.unfollow(update.id) }
-        for continuation in waiters { continuation.resume(returning: .ended(update.record)) }
+        for waiter in waiters { waiter(.ended(update.record)) }
         for (outbox, response) in pushes {
-            outbox.enqueue(response)
+            outbox.push(response)
             statistics.eventsPushed.add(1, ordering: .relaxed)
         }
         if ended { statistics.metrics.jobEnded(update.record, pushes: pushes.count) }
@@ -178,7 +170,7 @@ final class PushHub: Sendable {
     /// Registers a pending watcher; the caller reads the job next, queues `WATCHING`, then calls `activate`.
     /// Watching a job again on the same connection replaces the earlier watch. Nil when the connection already
     /// watches `limit` jobs.
-    func addWatcher(_ id: JobID, as gatewayID: GatewayJobID, outbox: SessionOutbox, tag: GatewayTag?, limit: Int) -> Token? {
+    func addWatcher(_ id: JobID, as gatewayID: GatewayJobID, outbox: any PushTarget, tag: GatewayTag?, limit: Int) -> Token? {
         let (token, replaced) = state.withLock { state -> (Token?, Token?) in
             let key = ObjectIdentifier(outbox)
             let previous = state.watchesByOutbox[key]?[id]
@@ -197,16 +189,16 @@ final class PushHub: Sendable {
     }
 
     /// The watch a connection holds on a job, if any.
-    func watch(of id: JobID, outbox: SessionOutbox) -> Token? {
+    func watch(of id: JobID, outbox: any PushTarget) -> Token? {
         state.withLock { $0.watchesByOutbox[ObjectIdentifier(outbox)]?[id] }
     }
 
-    func watchCount(of outbox: SessionOutbox) -> Int {
+    func watchCount(of outbox: any PushTarget) -> Int {
         state.withLock { $0.watchesByOutbox[ObjectIdentifier(outbox)]?.count ?? 0 }
     }
 
     /// Whether the connection follows anything (then it is not idle).
-    func isFollowing(outbox: SessionOutbox) -> Bool {
+    func isFollowing(outbox: any PushTarget) -> Bool {
         state.withLock { state in
             state.watchesByOutbox[ObjectIdentifier(outbox)] != nil
                 || state.subscribers.values.contains { $0[ObjectIdentifier(outbox)] != nil }
@@ -214,7 +206,7 @@ final class PushHub: Sendable {
     }
 
     /// Drops every watch and subscription of a closing connection.
-    func removeAll(for outbox: SessionOutbox) {
+    func removeAll(for outbox: any PushTarget) {
         let tokens = state.withLock { state in Array(state.watchesByOutbox[ObjectIdentifier(outbox)]?.values ?? [:].values) }
         for token in tokens { removeWatcher(token, outbox: outbox) }
         let functions = state.withLock { state in state.subscribers.filter { $0.value[ObjectIdentifier(outbox)] != nil }.map(\.key) }
@@ -223,7 +215,7 @@ final class PushHub: Sendable {
 
     /// The session queued `WATCHING` showing `shown`: deliver what arrived meanwhile, if it is news.
     func activate(_ token: Token, shown: JobRecord) {
-        var push: (SessionOutbox, GatewayResponse)?
+        var push: (any PushTarget, GatewayResponse)?
         var ended = false
         state.withLock { state in
             guard var watcher = state.watchers[token.id]?[token.number] else { return }
@@ -243,12 +235,12 @@ final class PushHub: Sendable {
             }
         }
         if ended { feed.unfollow(token.id) }
-        if let (outbox, response) = push { outbox.enqueue(response) }
+        if let (outbox, response) = push { outbox.push(response) }
     }
 
     /// Removes a watcher; false when it had already ended (its terminal event is on its way).
     @discardableResult
-    func removeWatcher(_ token: Token, outbox: SessionOutbox) -> Bool {
+    func removeWatcher(_ token: Token, outbox: any PushTarget) -> Bool {
         let removed = state.withLock { state -> Bool in
             guard state.watchers[token.id]?.removeValue(forKey: token.number) != nil else { return false }
             if state.watchers[token.id]?.isEmpty == true { state.watchers[token.id] = nil }
@@ -261,83 +253,56 @@ final class PushHub: Sendable {
 
     // MARK: Waiters
 
-    func addWaiter(_ id: JobID) -> Token {
-        let number = state.withLock { state in
+    /// Registers a waiter, called once when the job ends (or at shutdown), unless `removeWaiter` takes it away first.
+    func addWaiter(_ id: JobID, onEnd: @escaping @Sendable (WaitOutcome) -> Void) -> Token {
+        let (number, isShuttingDown) = state.withLock { state in
             let number = state.number()
-            state.waiters[id, default: [:]][number] = WaitSlot()
-            return number
+            if !state.isShuttingDown { state.waiters[id, default: [:]][number] = onEnd }
+            return (number, state.isShuttingDown)
         }
-        feed.follow(id)
+        if isShuttingDown {
+            onEnd(.stopped)
+        } else {
+            feed.follow(id)
+        }
         return Token(id: id, number: number)
     }
 
-    /// Waits until the job ends or `timeout` passes; the waiter is gone afterwards either way.
-    func wait(_ token: Token, timeout: Duration) async -> WaitOutcome {
-        await withTaskGroup(of: WaitOutcome?.self) { group in
-            group.addTask {
-                await withTaskCancellationHandler {
-                    await withCheckedContinuation { continuation in
-                        let ready = self.state.withLock { state -> WaitOutcome? in
-                            guard !state.isShuttingDown else { return .timedOut }
-                            guard var slot = state.waiters[token.id]?[token.number] else { return .timedOut }
-                            guard slot.outcome == nil else { return slot.outcome }
-                            slot.continuation = continuation
-                            state.waiters[token.id]?[token.number] = slot
-                            return nil
-                        }
-                        if let ready {
-                            // Ended before we waited, or already finished: take the slot away and answer now.
-                            self.finishWaiter(token, with: ready)
-                            continuation.resume(returning: ready)
-                        }
-                    }
-                } onCancel: {
-                    self.finishWaiter(token, with: .timedOut)
-                }
-            }
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return nil
-            }
-            let first = await group.next()!
-            group.cancelAll()
-            if let outcome = first { return outcome }
-            // The timeout won: resume the waiting child (unless the job ended at the same moment).
-            finishWaiter(token, with: .timedOut)
-            return await group.next()! ?? .timedOut
-        }
-    }
-
-    /// Ends a waiter that is still registered, resuming it with `outcome`.
-    func finishWaiter(_ token: Token, with outcome: WaitOutcome) {
-        let (found, continuation) = state.withLock { state -> (Bool, CheckedContinuation<WaitOutcome, Never>?) in
-            guard let slot = state.waiters[token.id]?.removeValue(forKey: token.number) else { return (false, nil) }
+    /// Takes a waiter away; false when it is not registered (any more): then its `onEnd` was or is being called.
+    @discardableResult
+    func removeWaiter(_ token: Token) -> Bool {
+        let found = state.withLock { state -> Bool in
+            guard state.waiters[token.id]?.removeValue(forKey: token.number) != nil else { return false }
             if state.waiters[token.id]?.isEmpty == true { state.waiters[token.id] = nil }
-            return (true, slot.continuation)
+            return true
         }
         if found { feed.unfollow(token.id) }
-        continuation?.resume(returning: outcome)
+        return found
     }
 
     /// Shutting down: every pending WAIT is answered now (with the job's current state) instead of at its timeout.
     func endAllWaits() {
-        let tokens = state.withLock { state in
+        let waiters = state.withLock { state in
             state.isShuttingDown = true
-            return state.waiters.flatMap { id, slots in slots.keys.map { Token(id: id, number: $0) } }
+            defer { state.waiters = [:] }
+            return state.waiters.flatMap { id, slots in slots.values.map { (id, $0) } }
         }
-        for token in tokens { finishWaiter(token, with: .timedOut) }
+        for (id, waiter) in waiters {
+            feed.unfollow(id)
+            waiter(.stopped)
+        }
     }
 
     // MARK: Subscribers
 
-    func subscribe(_ function: String, outbox: SessionOutbox, tag: GatewayTag?) {
+    func subscribe(_ function: String, outbox: any PushTarget, tag: GatewayTag?) {
         let added = state.withLock { state in
             state.subscribers[function, default: [:]].updateValue(Subscriber(outbox: outbox, tag: tag), forKey: ObjectIdentifier(outbox)) == nil
         }
         if added { feed.observeAllJobs(true) }
     }
 
-    func unsubscribe(_ function: String, outbox: SessionOutbox) {
+    func unsubscribe(_ function: String, outbox: any PushTarget) {
         let removed = state.withLock { state -> Bool in
             guard state.subscribers[function]?.removeValue(forKey: ObjectIdentifier(outbox)) != nil else { return false }
             if state.subscribers[function]?.isEmpty == true { state.subscribers[function] = nil }

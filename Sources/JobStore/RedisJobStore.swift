@@ -66,27 +66,65 @@ public final class RedisJobStore: Sendable {
         case joined(JobID)
     }
 
+    /// A job record to create: see `create(_:)`.
+    public struct NewJob: Sendable {
+        public var id: JobID
+        public var function: String
+        public var unique: String?
+        public var resultTTL: Int?
+
+        public init(id: JobID, function: String, unique: String?, resultTTL: Int? = nil) {
+            self.id = id
+            self.function = function
+            self.unique = unique
+            self.resultTTL = resultTTL
+        }
+    }
+
     /// Creates the record of a new job (state `queued`), or finds the unfinished job it coalesces with.
     /// Check and create are one script, so two gateways cannot both create a job for the same unique.
     public func create(id: JobID, function: String, unique: String?, resultTTL: Int? = nil) async throws(JobStoreError) -> CreateOutcome {
+        try await create([NewJob(id: id, function: function, unique: unique, resultTTL: resultTTL)])[0].get()
+    }
+
+    /// `create` for many jobs in one pipelined write (in order: a later job with the same unique joins an earlier one).
+    /// Throws when Redis cannot be reached; a script error fails only its job.
+    public func create(_ jobs: [NewJob]) async throws(JobStoreError) -> [Result<CreateOutcome, JobStoreError>] {
+        guard !jobs.isEmpty else { return [] }
         let now = Self.now()
+        let replies: [Result<RedisReply, RedisError>]
+        do {
+            replies = try await redis.pipeline(jobs.map { createCommand($0, now: now) })
+        } catch {
+            throw JobStoreError(redis: error)
+        }
+        return zip(jobs, replies).map { job, reply in
+            switch reply {
+            case .success(let reply):
+                guard let existing = reply.string, let existingID = JobID(rawValue: existing) else {
+                    return .failure(JobStoreError(.unexpectedReply, "create script answered \(reply)"))
+                }
+                return .success(existingID == job.id ? .created : .joined(existingID))
+            case .failure(let error):
+                return .failure(JobStoreError(redis: error))
+            }
+        }
+    }
+
+    private func createCommand(_ job: NewJob, now: Int64) -> RedisCommand {
         var fields: [RedisArgument] = [
-            "\(JobField.state)", "\(JobState.queued.rawValue)", "\(JobField.function)", "\(function)",
+            "\(JobField.state)", "\(JobState.queued.rawValue)", "\(JobField.function)", "\(job.function)",
             "\(JobField.numerator)", "0", "\(JobField.denominator)", "0", "\(JobField.message)", "",
             "\(JobField.created)", "\(now)", "\(JobField.updated)", "\(now)",
-            "\(JobField.resultTTL)", "\(resultTTL ?? configuration.resultTTL)",
+            "\(JobField.resultTTL)", "\(job.resultTTL ?? configuration.resultTTL)",
         ]
-        if let unique { fields += ["\(JobField.unique)", "\(unique)"] }
-        let keys: [RedisArgument] = ["\(schema.jobKey(id))"] + (unique.map { ["\(schema.uniqueKey(function: function, unique: $0))"] } ?? [])
-        let command = RedisCommand(
+        if let unique = job.unique { fields += ["\(JobField.unique)", "\(unique)"] }
+        let keys: [RedisArgument] =
+            ["\(schema.jobKey(job.id))"] + (job.unique.map { ["\(schema.uniqueKey(function: job.function, unique: $0))"] } ?? [])
+        return RedisCommand(
             "EVAL",
-            ["\(Self.createScript)", "\(keys.count)"] + keys + ["\(id.rawValue)", "\(configuration.inFlightTTL)", "\(schema.prefix)job:"] + fields
+            ["\(Self.createScript)", "\(keys.count)"] + keys + ["\(job.id.rawValue)", "\(configuration.inFlightTTL)", "\(schema.prefix)job:"] + fields
         )
-        let reply = try await send(command)
-        guard let existing = reply.string, let existingID = JobID(rawValue: existing) else {
-            throw JobStoreError(.unexpectedReply, "create script answered \(reply)")
-        }
-        return existingID == id ? .created : .joined(existingID)
     }
 
     /// KEYS[1] job hash, KEYS[2] coalescing key (optional); ARGV id, in-flight TTL, job key prefix, fields….
@@ -104,9 +142,37 @@ public final class RedisJobStore: Sendable {
         return ARGV[1]
         """
 
+    /// Where gearmand put a job: see `setLocations(_:)`.
+    public struct JobLocation: Sendable {
+        public var id: JobID
+        public var handle: String
+        public var server: String
+
+        public init(id: JobID, handle: String, server: String) {
+            self.id = id
+            self.handle = handle
+            self.server = server
+        }
+    }
+
     /// Records where gearmand put the job, unless it already finished.
     public func setLocation(_ id: JobID, handle: String, server: String) async throws(JobStoreError) {
         _ = try await updateUnlessFinished(id, [JobField.handle: ByteBuffer(string: handle), JobField.server: ByteBuffer(string: server)])
+    }
+
+    /// `setLocation` for many jobs in one pipelined write.
+    public func setLocations(_ locations: [JobLocation]) async throws(JobStoreError) {
+        guard !locations.isEmpty else { return }
+        let commands = locations.map {
+            updateCommand($0.id, [JobField.handle: ByteBuffer(string: $0.handle), JobField.server: ByteBuffer(string: $0.server)])
+        }
+        let replies: [Result<RedisReply, RedisError>]
+        do {
+            replies = try await redis.pipeline(commands)
+        } catch {
+            throw JobStoreError(redis: error)
+        }
+        for case .failure(let error) in replies { throw JobStoreError(redis: error) }
     }
 
     /// Notes the CAS watermark of a memcached-backed job (see `LegacyResultStore`).
@@ -247,11 +313,15 @@ public final class RedisJobStore: Sendable {
         """
 
     private func updateUnlessFinished(_ id: JobID, _ fields: [String: ByteBuffer]) async throws(JobStoreError) -> Int? {
-        var arguments: [RedisArgument] = ["\(Self.updateScript)", "1", "\(schema.jobKey(id))", "\(configuration.inFlightTTL)"]
-        for (field, value) in fields.sorted(by: { $0.key < $1.key }) { arguments += ["\(field)", .bytes(value)] }
-        let reply = try await send(RedisCommand("EVAL", arguments))
+        let reply = try await send(updateCommand(id, fields))
         guard let ttl = reply.int else { throw JobStoreError(.unexpectedReply, "update script answered \(reply)") }
         return ttl > 0 ? ttl : nil
+    }
+
+    private func updateCommand(_ id: JobID, _ fields: [String: ByteBuffer]) -> RedisCommand {
+        var arguments: [RedisArgument] = ["\(Self.updateScript)", "1", "\(schema.jobKey(id))", "\(configuration.inFlightTTL)"]
+        for (field, value) in fields.sorted(by: { $0.key < $1.key }) { arguments += ["\(field)", .bytes(value)] }
+        return RedisCommand("EVAL", arguments)
     }
 
     private func send(_ command: RedisCommand) async throws(JobStoreError) -> RedisReply {

@@ -206,14 +206,41 @@ public func withLocalServer<T>(
     }
 }
 
-/// Asks the kernel for a loopback port that is free right now.
+/// A loopback port that is free right now, outside the kernel's ephemeral range, and not handed out before by
+/// this process.
+///
+/// Outside the ephemeral range because a test that kills a server and starts it again on the same port would
+/// otherwise race every outgoing connection on the machine for it: a client reconnecting to the dead port can even
+/// be given that very port as its source and connect to itself (TCP simultaneous open), which then holds it.
 public func freeLoopbackPort() throws -> Int {
+    let ephemeral = ephemeralPortRange()
+    let candidates = 10_000..<max(10_001, ephemeral.lowerBound)
+    for _ in 0..<200 {
+        let port = Int.random(in: candidates)
+        guard portsHandedOut.withLock({ $0.insert(port).inserted }) else { continue }
+        if (try? bindLoopback(port: port)) != nil { return port }
+    }
+    // A machine whose ephemeral range leaves nothing below it: let the kernel choose.
+    return try bindLoopback(port: 0)
+}
+
+private let portsHandedOut = Mutex<Set<Int>>([])
+
+private func ephemeralPortRange() -> ClosedRange<Int> {
+    let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+    let bounds = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+    guard bounds.count == 2, bounds[0] <= bounds[1] else { return 32768...60999 }
+    return bounds[0]...bounds[1]
+}
+
+/// Binds (and closes) a loopback socket on `port`; returns the port bound (the kernel's choice for 0).
+private func bindLoopback(port: Int) throws -> Int {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw LocalServerError(message: "socket() failed: errno \(errno)") }
     defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
+    address.sin_port = UInt16(port).bigEndian
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
     let bound = withUnsafeMutablePointer(to: &address) {
@@ -221,6 +248,6 @@ public func freeLoopbackPort() throws -> Int {
             bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
         }
     }
-    guard bound else { throw LocalServerError(message: "could not bind a loopback port: errno \(errno)") }
+    guard bound else { throw LocalServerError(message: "could not bind loopback port \(port): errno \(errno)") }
     return Int(UInt16(bigEndian: address.sin_port))
 }

@@ -118,6 +118,42 @@ struct GatewayJobTests {
         }
     }
 
+    /// Requests run concurrently but replies keep request order: a WATCH behind a pending WAIT gets its WATCHING
+    /// only after the WAIT's reply, and its job's events (even when the job ended meanwhile) only after WATCHING.
+    @Test func eventsNeverOvertakeTheirReply() async throws {
+        try await withGatewayStack { stack in
+            let slowGate = Gate()
+            let fastGate = Gate()
+            try await withTestWorker(stack, [
+                "slow": { payload, _ in
+                    await slowGate.wait()
+                    return payload
+                },
+                "fast": { payload, _ in
+                    await fastGate.wait()
+                    return payload
+                },
+            ]) {
+                let client = try await stack.connect()
+                let slow = try #require(try await client.request(submitLine("slow", "s"))?.createdID)
+                let fast = try #require(try await client.request(submitLine("fast", "f"))?.createdID)
+                try await client.send("@a WAIT \(slow) 10000\n@b WATCH \(fast)\n@c PING\n")
+                // The WATCH is registered and read while the WAIT holds its reply back; the job ends meanwhile.
+                fastGate.open()
+                let watcher = try await stack.connect()
+                let done = try #require(try await watcher.request("WAIT \(fast) 10000\n"))
+                #expect(done == .reply(.done(fast, result: ByteBuffer(string: "f"))))
+                slowGate.open()
+                #expect(try await client.next() == .reply(.done(slow, result: ByteBuffer(string: "s")), tag: GatewayTag(rawValue: "a")))
+                let watching = try #require(try await client.next())
+                guard case .reply(.watching(fast, _), let tag) = watching else { Issue.record("\(watching)"); return }
+                #expect(tag?.rawValue == "b")
+                #expect(try await client.next() == .event(.done(fast, result: ByteBuffer(string: "f")), tag: GatewayTag(rawValue: "b")))
+                #expect(try await client.next() == .reply(.pong, tag: GatewayTag(rawValue: "c")))
+            }
+        }
+    }
+
     /// Same function and unique while the first job is unfinished → EXISTS with the same id; every watcher of it
     /// gets the terminal event; after it finished the same unique makes a new job.
     @Test func coalescedSubmissions() async throws {
