@@ -90,21 +90,23 @@ struct GatewayBackend: Sendable {
                 results[index] = .failure(backendDown("gearmand", error))
             }
         }
-        let locations = located.map(\.location)
-        if !locations.isEmpty { statistics.metrics.backendSucceeded("gearmand") }
-        do {
-            try await store.setLocations(locations)
-        } catch {
-            // The jobs run anyway; their workers record the location when they start.
-            logger.warning("could not record jobs' locations", metadata: ["job.count": "\(locations.count)", "job.error": "\(error)"])
-        }
+        if !located.isEmpty { statistics.metrics.backendSucceeded("gearmand") }
         if let legacy {
-            for (index, location) in located where legacy.handles(jobs[index].function) {
+            // Legacy workers never write Redis: the bridge reads results by handle, so the gateway records it. (A
+            // jobgate worker records the handle itself when it starts the job; writing it here too would cost every
+            // job a second Redis script and a second notification.)
+            let legacyJobs = located.filter { legacy.handles(jobs[$0.index].function) }
+            do {
+                try await store.setLocations(legacyJobs.map(\.location))
+            } catch {
+                logger.warning("could not record legacy jobs' handles", metadata: ["job.count": "\(legacyJobs.count)", "job.error": "\(error)"])
+            }
+            for (index, location) in legacyJobs {
                 let function = jobs[index].function
                 await legacy.fence(location.id, function: function, handle: location.handle, watermarks: watermarks[function] ?? nil)
             }
         }
-        statistics.jobsSubmitted.add(locations.count, ordering: .relaxed)
+        statistics.jobsSubmitted.add(located.count, ordering: .relaxed)
         return results.map { $0! }
     }
 

@@ -85,8 +85,7 @@ public final class GatewayServer: Service {
         statistics.metrics.countWatchers { hub.watcherCount }
         do {
             try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await feed.run() }
-                group.addTask { await hub.run() }
+                group.addTask { try await feed.run(delivering: hub.deliver) }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
                 if let legacy {
                     group.addTask { await legacy.run(followed: { hub.followedIDs }) }
@@ -143,17 +142,15 @@ public final class GatewayServer: Service {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // A client that sends its requests and shuts its side (`printf … | nc`) still gets every reply.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
+            // Each connection keeps its receive buffer between reads: start it small (it grows with the traffic), as
+            // most connections are idle watchers and there may be 10,000 of them.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
                     guard connections.admit(channel) else {
                         return try pipeline.addHandler(ConnectionRefusal(limit: configuration.maximumConnections))
                     }
-                    try pipeline.addHandler(
-                        ByteToMessageHandler(
-                            GatewayRequestDecoder(maximumLineLength: configuration.maximumLineLength, maximumPayloadSize: configuration.maximumPayloadSize)
-                        )
-                    )
                     try pipeline.addHandler(GatewaySessionHandler(services: services))
                 }
             }

@@ -40,8 +40,9 @@ struct SessionReply {
 /// Hub changes that must happen exactly when a reply is written, so events never come before the reply that starts
 /// them or after the one that stops them.
 enum SessionEffect {
-    /// After `WATCHING`: the watch's events flow from now on.
-    case activate(PushHub.Token, shown: JobRecord)
+    /// After `WATCHING`: the watch's events flow from now on. (Indirect: a record is large, and every reply slot of
+    /// every connection has room for an effect.)
+    indirect case activate(PushHub.Token, shown: JobRecord)
     /// After `SUBSCRIBED`.
     case subscribe(String, tag: GatewayTag?)
     /// Before `UNSUBSCRIBED`.
@@ -58,7 +59,7 @@ enum SessionEffect {
 /// requests are outstanding) the session stops reading: a client that does not read its replies cannot make the
 /// gateway buffer without bound.
 final class GatewaySessionHandler: ChannelDuplexHandler {
-    typealias InboundIn = Result<GatewayRequest, GatewayRequestError>
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
     typealias OutboundOut = ByteBuffer
 
@@ -79,6 +80,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     private var context: ChannelHandlerContext!
     private var target: SessionPushTarget!
+    /// Decodes requests in this handler rather than in a `ByteToMessageHandler` before it: one handler less per
+    /// connection (memory, with 10,000 of them), and a truncated last request still lets earlier replies out.
+    private var decoder: NIOSingleStepByteToMessageProcessor<GatewayRequestDecoder>
     private var replies = ReplyOrder<SessionReply>()
     private var backlog: OutputBacklog
     /// Encoded responses not handed to the channel yet (written at the next flush).
@@ -97,6 +101,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     init(services: SessionServices) {
         self.services = services
+        self.decoder = NIOSingleStepByteToMessageProcessor(
+            GatewayRequestDecoder(
+                maximumLineLength: services.configuration.maximumLineLength,
+                maximumPayloadSize: services.configuration.maximumPayloadSize
+            )
+        )
         self.backlog = OutputBacklog(limit: services.configuration.outputBufferLimit)
         self.isAuthenticated = services.configuration.secrets.isEmpty
     }
@@ -133,6 +143,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
+            do {
+                try decoder.finishProcessing(seenEOF: true) { self.received($0) }
+            } catch {
+                // A request that never arrived whole gets no reply; the ones before it still do.
+                services.logger.debug("connection closed inside a request", metadata: ["gateway.error": "\(error)"])
+            }
             endInput()
         }
         context.fireUserInboundEventTriggered(event)
@@ -192,9 +208,20 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !inputEnded, !isClosed else { return }
+        do {
+            try decoder.process(buffer: unwrapInboundIn(data)) { self.received($0) }
+        } catch {
+            // The decoder reports bad requests as values; only a broken connection ends up here.
+            services.logger.debug("cannot decode a request", metadata: ["gateway.error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    private func received(_ item: Result<GatewayRequest, GatewayRequestError>) {
+        guard !inputEnded, !isClosed else { return }
         lastRequest = .now()
         statistics.commands.add(1, ordering: .relaxed)
-        switch unwrapInboundIn(data) {
+        switch item {
         case .success(let request):
             statistics.metrics.countCommand(request.command.verb)
             handle(request, slot: replies.reserve())

@@ -40,8 +40,13 @@ final class PushHub: Sendable {
         let tag: GatewayTag?
         let gatewayID: GatewayJobID
         var isActive = false
-        var held: JobUpdate?
+        /// What arrived while pending. Boxed: a record is large, and there may be 10,000 watchers holding nothing.
+        var held: Held?
         var shown: JobRecord.Progress?
+    }
+
+    private indirect enum Held {
+        case update(JobUpdate)
     }
 
     private struct Subscriber {
@@ -92,13 +97,8 @@ final class PushHub: Sendable {
 
     // MARK: Feed
 
-    func run() async {
-        for await update in feed.updates {
-            deliver(update)
-        }
-    }
-
-    private func deliver(_ update: JobUpdate) {
+    /// Pushes an update of the change feed (`JobChangeFeed.run(delivering:)`) to whoever follows the job.
+    func deliver(_ update: JobUpdate) {
         let ended = update.record.map(\.state.isTerminal) ?? true
         var unfollow = 0
         var pushes: [(any PushTarget, GatewayResponse)] = []
@@ -107,7 +107,7 @@ final class PushHub: Sendable {
             if var watchers = state.watchers[update.id] {
                 for (number, var watcher) in watchers {
                     guard watcher.isActive else {
-                        watcher.held = update
+                        watcher.held = .update(update)
                         watchers[number] = watcher
                         continue
                     }
@@ -221,7 +221,7 @@ final class PushHub: Sendable {
             guard var watcher = state.watchers[token.id]?[token.number] else { return }
             watcher.isActive = true
             watcher.shown = shown.progress
-            if let held = watcher.held {
+            if case .update(let held) = watcher.held {
                 watcher.held = nil
                 push = Self.event(for: held, shown: &watcher.shown, to: watcher).map { (watcher.outbox, $0) }
                 ended = held.record.map(\.state.isTerminal) ?? true

@@ -6,7 +6,8 @@ import NIOCore
 /// Each request reserves a slot when it is read; its reply fills the slot when ready. A reply is released only
 /// once every earlier slot is filled, so a slow `WAIT` holds back the replies behind it, as the protocol says.
 struct ReplyOrder<Reply> {
-    private var slots = CircularBuffer<Reply?>()
+    // Small to start with: most connections have a request or two outstanding, and there may be 10,000 of them.
+    private var slots = CircularBuffer<Reply?>(initialCapacity: 4)
     /// The slot number of `slots.first`.
     private var firstNumber = 0
 
@@ -51,7 +52,8 @@ struct OutputBacklog {
         case progress(ProgressKey)
     }
 
-    private var queue = CircularBuffer<Entry>()
+    // Empty on almost every connection: start with no room.
+    private var queue = CircularBuffer<Entry>(initialCapacity: 1)
     private var latestProgress: [ProgressKey: GatewayResponse] = [:]
     private(set) var bytes = 0
     let limit: Int

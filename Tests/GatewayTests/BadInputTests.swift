@@ -49,6 +49,17 @@ struct BadInputTests {
         }
     }
 
+    /// The requests before a truncated one are still answered before the connection closes.
+    @Test func repliesBeforeATruncatedRequest() async throws {
+        try await withGatewayStack { stack in
+            let raw = try await RawGatewayConnection.connect(port: stack.port)
+            try await raw.send("@a PING\n@b PING\nSUBMIT reverse 100\n0123")
+            try await raw.finishSending()
+            try await raw.waitUntilClosed()
+            #expect(try raw.responses() == [.reply(.pong, tag: GatewayTag(rawValue: "a")), .reply(.pong, tag: GatewayTag(rawValue: "b"))])
+        }
+    }
+
     /// A block shorter than declared, then the client closes: nothing is executed, the server stays up.
     @Test func truncatedBlockThenClose() async throws {
         try await withGatewayStack { stack in

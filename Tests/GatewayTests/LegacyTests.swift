@@ -202,7 +202,8 @@ struct LegacyTests {
     /// A value left in memcached under a handle by an earlier job (gearmand restarted and reused the handle) is never
     /// taken as the new job's result.
     @Test func staleValueUnderReusedHandle() async throws {
-        try await withLegacyStack(["legacy": .peclMemcache]) { stack, memcached in
+        // The probe is memcached-backed too: the gateway records the handle of those at submission.
+        try await withLegacyStack(["legacy": .peclMemcache, "probe-handle": .peclMemcache]) { stack, memcached in
             let client = try await stack.connect()
             // gearmand hands out H:<host>:1 first after every start: leave a value there, as an earlier job would have.
             let probe = try #require(try await client.request(submitLine("probe-handle", "x"))?.createdID)
