@@ -84,7 +84,7 @@ private final class ForwardHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         if let tally {
-            let counts = scanner.scan(buffer)
+            let counts = scanner.scan(buffer.readableBytesView)
             if !counts.isEmpty { tally(counts) }
         }
         peer.writeAndFlush(buffer, promise: nil)
@@ -102,35 +102,35 @@ private final class ForwardHandler: ChannelInboundHandler {
 
 /// Walks a byte stream of Gearman requests without buffering it: 12-byte headers (`\0REQ`, type, body size,
 /// big-endian) are counted by type and bodies skipped; a line of the text admin protocol is skipped to its `\n`.
-struct GearmanRequestScanner {
+package struct GearmanRequestScanner {
     private var header: [UInt8] = []
     private var bodyLeft = 0
     private var inTextLine = false
 
-    /// Packets whose header completed within `buffer`, by type.
-    mutating func scan(_ buffer: ByteBuffer) -> [UInt32: Int] {
+    package init() {}
+
+    /// Packets whose header completed within `bytes` (the next bytes of the stream), by type.
+    package mutating func scan<Bytes: RandomAccessCollection<UInt8>>(_ bytes: Bytes) -> [UInt32: Int] {
         var counts: [UInt32: Int] = [:]
-        buffer.withUnsafeReadableBytes { bytes in
-            var index = 0
-            while index < bytes.count {
-                if bodyLeft > 0 {
-                    let skipped = min(bodyLeft, bytes.count - index)
-                    bodyLeft -= skipped
-                    index += skipped
-                } else if inTextLine {
-                    if bytes[index] == UInt8(ascii: "\n") { inTextLine = false }
-                    index += 1
-                } else if header.isEmpty && bytes[index] != 0 {
-                    inTextLine = true
-                } else {
-                    header.append(bytes[index])
-                    index += 1
-                    if header.count == 12 {
-                        func word(_ at: Int) -> UInt32 { header[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
-                        counts[word(4), default: 0] += 1
-                        bodyLeft = Int(word(8))
-                        header.removeAll(keepingCapacity: true)
-                    }
+        var index = bytes.startIndex
+        while index != bytes.endIndex {
+            if bodyLeft > 0 {
+                let skipped = min(bodyLeft, bytes.distance(from: index, to: bytes.endIndex))
+                bodyLeft -= skipped
+                index = bytes.index(index, offsetBy: skipped)
+            } else if inTextLine {
+                if bytes[index] == UInt8(ascii: "\n") { inTextLine = false }
+                index = bytes.index(after: index)
+            } else if header.isEmpty && bytes[index] != 0 {
+                inTextLine = true
+            } else {
+                header.append(bytes[index])
+                index = bytes.index(after: index)
+                if header.count == 12 {
+                    func word(_ at: Int) -> UInt32 { header[at..<at + 4].reduce(0) { $0 << 8 | UInt32($1) } }
+                    counts[word(4), default: 0] += 1
+                    bodyLeft = Int(word(8))
+                    header.removeAll(keepingCapacity: true)
                 }
             }
         }
