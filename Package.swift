@@ -129,7 +129,7 @@ let package = Package(
         .target(
             name: "Benchmarks",
             dependencies: [
-                "Gearman", "GatewayProtocol", "WorkerRuntime", "JobStore", "Redis", "LocalServers",
+                "Gearman", "GatewayProtocol", "WorkerRuntime", "JobStore", "Redis", "Memcache", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

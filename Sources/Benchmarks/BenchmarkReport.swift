@@ -21,6 +21,10 @@ public struct BenchmarkOptions: Sendable, Codable {
     public var pollSamplesFast = 60
     /// Connections that each watch one job.
     public var watchers = 10_000
+    /// Memcached-backed jobs per side of the legacy bridge comparison.
+    public var legacyJobs = 200
+    /// Jobs the legacy worker runs at once (each holds 0.5–1.5 s).
+    public var legacyConcurrency = 50
 
     public init() {}
 
@@ -37,6 +41,8 @@ public struct BenchmarkOptions: Sendable, Codable {
         options.pollSamplesSlow = 3
         options.pollSamplesFast = 8
         options.watchers = 100
+        options.legacyJobs = 20
+        options.legacyConcurrency = 10
         return options
     }
 }
@@ -49,7 +55,7 @@ public struct BenchmarkReport: Sendable, Codable {
     public var endToEnd: Throughput
     public var pushLatency: PushLatency
     public var watchers: Watchers
-    public var legacyBridge: Skipped
+    public var legacyBridge: LegacyBridge
 
     public struct Machine: Sendable, Codable {
         public var cpus: Int
@@ -121,9 +127,40 @@ public struct BenchmarkReport: Sendable, Codable {
         public var met: Bool
     }
 
-    public struct Skipped: Sendable, Codable {
-        public var available: Bool
-        public var note: String
+    /// Memcached-backed jobs watched through the gateway against the legacy pattern, each job polled by its own
+    /// monitor. Both sides run the same jobs with the same worker, one after the other.
+    public struct LegacyBridge: Sendable, Codable {
+        public var what: String
+        public var polling: String
+        public var jobs: Int
+        public var workerConcurrency: Int
+        public var gatewaySide: LegacySide
+        public var pollingSide: LegacySide
+        /// gateway ÷ polling: GET_STATUS requests gearmand received per watched job-second.
+        public var statusRequestRatio: Double
+        /// gateway ÷ polling: status round trips to gearmand per watched job-second.
+        public var roundTripRatio: Double
+        /// gateway ÷ polling: mean latency from the worker's memcached write to the outcome seen.
+        public var latencyRatio: Double
+    }
+
+    public struct LegacySide: Sendable, Codable {
+        /// Jobs whose outcome the client saw (`EVENT … DONE`, or the value read from memcached).
+        public var done: Int
+        /// Per job: the worker's memcached write starts → the client has the outcome.
+        public var latency: Distribution
+        /// Σ over jobs of submit → outcome seen.
+        public var watchedJobSeconds: Double
+        public var elapsedSeconds: Double
+        /// GET_STATUS and GET_STATUS_UNIQUE requests gearmand received (counted by a proxy in front of it).
+        public var statusRequests: Int
+        public var statusRequestsPerJobSecond: Double
+        /// Status round trips: the gateway's `legacy_polls` (one pipelined batch per gearmand per round), or
+        /// each monitor's `GET_STATUS`.
+        public var statusRoundTrips: Int
+        public var statusRoundTripsPerJobSecond: Double
+        /// Keys read from memcached (its `cmd_get`) during the side.
+        public var memcachedGets: Int
     }
 }
 
@@ -198,7 +235,24 @@ extension BenchmarkReport {
         lines.append(row("delivery per job", watchers.delivery))
         lines.append("   target \(watchers.target): \(verdict(watchers.met))")
         lines.append("")
-        lines.append("5. legacy bridge: \(legacyBridge.note)")
+        lines.append("5. legacy bridge: \(legacyBridge.what)")
+        lines.append("   polling side: \(legacyBridge.polling)")
+        lines.append("   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "samples      mean       p50       p99     p99.9       max")
+        lines.append(row("gateway (EVENT DONE)", legacyBridge.gatewaySide.latency))
+        lines.append(row("poll 1 s + memcached", legacyBridge.pollingSide.latency))
+        lines.append("   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "   done  job-s  GET_STATUS  per job-s  round trips  per job-s  mc gets")
+        for (name, side) in [("gateway", legacyBridge.gatewaySide), ("polling", legacyBridge.pollingSide)] {
+            lines.append(
+                "   " + name.padding(toLength: 22, withPad: " ", startingAt: 0)
+                    + String(side.done).leftPadded(to: 7) + String(format: "%.0f", side.watchedJobSeconds).leftPadded(to: 7)
+                    + String(side.statusRequests).leftPadded(to: 12) + String(format: "%.2f", side.statusRequestsPerJobSecond).leftPadded(to: 11)
+                    + String(side.statusRoundTrips).leftPadded(to: 13) + String(format: "%.3f", side.statusRoundTripsPerJobSecond).leftPadded(to: 11)
+                    + String(side.memcachedGets).leftPadded(to: 9)
+            )
+        }
+        lines.append(
+            "   gateway ÷ polling: GET_STATUS per job-second \(String(format: "%.2f", legacyBridge.statusRequestRatio))×, round trips \(String(format: "%.3f", legacyBridge.roundTripRatio))×, mean latency \(String(format: "%.3f", legacyBridge.latencyRatio))×"
+        )
         return lines.joined(separator: "\n")
     }
 }

@@ -76,6 +76,11 @@ public struct BenchmarkRunner: Sendable {
             let rssIdleMiB = Double(watched.rssIdle) / 1_048_576
             let lastDone = watched.lastDoneAfterLastCompletion.seconds * 1_000
 
+            progress("5. legacy bridge: \(options.legacyJobs) memcached-backed jobs per side, worker concurrency \(options.legacyConcurrency)")
+            let legacy = try await stack.legacyBridge(jobs: options.legacyJobs, concurrency: options.legacyConcurrency, progress: progress)
+            let gatewaySide = BenchmarkReport.LegacySide(legacy.gateway)
+            let pollingSide = BenchmarkReport.LegacySide(legacy.polling)
+
             return BenchmarkReport(
                 machine: .current(openFilesLimit: openFiles),
                 options: options,
@@ -121,7 +126,17 @@ public struct BenchmarkRunner: Sendable {
                     target: "≤ 64 MiB RSS idle with 10,000 watchers, every DONE within 1 s of the jobs completing",
                     met: options.watchers >= 10_000 && rssIdleMiB <= 64 && lastDone <= 1_000
                 ),
-                legacyBridge: .init(available: false, note: "not available yet: this section of the benchmark is not written yet")
+                legacyBridge: .init(
+                    what: "PHP-style GearmanWorker (in the bench process; WORK_STATUS 1/3 and 2/3, holds 0.5–1.5 s, stores its result in memcached under the job handle, pecl-memcache format, then WORK_COMPLETE); a second `jobgate serve` with --legacy-functions bridges the jobs: SUBMIT + WATCH on 4 connections until EVENT DONE; gearmand reached through a counting proxy",
+                    polling: "the same jobs submitted as SUBMIT_JOB_BG; per job its own Gearman connection sends GET_STATUS every 1 s (random phase) and, once the handle is unknown, reads memcached by handle (the PHP monitor)",
+                    jobs: options.legacyJobs,
+                    workerConcurrency: options.legacyConcurrency,
+                    gatewaySide: gatewaySide,
+                    pollingSide: pollingSide,
+                    statusRequestRatio: gatewaySide.statusRequestsPerJobSecond / pollingSide.statusRequestsPerJobSecond,
+                    roundTripRatio: gatewaySide.statusRoundTripsPerJobSecond / pollingSide.statusRoundTripsPerJobSecond,
+                    latencyRatio: gatewaySide.latency.meanMicroseconds / pollingSide.latency.meanMicroseconds
+                )
             )
         }
     }
@@ -154,6 +169,23 @@ public struct BenchmarkRunner: Sendable {
             }
         }
         return comparison
+    }
+}
+
+extension BenchmarkReport.LegacySide {
+    init(_ side: BenchmarkStack.LegacySide) {
+        let jobSeconds = side.watched.seconds
+        self.init(
+            done: side.latencies.count,
+            latency: .init(nanoseconds: side.latencies),
+            watchedJobSeconds: jobSeconds,
+            elapsedSeconds: side.elapsed.seconds,
+            statusRequests: side.statusRequests,
+            statusRequestsPerJobSecond: Double(side.statusRequests) / jobSeconds,
+            statusRoundTrips: side.statusRoundTrips,
+            statusRoundTripsPerJobSecond: Double(side.statusRoundTrips) / jobSeconds,
+            memcachedGets: side.memcachedGets
+        )
     }
 }
 

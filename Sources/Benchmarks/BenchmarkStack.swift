@@ -20,13 +20,16 @@ final class BenchmarkStack: Sendable {
     let gatewayPort: Int
     let store: RedisJobStore
     let redisPool: RedisConnectionPool
+    /// The `jobgate` executable, for gateways a section starts itself.
+    let executable: String
     let logger: Logger
 
-    private init(gearman: GearmanServerAddress, redis: (String, Int), gateway: LocalProcess, gatewayPort: Int, logger: Logger) {
+    private init(gearman: GearmanServerAddress, redis: (String, Int), gateway: LocalProcess, gatewayPort: Int, executable: String, logger: Logger) {
         self.gearman = gearman
         self.redis = redis
         self.gateway = gateway
         self.gatewayPort = gatewayPort
+        self.executable = executable
         self.logger = logger
         redisPool = RedisConnectionPool(configuration: .init(host: redis.0, port: redis.1), size: 4, logger: logger)
         store = RedisJobStore(redis: redisPool)
@@ -61,21 +64,12 @@ final class BenchmarkStack: Sendable {
             started.append(server)
             redis = (server.host, server.port)
         }
-        let port = try freeLoopbackPort()
-        let gateway = try LocalProcess(
+        let (gateway, port) = try await launchGateway(
             executable,
-            [
-                "serve", "--listen", "127.0.0.1:\(port)", "--gearman", gearman.description, "--redis", "\(redis.host):\(redis.port)",
-                "--max-connections", "30000", "--log-level", "warning",
-            ]
+            ["--gearman", gearman.description, "--redis", "\(redis.host):\(redis.port)", "--max-connections", "30000"]
         )
         defer { gateway.stop() }
-        try await eventually("the gateway to answer PING on port \(port)", timeout: .seconds(30)) {
-            if gateway.exitStatus != nil { throw BenchmarkError("jobgate serve exited at start:\n\(gateway.log)") }
-            guard let reply = try? LoopbackSocket.exchange(port: port, request: Array("PING\r\n".utf8), timeoutMs: 500) else { return false }
-            return String(decoding: reply, as: UTF8.self).hasPrefix("PONG")
-        }
-        let stack = BenchmarkStack(gearman: gearman, redis: redis, gateway: gateway, gatewayPort: port, logger: logger)
+        let stack = BenchmarkStack(gearman: gearman, redis: redis, gateway: gateway, gatewayPort: port, executable: executable, logger: logger)
         do {
             let result = try await body(stack)
             await stack.redisPool.close()
@@ -84,6 +78,24 @@ final class BenchmarkStack: Sendable {
             await stack.redisPool.close()
             throw error
         }
+    }
+
+    /// Starts `executable serve` with `arguments` on a free loopback port and waits until it answers PING. The
+    /// caller stops it.
+    static func launchGateway(_ executable: String, _ arguments: [String]) async throws -> (LocalProcess, port: Int) {
+        let port = try freeLoopbackPort()
+        let gateway = try LocalProcess(executable, ["serve", "--listen", "127.0.0.1:\(port)", "--log-level", "warning"] + arguments)
+        do {
+            try await eventually("the gateway to answer PING on port \(port)", timeout: .seconds(30)) {
+                if gateway.exitStatus != nil { throw BenchmarkError("jobgate serve exited at start:\n\(gateway.log)") }
+                guard let reply = try? LoopbackSocket.exchange(port: port, request: Array("PING\r\n".utf8), timeoutMs: 500) else { return false }
+                return String(decoding: reply, as: UTF8.self).hasPrefix("PONG")
+            }
+        } catch {
+            gateway.stop()
+            throw error
+        }
+        return (gateway, port)
     }
 
     /// The gateway process's resident set, from /proc.
@@ -125,29 +137,32 @@ final class BenchmarkStack: Sendable {
         return try await withService({ try await worker.run() }, drain: { worker.drain() }, body)
     }
 
-    private func withService<T: Sendable>(
+    func withService<T: Sendable>(
         _ run: @escaping @Sendable () async throws -> Void,
         drain: @escaping @Sendable () -> Void,
         _ body: () async throws -> T
     ) async throws -> T {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await run() }
-            let result: T
+            let result: Result<T, any Error>
             do {
-                result = try await body()
+                result = .success(try await body())
             } catch {
-                group.cancelAll()
-                throw error
+                result = .failure(error)
             }
+            // Drained on failure too: a worker's run() ends when drained, not (always) when cancelled.
             drain()
             // A drained worker returns once its running jobs reported; do not wait forever for one that does not.
             group.addTask {
                 try await Task.sleep(for: .seconds(10))
                 throw BenchmarkError("a worker did not stop within 10 s of being drained")
             }
-            _ = try await group.next()
+            var stopFailure: (any Error)?
+            do { _ = try await group.next() } catch { stopFailure = error }
             group.cancelAll()
-            return result
+            let value = try result.get()
+            if let stopFailure { throw stopFailure }
+            return value
         }
     }
 }

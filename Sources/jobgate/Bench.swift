@@ -14,7 +14,9 @@ struct Bench: AsyncParsableCommand {
             same run: submit throughput (gateway vs SUBMIT_JOB_BG straight to gearmand), end to end
             (SUBMIT + WATCH through a no-op in-process JobWorker and Redis vs foreground jobs straight to
             gearmand), push latency vs STATUS polling every 1 s and 100 ms, and many idle watchers (gateway
-            RSS, time to deliver every DONE). Raises the soft open-files limit to the hard limit.
+            RSS, time to deliver every DONE), and memcached-backed legacy jobs watched through a gateway
+            bridging them vs each polled with GET_STATUS every 1 s (latency, status requests per job-second,
+            counted by a proxy in front of gearmand; needs memcached). Raises the soft open-files limit to the hard limit.
             Build with `swift build -c release` first: debug figures say little.
 
             Examples:
@@ -44,6 +46,12 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("worker-concurrency"), help: "Jobs the no-op workers run at once.")
     var workerConcurrency: Int?
 
+    @Option(name: .customLong("legacy-jobs"), help: "Memcached-backed jobs per side of the legacy bridge comparison.")
+    var legacyJobs: Int?
+
+    @Option(name: .customLong("legacy-concurrency"), help: "Jobs the legacy worker runs at once (each takes 0.5–1.5 s).")
+    var legacyConcurrency: Int?
+
     @Option(help: ArgumentHelp("Use this gearmand instead of starting one.", valueName: "host:port"))
     var gearman: HostPort?
 
@@ -55,7 +63,8 @@ struct Bench: AsyncParsableCommand {
 
     func validate() throws {
         for (name, value) in [("jobs", jobs), ("connections", connections), ("watchers", watchers), ("rounds", rounds),
-                              ("latency-samples", latencySamples), ("worker-concurrency", workerConcurrency)] {
+                              ("latency-samples", latencySamples), ("worker-concurrency", workerConcurrency),
+                              ("legacy-jobs", legacyJobs), ("legacy-concurrency", legacyConcurrency)] {
             if let value, value < 1 { throw ValidationError("--\(name) must be at least 1") }
         }
     }
@@ -73,6 +82,8 @@ struct Bench: AsyncParsableCommand {
         if let rounds { options.rounds = rounds }
         if let latencySamples { options.latencySamples = latencySamples }
         if let workerConcurrency { options.workerConcurrency = workerConcurrency }
+        if let legacyJobs { options.legacyJobs = legacyJobs }
+        if let legacyConcurrency { options.legacyConcurrency = legacyConcurrency }
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let runner = BenchmarkRunner(
             options: options,

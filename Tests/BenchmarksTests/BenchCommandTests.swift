@@ -4,7 +4,7 @@ import LocalServers
 import Testing
 
 /// `jobgate bench --quick` runs every section against real servers and writes a complete report. Speed is not
-/// checked (the machine is shared): only that every figure is a positive, finite number.
+/// checked (the machine is shared): only that every figure is a positive, finite number, and that counts add up.
 @Suite struct BenchCommandTests {
     @Test func quickRunReportsEverySection() async throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-bench-\(UUID().uuidString).json")
@@ -45,8 +45,32 @@ import Testing
         #expect(report.watchers.lastDoneAfterLastCompletionMilliseconds.isFinite && report.watchers.lastDoneAfterLastCompletionMilliseconds >= 0)
         sane(report.watchers.delivery, "delivery", samples: report.options.watchers)
 
-        #expect(!report.legacyBridge.available)
-        #expect(report.legacyBridge.note.contains("not available yet"))
+        // Legacy bridge: every job's outcome seen on both sides, after its memcached write, with status requests
+        // gearmand really received. The polling side asks once per second per job, so over its watched
+        // job-seconds it sent at least one GET_STATUS per job and about one per job-second.
+        let legacy = report.legacyBridge
+        #expect(legacy.jobs == report.options.legacyJobs && legacy.workerConcurrency == report.options.legacyConcurrency)
+        for (name, side) in [("legacy gateway", legacy.gatewaySide), ("legacy polling", legacy.pollingSide)] {
+            #expect(side.done == legacy.jobs, "\(name): \(side.done) of \(legacy.jobs) jobs seen done")
+            sane(side.latency, "\(name) latency", samples: legacy.jobs)
+            sane(side.watchedJobSeconds, "\(name) job-seconds")
+            sane(side.elapsedSeconds, "\(name) elapsed")
+            sane(side.statusRequestsPerJobSecond, "\(name) GET_STATUS per job-second")
+            sane(side.statusRoundTripsPerJobSecond, "\(name) round trips per job-second")
+            // Every job is found done through memcached, on either side.
+            #expect(side.memcachedGets >= legacy.jobs, "\(name): \(side.memcachedGets) memcached gets for \(legacy.jobs) jobs")
+            // The worker holds each job at least 0.5 s after it is submitted.
+            #expect(side.watchedJobSeconds >= 0.5 * Double(legacy.jobs), "\(name) job-seconds \(side.watchedJobSeconds)")
+        }
+        #expect(legacy.pollingSide.statusRequests >= legacy.jobs)
+        #expect(legacy.pollingSide.statusRoundTrips == legacy.pollingSide.statusRequests, "the proxy counts what the monitors sent")
+        // One GET_STATUS per second from a phase within the first second, over at least 0.5 s per job: at most 3 per job-second.
+        #expect(legacy.pollingSide.statusRequestsPerJobSecond <= 3)
+        // The bridge batches: at most as many round trips as GET_STATUS requests.
+        #expect(legacy.gatewaySide.statusRoundTrips <= legacy.gatewaySide.statusRequests)
+        for (name, ratio) in [("GET_STATUS", legacy.statusRequestRatio), ("round trips", legacy.roundTripRatio), ("latency", legacy.latencyRatio)] {
+            sane(ratio, "legacy \(name) ratio")
+        }
         #expect(report.machine.cpus > 0 && report.machine.openFilesLimit > report.options.watchers)
 
         // The table names every section.
