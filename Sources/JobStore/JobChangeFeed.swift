@@ -1,5 +1,6 @@
 public import Logging
 import NIOCore
+import NIOPosix
 import Redis
 public import ServiceLifecycle
 import Synchronization
@@ -14,7 +15,9 @@ public struct JobUpdate: Sendable, Hashable {
 ///
 /// One subscription per process, to two exact keyevent channels (`hset`, `expired`), never a pattern per job.
 /// Notifications are hints: each one marks the job dirty and a single reader re-reads dirty jobs in pipelined
-/// batches, so the update always carries Redis's state. After every (re)subscription, and after the
+/// batches, so the update always carries Redis's state. The reader lives on the subscriber's event loop with its
+/// own connection: notification → re-read → delivery runs without a hop through Swift concurrency (each such hop
+/// is a thread wakeup, and push latency is mostly made of them). After every (re)subscription, and after the
 /// subscriber dropped messages, every followed job is re-read; a slow sweep re-reads them all again as a
 /// backstop. Updates are emitted only when what a watcher sees changed (state, progress, message), and a
 /// followed job's terminal update only once.
@@ -26,9 +29,19 @@ public final class JobChangeFeed: Service {
     private let subscriber: RedisSubscriber
     private let sweepInterval: Duration
     private let logger: Logger
-    private let wakeReader: AsyncStream<Void>.Continuation
-    private let readerSignals: AsyncStream<Void>
     private let state = Mutex(State())
+    /// The reader's side, on `eventLoop` only.
+    private let reader: NIOLoopBoundBox<Reader>
+    private var eventLoop: any EventLoop { reader.eventLoop }
+
+    private struct Reader {
+        var deliver: (@Sendable (JobUpdate) -> Void)?
+        var connection: RedisConnection?
+        var isReading = false
+        var isConnecting = false
+        var failures = 0
+        var isStopped = false
+    }
 
     private struct Follow {
         var count: Int
@@ -56,12 +69,14 @@ public final class JobChangeFeed: Service {
         self.sweepInterval = sweepInterval
         self.logger = logger
         (updates, output) = AsyncStream.makeStream()
-        (readerSignals, wakeReader) = AsyncStream.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let eventLoop = MultiThreadedEventLoopGroup.singleton.any()
         subscriber = RedisSubscriber(
             configuration: store.redis.configuration,
             channels: [store.schema.hashEventChannel, store.schema.expiredEventChannel],
+            eventLoop: eventLoop,
             logger: logger
         )
+        reader = NIOLoopBoundBox.makeBoxSendingValue(Reader(), eventLoop: eventLoop)
     }
 
     // MARK: Interest
@@ -116,10 +131,16 @@ public final class JobChangeFeed: Service {
     /// Runs the feed, handing each update to `deliver` (on the feed's reader task, in order) instead of `updates`:
     /// for a consumer that does not block, one thread hop less per change than the stream.
     public func run(delivering deliver: @escaping @Sendable (JobUpdate) -> Void) async throws {
+        try await eventLoop.submit {
+            self.reader.value.deliver = deliver
+            // Connected before the first notification, which should not wait for a connection to be set up.
+            self.connectReader()
+        }.get()
+        subscriber.onMessage { message in self.noteChange(message) }
+        defer { stopReading() }
         try await cancelWhenGracefulShutdown {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await self.subscriber.run() }
-                group.addTask { await self.readDirtyJobs(delivering: deliver) }
                 group.addTask { await self.sweep() }
                 for await event in self.subscriber.events {
                     if case .subscribed(isReconnect: true) = event {
@@ -133,16 +154,21 @@ public final class JobChangeFeed: Service {
         }
     }
 
+    /// A notification, on the event loop: re-read the job if someone follows it.
+    private func noteChange(_ message: RedisPubSubMessage) {
+        guard let id = store.schema.jobID(fromKey: String(buffer: message.payload)) else { return }
+        let wanted = state.withLock { state in
+            guard state.followed[id] != nil || state.allJobsObservers > 0 else { return false }
+            state.dirty.insert(id)
+            return true
+        }
+        if wanted { readIfIdle() }
+    }
+
     private func handle(_ event: RedisSubscriberEvent) {
         switch event {
         case .message(let message):
-            guard let id = store.schema.jobID(fromKey: String(buffer: message.payload)) else { return }
-            let wanted = state.withLock { state in
-                guard state.followed[id] != nil || state.allJobsObservers > 0 else { return false }
-                state.dirty.insert(id)
-                return true
-            }
-            if wanted { wakeReader.yield() }
+            noteChange(message)
         case .subscribed, .messagesDropped:
             // Messages may have been lost: re-read everything followed.
             let waiters = state.withLock { state in
@@ -152,7 +178,7 @@ public final class JobChangeFeed: Service {
                 return state.readyWaiters
             }
             for waiter in waiters { waiter.resume() }
-            wakeReader.yield()
+            wakeReader()
             logger.debug("job change feed subscribed; re-reading followed jobs")
         }
     }
@@ -166,7 +192,7 @@ public final class JobChangeFeed: Service {
             do {
                 try await KeyspaceNotifications.ensureEnabled(on: store.redis)
                 state.withLock { $0.dirty.formUnion($0.followed.keys) }
-                wakeReader.yield()
+                wakeReader()
                 return
             } catch {
                 failures += 1
@@ -187,33 +213,87 @@ public final class JobChangeFeed: Service {
         while !Task.isCancelled {
             try? await Task.sleep(for: sweepInterval)
             state.withLock { $0.dirty.formUnion($0.followed.keys) }
-            wakeReader.yield()
+            wakeReader()
         }
     }
 
-    /// The single reader: re-reads dirty jobs in pipelined batches and emits what changed.
-    private func readDirtyJobs(delivering deliver: @Sendable (JobUpdate) -> Void) async {
-        var failures = 0
-        for await _ in readerSignals {
-            while true {
-                let batch = state.withLock { state -> [JobID] in
-                    let batch = Array(state.dirty.prefix(Self.readBatchSize))
-                    state.dirty.subtract(batch)
-                    return batch
+    // MARK: Reading, on the event loop
+
+    private func wakeReader() {
+        if eventLoop.inEventLoop {
+            readIfIdle()
+        } else {
+            eventLoop.execute { self.readIfIdle() }
+        }
+    }
+
+    /// The single reader: re-reads dirty jobs in pipelined batches, one batch at a time (so a job's updates are
+    /// delivered in order), and delivers what changed.
+    private func readIfIdle() {
+        guard !reader.value.isReading, !reader.value.isStopped, let deliver = reader.value.deliver,
+            state.withLock({ !$0.dirty.isEmpty })
+        else { return }
+        guard let connection = reader.value.connection else { return connectReader() }
+        let batch = state.withLock { state -> [JobID] in
+            let batch = Array(state.dirty.prefix(Self.readBatchSize))
+            state.dirty.subtract(batch)
+            return batch
+        }
+        guard !batch.isEmpty else { return }
+        reader.value.isReading = true
+        connection.pipelineFuture(store.readCommands(batch)).assumeIsolated().whenComplete { result in
+            self.reader.value.isReading = false
+            do {
+                let records = try RedisJobStore.records(batch, from: result.get())
+                self.reader.value.failures = 0
+                for (id, record) in zip(batch, records) where self.isNews(id, record) { deliver(JobUpdate(id: id, record: record)) }
+            } catch {
+                // Keep them dirty and retry on a new connection: Redis is down or restarting (the resubscription
+                // re-reads everything too).
+                self.state.withLock { $0.dirty.formUnion(batch) }
+                self.reader.value.connection = nil
+                self.reader.value.failures += 1
+                self.logger.warning("cannot re-read changed jobs", metadata: ["jobstore.error": "\(error)", "jobstore.jobs": "\(batch.count)"])
+                return self.connectReader()
+            }
+            self.readIfIdle()
+        }
+    }
+
+    /// Opens the reader's connection (on its event loop), pausing first after failures.
+    private func connectReader() {
+        guard !reader.value.isConnecting else { return }
+        reader.value.isConnecting = true
+        let failures = reader.value.failures
+        Task {
+            if failures > 0 { await Self.pause(afterFailures: failures) }
+            let connection: RedisConnection?
+            do {
+                connection = try await RedisConnection.connect(configuration: store.redis.configuration, eventLoop: eventLoop, logger: logger)
+            } catch {
+                logger.debug("job change feed cannot connect its reader", metadata: ["jobstore.error": "\(error)"])
+                connection = nil
+            }
+            eventLoop.execute {
+                self.reader.value.isConnecting = false
+                guard let connection, !self.reader.value.isStopped else {
+                    if let connection { Task { await connection.close() } }
+                    self.reader.value.failures += 1
+                    if !self.reader.value.isStopped { self.connectReader() }
+                    return
                 }
-                guard !batch.isEmpty else { break }
-                do {
-                    let records = try await store.records(batch)
-                    failures = 0
-                    for (id, record) in zip(batch, records) where isNews(id, record) { deliver(JobUpdate(id: id, record: record)) }
-                } catch {
-                    // Keep them dirty and retry: Redis is down or restarting; the resubscription re-reads too.
-                    state.withLock { $0.dirty.formUnion(batch) }
-                    failures += 1
-                    logger.warning("cannot re-read changed jobs", metadata: ["jobstore.error": "\(error)", "jobstore.jobs": "\(batch.count)"])
-                    await Self.pause(afterFailures: failures)
-                    if Task.isCancelled { return }
-                }
+                self.reader.value.connection = connection
+                self.readIfIdle()
+            }
+        }
+    }
+
+    private func stopReading() {
+        eventLoop.execute {
+            self.reader.value.isStopped = true
+            if let connection = self.reader.value.connection {
+                self.reader.value.connection = nil
+                Task { await connection.close() }
             }
         }
     }

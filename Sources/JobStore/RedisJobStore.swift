@@ -226,18 +226,24 @@ public final class RedisJobStore: Sendable {
         guard !ids.isEmpty else { return [] }
         let replies: [Result<RedisReply, RedisError>]
         do {
-            replies = try await redis.pipeline(ids.map { ["HGETALL", "\(schema.jobKey($0))"] })
+            replies = try await redis.pipeline(readCommands(ids))
         } catch {
             throw JobStoreError(redis: error)
         }
-        return try zip(ids, replies).map { id, reply throws(JobStoreError) in
-            switch reply {
-            case .success(let value):
-                guard let array = value.array else { throw JobStoreError(.unexpectedReply, "HGETALL answered \(value)") }
-                return JobRecord(id: id, fields: array.compactMap(\.buffer))
-            case .failure(let error):
-                throw JobStoreError(redis: error)
-            }
+        for case .failure(let error) in replies { throw JobStoreError(redis: error) }
+        return try Self.records(ids, from: replies.compactMap { try? $0.get() })
+    }
+
+    /// The commands that read `ids` (see `records(_:from:)`).
+    func readCommands(_ ids: [JobID]) -> [RedisCommand] {
+        ids.map { ["HGETALL", "\(schema.jobKey($0))"] }
+    }
+
+    /// The records in the replies to `readCommands(ids)`.
+    static func records(_ ids: [JobID], from replies: [RedisReply]) throws(JobStoreError) -> [JobRecord?] {
+        try zip(ids, replies).map { id, reply throws(JobStoreError) in
+            guard let array = reply.array else { throw JobStoreError(.unexpectedReply, "HGETALL answered \(reply)") }
+            return JobRecord(id: id, fields: array.compactMap(\.buffer))
         }
     }
 

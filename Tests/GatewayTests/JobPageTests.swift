@@ -41,10 +41,13 @@ struct JobPageTests {
             let http = try await stack.gateway.waitUntilHTTPListening().port!
             let client = try await stack.connect()
             let streaming = Gate()
+            let progressShown = Gate()
             try await withTestWorker(stack, [
                 "reverse": { payload, progress in
                     await streaming.wait()
                     try await progress(1, 2, "half <way>")
+                    // Finishing at once could overtake the progress (a watcher is shown the latest state).
+                    await progressShown.wait()
                     return ByteBuffer(string: "\"quoted\"\n")
                 }
             ]) {
@@ -52,7 +55,12 @@ struct JobPageTests {
                 async let stream = onOwnThread {
                     let socket = try LoopbackSocket(port: http, timeoutMs: 20_000)
                     try socket.send(Array("GET /jobs/\(id)/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".utf8))
-                    return try parseHTTPResponse(socket.receive { _ in false })
+                    return try parseHTTPResponse(
+                        socket.receive { received in
+                            if String(decoding: received, as: UTF8.self).contains("half") { progressShown.open() }
+                            return false
+                        }
+                    )
                 }
                 try await eventually("the stream to open") { try await statistic(client, "event_streams_open") == "1" }
                 streaming.open()

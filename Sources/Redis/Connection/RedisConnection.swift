@@ -148,6 +148,22 @@ public actor RedisConnection {
         }
     }
 
+    /// ``pipeline(_:)`` for code that runs on event loops: no hop through Swift concurrency. The future completes
+    /// on the connection's event loop with every reply (error replies as `RedisReply` values), and fails when the
+    /// connection is lost.
+    public nonisolated func pipelineFuture(_ commands: [RedisCommand]) -> EventLoopFuture<[RedisReply]> {
+        let promise = channel.eventLoop.makePromise(of: [RedisReply].self)
+        if channel.eventLoop.inEventLoop {
+            _ = handler.value.send(commands, promise: promise)
+        } else {
+            channel.eventLoop.execute { [handler] in _ = handler.value.send(commands, promise: promise) }
+        }
+        return promise.futureResult
+    }
+
+    /// The event loop the connection runs on.
+    public nonisolated var eventLoop: any EventLoop { channel.eventLoop }
+
     /// Queues a write from any thread; writes run in the order of these calls. Subscribers use it to
     /// keep (un)subscriptions in the order their state changed.
     nonisolated func enqueue(_ command: RedisCommand, expectedReplies: Int, errorEndsRequest: Bool) -> EventLoopFuture<[RedisReply]> {

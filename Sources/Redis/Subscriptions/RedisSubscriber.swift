@@ -39,6 +39,7 @@ public final class RedisSubscriber: Sendable {
         var patterns: Set<String>
         var connection: RedisConnection?
         var isRunning = false
+        var messageHandler: (@Sendable (RedisPubSubMessage) -> Void)?
     }
     private let state: Mutex<State>
 
@@ -67,6 +68,16 @@ public final class RedisSubscriber: Sendable {
         self.logger = logger
         self.state = Mutex(State(channels: channels, patterns: patterns))
     }
+
+    /// Hands each message to `handler`, on the subscriber's event loop as it is decoded, instead of queueing it in
+    /// ``events`` (which still carries `.subscribed`): for a consumer that reacts on the event loop, with no hop
+    /// through Swift concurrency. Call it before `run()`.
+    public func onMessage(_ handler: @escaping @Sendable (RedisPubSubMessage) -> Void) {
+        state.withLock { $0.messageHandler = handler }
+    }
+
+    /// The event loop the subscriber's connections run on.
+    public var subscriberEventLoop: any EventLoop { eventLoop }
 
     /// Events waiting in the buffer (at most `bufferCapacity + 1`).
     package var bufferedEventCount: Int { buffer.count }
@@ -112,9 +123,10 @@ public final class RedisSubscriber: Sendable {
     /// One connection's life: subscribe everything, emit `.subscribed`, ping until it ends.
     private func runConnection(isReconnect: Bool) async throws {
         let buffer = self.buffer
+        let messageHandler = state.withLock { $0.messageHandler }
         let connection = try await RedisConnection.connect(
             configuration: configuration, eventLoop: eventLoop, logger: logger,
-            pushHandler: { message in buffer.yield(.message(message)) }
+            pushHandler: messageHandler ?? { message in buffer.yield(.message(message)) }
         )
         defer {
             state.withLock { state in
