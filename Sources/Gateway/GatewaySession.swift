@@ -5,8 +5,8 @@ import Logging
 import NIOCore
 import Synchronization
 
-/// What every session of a gateway shares.
-struct SessionServices: Sendable {
+/// What every session of a gateway shares (a class: each of possibly 10,000 sessions holds a reference, not a copy).
+final class SessionServices: Sendable {
     let backend: GatewayBackend
     let hub: PushHub
     let submits: BackendBatcher<GatewaySubmission, GatewayBackend.Submitted>

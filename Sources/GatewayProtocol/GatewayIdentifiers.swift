@@ -84,8 +84,11 @@ enum GatewaySyntax {
     /// A non-empty string of at most `maximumLength` UTF-8 bytes with no whitespace or control character,
     /// so it stays one token of a protocol line.
     static func isWord(_ string: String, maximumLength: Int) -> Bool {
-        (1...maximumLength).contains(string.utf8.count)
-            && string.unicodeScalars.allSatisfy { !$0.properties.isWhitespace && $0.properties.generalCategory != .control }
+        let utf8 = string.utf8
+        guard (1...maximumLength).contains(utf8.count) else { return false }
+        // ASCII (function names, ids, tags: nearly always) is checked byte by byte; Unicode properties are slow.
+        if utf8.allSatisfy({ $0 < 0x80 }) { return utf8.allSatisfy { $0 > 0x20 && $0 != 0x7F } }
+        return string.unicodeScalars.allSatisfy { !$0.properties.isWhitespace && $0.properties.generalCategory != .control }
     }
 
     /// The bytes as a string when they are valid UTF-8 (never repaired, so what was sent is what is used).

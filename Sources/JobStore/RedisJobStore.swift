@@ -53,9 +53,16 @@ public final class RedisJobStore: Sendable {
     public let configuration: JobStoreConfiguration
     public var schema: JobKeySchema { configuration.schema }
 
+    private let inFlightTTLArgument: RedisArgument
+    private let resultTTLArgument: RedisArgument
+    private let jobKeyPrefixArgument: RedisArgument
+
     public init(redis: RedisConnectionPool, configuration: JobStoreConfiguration = .init()) {
         self.redis = redis
         self.configuration = configuration
+        self.inFlightTTLArgument = RedisArgument(configuration.inFlightTTL)
+        self.resultTTLArgument = RedisArgument(configuration.resultTTL)
+        self.jobKeyPrefixArgument = RedisArgument("\(configuration.schema.prefix)job:")
     }
 
     // MARK: Gateway side
@@ -112,19 +119,32 @@ public final class RedisJobStore: Sendable {
     }
 
     private func createCommand(_ job: NewJob, now: Int64) -> RedisCommand {
-        var fields: [RedisArgument] = [
-            "\(JobField.state)", "\(JobState.queued.rawValue)", "\(JobField.function)", "\(job.function)",
-            "\(JobField.numerator)", "0", "\(JobField.denominator)", "0", "\(JobField.message)", "",
-            "\(JobField.created)", "\(now)", "\(JobField.updated)", "\(now)",
-            "\(JobField.resultTTL)", "\(job.resultTTL ?? configuration.resultTTL)",
-        ]
-        if let unique = job.unique { fields += ["\(JobField.unique)", "\(unique)"] }
-        let keys: [RedisArgument] =
-            ["\(schema.jobKey(job.id))"] + (job.unique.map { ["\(schema.uniqueKey(function: job.function, unique: $0))"] } ?? [])
-        return RedisCommand(
-            "EVAL",
-            ["\(Self.createScript)", "\(keys.count)"] + keys + ["\(job.id.rawValue)", "\(configuration.inFlightTTL)", "\(schema.prefix)job:"] + fields
-        )
+        typealias Constant = CreateCommandConstants
+        let nowArgument = RedisArgument(now)
+        var arguments = [Constant.script, job.unique == nil ? Constant.oneKey : Constant.twoKeys, "\(schema.jobKey(job.id))"]
+        if let unique = job.unique { arguments.append("\(schema.uniqueKey(function: job.function, unique: unique))") }
+        arguments += ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument]
+        arguments += [Constant.state, Constant.queued, Constant.function, "\(job.function)"]
+        arguments += Constant.zeroProgress
+        arguments += [Constant.created, nowArgument, Constant.updated, nowArgument, Constant.resultTTL]
+        arguments.append(job.resultTTL.map { RedisArgument($0) } ?? resultTTLArgument)
+        if let unique = job.unique { arguments += [Constant.unique, "\(unique)"] }
+        return RedisCommand("EVAL", arguments)
+    }
+
+    /// The parts of every create command that never change, made once (each argument is a buffer).
+    private enum CreateCommandConstants {
+        static let script = RedisArgument(RedisJobStore.createScript)
+        static let oneKey: RedisArgument = "1"
+        static let twoKeys: RedisArgument = "2"
+        static let state = RedisArgument(JobField.state)
+        static let queued = RedisArgument(JobState.queued.rawValue)
+        static let function = RedisArgument(JobField.function)
+        static let zeroProgress = [JobField.numerator, "0", JobField.denominator, "0", JobField.message, ""].map { RedisArgument($0) }
+        static let created = RedisArgument(JobField.created)
+        static let updated = RedisArgument(JobField.updated)
+        static let resultTTL = RedisArgument(JobField.resultTTL)
+        static let unique = RedisArgument(JobField.unique)
     }
 
     /// KEYS[1] job hash, KEYS[2] coalescing key (optional); ARGV id, in-flight TTL, job key prefix, fields….
