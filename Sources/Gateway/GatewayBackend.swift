@@ -39,13 +39,17 @@ struct GatewayBackend: Sendable {
     }
 
     /// Creates the records, then submits to gearmand as background jobs whose unique keys are the job ids: one
-    /// Redis pipeline and one gearmand batch for all of them (group commit; see `BackendBatcher`).
-    func submit(_ submissions: [GatewaySubmission]) async -> [Result<Submitted, GatewayFailure>] {
+    /// Redis pipeline and one gearmand batch for all of them (group commit; see `BackendBatcher`). The records of
+    /// one batch are created only after the previous batch's (its `turn`), so that of two pipelined submissions
+    /// with the same unique key the first is the one that creates the job; the gearmand steps may overlap.
+    func submit(_ submissions: [GatewaySubmission], turn: BatchTurn) async -> [Result<Submitted, GatewayFailure>] {
         let jobs = submissions.map {
             RedisJobStore.NewJob(id: ids.mint(), function: $0.function.rawValue, unique: $0.unique?.rawValue, resultTTL: configuration.resultTTL)
         }
         let created: [Result<RedisJobStore.CreateOutcome, JobStoreError>]
+        await turn.begin()
         do {
+            defer { turn.end() }
             created = try await store.create(jobs)
         } catch {
             let failure = backendDown("Redis", error)

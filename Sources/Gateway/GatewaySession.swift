@@ -18,8 +18,8 @@ final class SessionServices: Sendable {
     init(backend: GatewayBackend, hub: PushHub, configuration: GatewayConfiguration, statistics: GatewayStatistics, logger: Logger) {
         self.backend = backend
         self.hub = hub
-        self.submits = BackendBatcher { await backend.submit($0) }
-        self.lookups = BackendBatcher { await backend.lookUp($0) }
+        self.submits = BackendBatcher { submissions, turn in await backend.submit(submissions, turn: turn) }
+        self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids) }
         self.configuration = configuration
         self.statistics = statistics
         self.logger = logger

@@ -154,6 +154,29 @@ struct GatewayJobTests {
         }
     }
 
+    /// Pipelined submissions with the same unique key, spread over many backend batches by other clients' load:
+    /// the first one creates the job, every later one joins it.
+    @Test func pipelinedDuplicatesCoalesceInOrder() async throws {
+        try await withGatewayStack { stack in
+            let busy = try await stack.connect()
+            let client = try await stack.connect()
+            var load = ""
+            var duplicates = ""
+            for index in 0..<300 {
+                load += submitLine("queued", "load \(index)")
+                duplicates += submitLine("queued", "dup \(index)", options: "unique=same-\(index / 100)")
+            }
+            try await busy.send(load)
+            try await client.send(duplicates)
+            for group in 0..<3 {
+                let first = try #require(try await client.next())
+                let id = try #require(first.createdID, "the first of group \(group) creates: \(first)")
+                for _ in 1..<100 { #expect(try await client.next() == .reply(.exists(id))) }
+            }
+            for _ in 0..<300 { _ = try #require(try await busy.next()?.createdID) }
+        }
+    }
+
     /// Same function and unique while the first job is unfinished → EXISTS with the same id; every watcher of it
     /// gets the terminal event; after it finished the same unique makes a new job.
     @Test func coalescedSubmissions() async throws {
