@@ -126,6 +126,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         endSession()
+        self.context = nil  // the context holds this handler: without this, neither is ever freed
     }
 
     private func endSession() {
@@ -183,7 +184,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let channel = context.channel
         // A zero-length write completes after every write before it.
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in channel.close(promise: nil) }
-        channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }  // or it keeps the connection's memory 5 s
     }
 
     // MARK: Reading
@@ -500,7 +502,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         GatewayResponseEncoder.write(.reply(.error(code: GatewayErrorCode.slowConsumer, message: "output buffer limit exceeded; closing")), into: &message)
         writeOutput()
         context.writeAndFlush(wrapOutboundOut(message)).whenComplete { _ in channel.close(promise: nil) }
-        channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }
         endSession()
     }
 

@@ -12,19 +12,6 @@ import UnixSignals
 import Glibc
 #endif
 
-/// Two malloc arenas instead of glibc's default of eight per core. The gateway allocates on its event loops and
-/// frees on Swift's concurrency threads (and back); with an arena per thread the freed memory stays scattered and
-/// RSS grows: 10,000 idle watchers took ~60 % more memory with the default (`jobgate bench`, section 4).
-/// (`mallopt` is looked up at run time: Swift's Glibc module does not import `malloc.h`.)
-func limitMallocArenas() {
-    #if canImport(Glibc)
-    typealias MallocOption = @convention(c) (Int32, Int32) -> Int32
-    let arenaMaximum: Int32 = -8  // M_ARENA_MAX
-    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return }
-    _ = unsafeBitCast(symbol, to: MallocOption.self)(arenaMaximum, 2)
-    #endif
-}
-
 /// `jobgate serve`: the gateway.
 struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -120,7 +107,7 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
-        limitMallocArenas()
+        GlibcMalloc.limitArenas()
         let settings = try Settings(file: config)
         let configuration = try makeConfiguration(settings)
         let level = Logger.Level(rawValue: settings.value("log-level", logLevel) ?? "info") ?? .info
@@ -132,7 +119,7 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "jobgate.gateway")
         let server = GatewayServer(configuration: configuration, logger: logger)
         let group = ServiceGroup(
-            configuration: .init(services: [server], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: [server, GlibcMalloc.Trimmer()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await group.run()
     }
