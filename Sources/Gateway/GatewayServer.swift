@@ -148,8 +148,8 @@ public final class GatewayServer: Service {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let pipeline = channel.pipeline.syncOperations
-                    guard connections.admit(channel) else {
-                        return try pipeline.addHandler(ConnectionRefusal(limit: configuration.maximumConnections))
+                    if let refusal = connections.admit(channel) {
+                        return try pipeline.addHandler(ConnectionRefusal(message: refusal))
                     }
                     try pipeline.addHandler(GatewaySessionHandler(services: services))
                 }
@@ -187,6 +187,7 @@ final class GatewayConnections: Sendable {
     private struct State {
         var channels: [ObjectIdentifier: any Channel] = [:]
         var allClosed: [CheckedContinuation<Void, Never>] = []
+        var isShuttingDown = false
     }
 
     private let state = Mutex(State())
@@ -198,22 +199,24 @@ final class GatewayConnections: Sendable {
         self.statistics = statistics
     }
 
-    /// Counts a new connection in; false when it is over the limit (it is closed after `ERR BUSY`).
-    func admit(_ channel: any Channel) -> Bool {
+    /// Counts a new connection in; otherwise says why not (it gets `ERR BUSY` with that, then is closed).
+    func admit(_ channel: any Channel) -> String? {
         statistics.connectionsAccepted.add(1, ordering: .relaxed)
         let key = ObjectIdentifier(channel)
-        let admitted = state.withLock { state -> Bool in
-            guard state.channels.count < limit else { return false }
+        let refusal = state.withLock { state -> String? in
+            // One accepted just as shutdown began (the listener closes meanwhile) would never be asked to close.
+            if state.isShuttingDown { return "the gateway is shutting down; try another or again later" }
+            if state.channels.count >= limit { return "too many connections (limit \(limit)); try again later" }
             state.channels[key] = channel
-            return true
+            return nil
         }
-        guard admitted else {
+        if refusal != nil {
             statistics.connectionsRefused.add(1, ordering: .relaxed)
-            return false
+            return refusal
         }
         statistics.connectionsOpen.add(1, ordering: .relaxed)
         channel.closeFuture.whenComplete { _ in self.remove(key) }
-        return true
+        return nil
     }
 
     private func remove(_ key: ObjectIdentifier) {
@@ -229,7 +232,11 @@ final class GatewayConnections: Sendable {
 
     /// Graceful shutdown: no more requests are read; each session answers what it read, then closes.
     func endInputs() {
-        for channel in state.withLock({ Array($0.channels.values) }) { channel.close(mode: .input, promise: nil) }
+        let channels = state.withLock { state in
+            state.isShuttingDown = true
+            return Array(state.channels.values)
+        }
+        for channel in channels { channel.close(mode: .input, promise: nil) }
     }
 
     func closeAll() {
@@ -248,20 +255,20 @@ final class GatewayConnections: Sendable {
     }
 }
 
-/// Over the connection limit: one `ERR BUSY` line, then close.
+/// Over the connection limit (or shutting down): one `ERR BUSY` line, then close.
 private final class ConnectionRefusal: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private let limit: Int
+    private let text: String
 
-    init(limit: Int) {
-        self.limit = limit
+    init(message: String) {
+        self.text = message
     }
 
     func channelActive(context: ChannelHandlerContext) {
         var message = context.channel.allocator.buffer(capacity: 80)
-        GatewayResponseEncoder.write(.reply(.error(code: .busy, message: "too many connections (limit \(limit)); try again later")), into: &message)
+        GatewayResponseEncoder.write(.reply(.error(code: .busy, message: text)), into: &message)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(message)).whenComplete { _ in channel.close(promise: nil) }
     }

@@ -35,16 +35,21 @@ struct SessionReply {
         self.responses = responses
         self.effect = effect
     }
+
+    /// Its bytes on the wire (an estimate), for the output bound.
+    var size: Int { responses.reduce(0) { $0 + OutputBacklog.size(of: $1) } }
 }
 
-/// Hub changes that must happen exactly when a reply is written, so events never come before the reply that starts
-/// them or after the one that stops them.
+/// Hub changes that happen exactly when a reply is written: no event comes before the reply that starts it, and
+/// none that the hub handed over after the reply that stops it (events already on their way may still follow).
 enum SessionEffect {
     /// After `WATCHING`: the watch's events flow from now on. (Indirect: a record is large, and every reply slot of
     /// every connection has room for an effect.)
     indirect case activate(PushHub.Token, shown: JobRecord)
     /// After `SUBSCRIBED`.
     case subscribe(String, tag: GatewayTag?)
+    /// Before `UNWATCHED`: the watch the connection had when it sent `UNWATCH` (not one a later `WATCH` made).
+    case unwatch(PushHub.Token)
     /// Before `UNSUBSCRIBED`.
     case unsubscribe(String)
     /// After `BYE`.
@@ -88,9 +93,17 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Encoded responses not handed to the channel yet (written at the next flush).
     private var output: ByteBuffer?
     private var isAuthenticated: Bool
-    /// No more requests are handled: `QUIT`, the client closed its side, or the gateway shuts down.
+    /// No more reading: the client closed its side, the gateway shuts down, or `QUIT`. What was read is answered.
     private var inputEnded = false
+    /// No more requests are started (`QUIT`, or the idle timeout).
+    private var stopsHandling = false
     private var isClosing = false
+    /// Requests read but not started yet: at most `maximumOutstanding` run at once, and none start while the replies
+    /// held back (behind a slow `WAIT`) are over half the output limit.
+    private var unstarted = CircularBuffer<Result<GatewayRequest, GatewayRequestError>>(initialCapacity: 1)
+    /// Replies that are ready but wait for an earlier one, and their bytes.
+    private var heldReplies = 0
+    private var heldReplyBytes = 0
     private var isClosed = false
     private var readIsHeld = false
     private var flushIsScheduled = false
@@ -169,13 +182,16 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func closeIfFinished() {
-        if inputEnded && replies.outstanding == 0 { closeWhenWritten() }
+        if inputEnded && replies.outstanding == 0 && unstarted.isEmpty { closeWhenWritten() }
     }
 
-    /// Closes once everything queued has reached the socket (a client that stopped reading gets 5 s).
+    /// Closes once everything queued has reached the socket; a client that does not read gets 5 s.
     private func closeWhenWritten() {
         guard !isClosing, !isClosed else { return }
         isClosing = true
+        let channel = context.channel
+        let deadline = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }  // or it keeps the connection's memory 5 s
         if backlog.isEmpty { closeAfterPendingWrites() }  // otherwise the backlog's drain calls it
     }
 
@@ -184,8 +200,6 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let channel = context.channel
         // A zero-length write completes after every write before it.
         context.writeAndFlush(wrapOutboundOut(ByteBuffer())).whenComplete { _ in channel.close(promise: nil) }
-        let deadline = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
-        channel.closeFuture.whenComplete { _ in deadline.cancel() }  // or it keeps the connection's memory 5 s
     }
 
     // MARK: Reading
@@ -199,7 +213,11 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private var mayRead: Bool {
-        !inputEnded && backlog.isEmpty && replies.outstanding < Self.maximumOutstanding
+        !inputEnded && backlog.isEmpty && unstarted.isEmpty && mayStart
+    }
+
+    private var mayStart: Bool {
+        replies.outstanding < Self.maximumOutstanding && heldReplyBytes <= configuration.outputBufferLimit / 2
     }
 
     private func resumeReadingIfHeld() {
@@ -209,7 +227,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !inputEnded, !isClosed else { return }
+        guard !stopsHandling, !isClosed else { return }
         do {
             try decoder.process(buffer: unwrapInboundIn(data)) { self.received($0) }
         } catch {
@@ -220,8 +238,24 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func received(_ item: Result<GatewayRequest, GatewayRequestError>) {
-        guard !inputEnded, !isClosed else { return }
+        guard !stopsHandling, !isClosed else { return }
         lastRequest = .now()
+        if unstarted.isEmpty && mayStart {
+            start(item)
+        } else {
+            unstarted.append(item)
+        }
+    }
+
+    /// Starts what waited, as far as the limits allow.
+    private func startUnstarted() {
+        while !stopsHandling, !isClosed, mayStart, let item = unstarted.popFirst() {
+            start(item)
+        }
+        if stopsHandling { unstarted.removeAll() }
+    }
+
+    private func start(_ item: Result<GatewayRequest, GatewayRequestError>) {
         statistics.commands.add(1, ordering: .relaxed)
         switch item {
         case .success(let request):
@@ -264,11 +298,13 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             answer(slot, SessionReply(request.reply(accepted ? .ok : .error(code: .denied, message: "wrong secret"))))
         case .quit:
             inputEnded = true
+            stopsHandling = true
             answer(slot, SessionReply(request.reply(.bye), then: .close))
         case .stats:
             answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: hub.feed.followedCount)))))
         case .submit(let submission):
             services.submits.enqueue(submission, on: context.eventLoop).assumeIsolated().whenComplete { result in
+                guard !self.isClosed else { return }
                 switch result {
                 case .success(let submitted):
                     let gatewayID = GatewayJobID(rawValue: submitted.id.rawValue)!
@@ -303,10 +339,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .watch(let gatewayID):
             watch(gatewayID, request: request, slot: slot)
         case .unwatch(let gatewayID):
-            if let id = JobID(rawValue: gatewayID.rawValue), let token = hub.watch(of: id, outbox: target) {
-                hub.removeWatcher(token, outbox: target)
-            }
-            answer(slot, SessionReply(request.reply(.unwatched(gatewayID))))
+            let token = JobID(rawValue: gatewayID.rawValue).flatMap { hub.watch(of: $0, outbox: target) }
+            answer(slot, SessionReply(request.reply(.unwatched(gatewayID)), then: token.map { .unwatch($0) }))
         case .subscribe(let function):
             answer(slot, SessionReply(request.reply(.subscribed(function)), then: .subscribe(function.rawValue, tag: request.tag)))
         case .unsubscribe(let function):
@@ -360,6 +394,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// WAIT (and SUBMIT wait=): the outcome as soon as the job ends, or TIMEOUT with its state.
     private func wait(for gatewayID: GatewayJobID, milliseconds: UInt64, request: GatewayRequest, slot: Int) {
+        guard !isClosed else { return }
         guard let id = JobID(rawValue: gatewayID.rawValue) else {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
@@ -367,17 +402,18 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let token = hub.addWaiter(id) { outcome in
             handler.eventLoop.execute { handler.value.waitEnded(slot: slot, outcome) }
         }
-        waits[slot] = PendingWait(token: token, gatewayID: gatewayID, request: request)
+        // The timeout runs from now, not from when the first read comes back.
+        let timeout = min(Duration.milliseconds(Int64(clamping: milliseconds)), configuration.maximumWaitTimeout)
+        let timer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
+            if self.hub.removeWaiter(token) { self.waitEnded(slot: slot, .stopped) }
+        }
+        waits[slot] = PendingWait(token: token, gatewayID: gatewayID, request: request, timer: timer)
         services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
-            guard self.waits[slot] != nil else { return }  // already answered
+            guard let wait = self.waits[slot] else { return }  // already answered (or the session ended)
             let reply: SessionReply
             switch result {
             case .success(.found(let record)) where !record.state.isTerminal:
-                let timeout = min(Duration.milliseconds(Int64(clamping: milliseconds)), self.configuration.maximumWaitTimeout)
-                self.waits[slot]?.timer = self.context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
-                    if self.hub.removeWaiter(token) { self.waitEnded(slot: slot, .stopped) }
-                }
-                return
+                return  // the job's end or the timer answers
             case .success(.found(let record)): reply = SessionReply(request.reply(Self.outcome(record, gatewayID)))
             case .success(.expired): reply = SessionReply(request.reply(.expired(gatewayID)))
             case .success(.notFound): reply = SessionReply(request.reply(Self.notFound(gatewayID)))
@@ -385,6 +421,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             }
             // Unless the job ended meanwhile: then its waiter is on its way with the outcome.
             guard self.hub.removeWaiter(token) else { return }
+            wait.timer?.cancel()
             self.waits[slot] = nil
             self.answer(slot, reply)
         }
@@ -415,22 +452,38 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Fills a reply slot and writes every reply that is now next in order.
     private func answer(_ slot: Int, _ reply: SessionReply) {
         guard !isClosed else { return }
+        heldReplies += 1
+        heldReplyBytes += reply.size
         for ready in replies.fill(slot, with: reply) {
+            heldReplies -= 1
+            heldReplyBytes -= ready.size
             write(ready)
         }
+        guard !isClosed else { return }
+        // Replies held back behind a slow request count against the output limit like unread output (one large
+        // reply alone may exceed it, as in the backlog).
+        let waiting = heldReplies + (backlog.isEmpty ? 0 : 2)
+        if heldReplyBytes + backlog.bytes > configuration.outputBufferLimit && waiting > 1 { return overflowed() }
         scheduleFlush()
+        startUnstarted()
         resumeReadingIfHeld()
         closeIfFinished()
     }
 
     private func write(_ reply: SessionReply) {
-        if case .unsubscribe(let function) = reply.effect { hub.unsubscribe(function, outbox: target) }
+        guard !isClosed else { return }  // an earlier reply overflowed the output
+        switch reply.effect {
+        case .unwatch(let token): hub.removeWatcher(token, outbox: target)
+        case .unsubscribe(let function): hub.unsubscribe(function, outbox: target)
+        default: break
+        }
         for response in reply.responses { emit(response) }
+        guard !isClosed else { return }
         switch reply.effect {
         case .activate(let token, let shown): hub.activate(token, shown: shown)
         case .subscribe(let function, let tag): hub.subscribe(function, outbox: target, tag: tag)
         case .close: closeWhenWritten()
-        case .unsubscribe, nil: break
+        case .unwatch, .unsubscribe, nil: break
         }
     }
 
@@ -442,7 +495,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func emit(_ response: GatewayResponse) {
-        guard !isClosed else { return }
+        guard !isClosed, !isClosing else { return }
         guard backlog.isEmpty && context.channel.isWritable else {
             if !backlog.append(response) { overflowed() }
             return
@@ -525,6 +578,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         emit(.reply(.error(code: .idleTimeout, message: "no request for \(configuration.idleTimeout); closing")))
         inputEnded = true
+        stopsHandling = true
         closeWhenWritten()
     }
 

@@ -168,7 +168,8 @@ public final class JobChangeFeed: Service {
     private func handle(_ event: RedisSubscriberEvent) {
         switch event {
         case .message(let message):
-            noteChange(message)
+            // Not used (messages come through `onMessage`), but should they: the reader lives on the event loop.
+            eventLoop.execute { self.noteChange(message) }
         case .subscribed, .messagesDropped:
             // Messages may have been lost: re-read everything followed.
             let waiters = state.withLock { state in
@@ -206,7 +207,11 @@ public final class JobChangeFeed: Service {
 
     /// Between retries against a Redis that is down or restarting: 100 ms doubling to 2 s.
     private static func pause(afterFailures failures: Int) async {
-        try? await Task.sleep(for: .milliseconds(min(2_000, 50 << min(failures, 6))))
+        try? await Task.sleep(for: pauseDuration(afterFailures: failures))
+    }
+
+    private static func pauseDuration(afterFailures failures: Int) -> Duration {
+        .milliseconds(min(2_000, 50 << min(failures, 6)))
     }
 
     private func sweep() async {
@@ -242,27 +247,48 @@ public final class JobChangeFeed: Service {
         guard !batch.isEmpty else { return }
         reader.value.isReading = true
         connection.pipelineFuture(store.readCommands(batch)).assumeIsolated().whenComplete { result in
-            self.reader.value.isReading = false
-            do {
-                let records = try RedisJobStore.records(batch, from: result.get())
-                self.reader.value.failures = 0
-                for (id, record) in zip(batch, records) where self.isNews(id, record) { deliver(JobUpdate(id: id, record: record)) }
-            } catch {
-                // Keep them dirty and retry on a new connection: Redis is down or restarting (the resubscription
-                // re-reads everything too).
+            switch result {
+            case .success(let replies):
+                var unreadable: [JobID] = []
+                for (id, reply) in zip(batch, replies) {
+                    do {
+                        let record = try RedisJobStore.record(id, from: reply)
+                        if self.isNews(id, record) { deliver(JobUpdate(id: id, record: record)) }
+                    } catch {
+                        unreadable.append(id)
+                        self.logger.warning("cannot re-read a changed job", metadata: ["job.id": "\(id)", "jobstore.error": "\(error)"])
+                    }
+                }
+                guard !unreadable.isEmpty else {
+                    self.reader.value.failures = 0
+                    self.reader.value.isReading = false
+                    return self.readIfIdle()
+                }
+                // An error reply (Redis still loading after a restart, a key that is not a hash): the others are
+                // delivered; these stay dirty and are read again after a pause.
+                self.state.withLock { $0.dirty.formUnion(unreadable) }
+                self.reader.value.failures += 1
+                self.eventLoop.scheduleTask(in: TimeAmount(Self.pauseDuration(afterFailures: self.reader.value.failures))) {
+                    self.reader.value.isReading = false
+                    self.readIfIdle()
+                }
+            case .failure(let error):
+                // The connection is gone: keep them dirty and read again on a new one (the resubscription after a
+                // Redis restart re-reads everything too).
+                self.reader.value.isReading = false
                 self.state.withLock { $0.dirty.formUnion(batch) }
                 self.reader.value.connection = nil
+                Task { await connection.close() }
                 self.reader.value.failures += 1
                 self.logger.warning("cannot re-read changed jobs", metadata: ["jobstore.error": "\(error)", "jobstore.jobs": "\(batch.count)"])
-                return self.connectReader()
+                self.connectReader()
             }
-            self.readIfIdle()
         }
     }
 
     /// Opens the reader's connection (on its event loop), pausing first after failures.
     private func connectReader() {
-        guard !reader.value.isConnecting else { return }
+        guard !reader.value.isConnecting, !reader.value.isStopped else { return }
         reader.value.isConnecting = true
         let failures = reader.value.failures
         Task {

@@ -261,10 +261,13 @@ public final class RedisJobStore: Sendable {
 
     /// The records in the replies to `readCommands(ids)`.
     static func records(_ ids: [JobID], from replies: [RedisReply]) throws(JobStoreError) -> [JobRecord?] {
-        try zip(ids, replies).map { id, reply throws(JobStoreError) in
-            guard let array = reply.array else { throw JobStoreError(.unexpectedReply, "HGETALL answered \(reply)") }
-            return JobRecord(id: id, fields: array.compactMap(\.buffer))
-        }
+        try zip(ids, replies).map { id, reply throws(JobStoreError) in try record(id, from: reply) }
+    }
+
+    /// The record in the reply to its `HGETALL`; nil when there is none.
+    static func record(_ id: JobID, from reply: RedisReply) throws(JobStoreError) -> JobRecord? {
+        guard let array = reply.array else { throw JobStoreError(.unexpectedReply, "HGETALL answered \(reply)") }
+        return JobRecord(id: id, fields: array.compactMap(\.buffer))
     }
 
     // MARK: Worker side

@@ -229,3 +229,101 @@ struct LimitsTests {
         }
     }
 }
+
+/// Pipelining against the session's limits and its end.
+@Suite("Gateway session limits", .timeLimit(.minutes(1)))
+struct SessionLimitTests {
+    /// Replies held back behind a slow WAIT count against the output limit: a client cannot make the gateway
+    /// buffer without bound by pipelining large RESULTs behind a WAIT.
+    @Test func heldRepliesCountAgainstTheOutputLimit() async throws {
+        try await withGatewayStack({ $0.outputBufferLimit = 64 * 1_024 }) { stack in
+            let gate = Gate()
+            let big = ByteBuffer(repeating: UInt8(ascii: "b"), count: 8 * 1_024)
+            try await withTestWorker(stack, [
+                "big": { _, _ in big },
+                "slow": { payload, _ in
+                    await gate.wait()
+                    return payload
+                },
+            ]) {
+                let client = try await stack.connect()
+                let done = try #require(try await client.request(submitLine("big", "x"))?.createdID)
+                #expect(try await client.request("WAIT \(done) 10000\n") == .reply(.done(done, result: big)))
+                let slow = try #require(try await client.request(submitLine("slow", "s"))?.createdID)
+                let raw = try await RawGatewayConnection.connect(port: stack.port)
+                try await raw.send("WAIT \(slow) 10000\n" + String(repeating: "RESULT \(done)\n", count: 40))
+                try await raw.waitUntilClosed()
+                #expect(try raw.responses(allowingTruncatedEnd: true).contains { $0 == .reply(.error(code: .slowConsumer, message: "output buffer limit exceeded; closing")) })
+                #expect(try await stack.statistic("slow_consumers_closed") == 1)
+                gate.open()
+                try await client.expectUsable()
+            }
+        }
+    }
+
+    /// A client that quits without reading its replies is closed anyway (after a few seconds), not kept forever.
+    @Test func quitWithoutReadingStillCloses() async throws {
+        try await withGatewayStack { stack in
+            let result = ByteBuffer(repeating: UInt8(ascii: "q"), count: 256 * 1_024)
+            try await withTestWorker(stack, ["large": { _, _ in result }]) {
+                let client = try await stack.connect()
+                let id = try #require(try await client.request(submitLine("large", "x"))?.createdID)
+                #expect(try await client.request("WAIT \(id) 10000\n") == .reply(.done(id, result: result)))
+                let stalled = try await RawGatewayConnection.connect(port: stack.port, receiveBufferSize: 4_096)
+                try await stalled.setReading(false)
+                // About 7 MiB: under the output limit, more than the socket buffers take.
+                try await stalled.send(String(repeating: "RESULT \(id)\n", count: 28) + "QUIT\n")
+                try await eventually("the gateway to close the connection", timeout: .seconds(15)) {
+                    try await stack.statistic("connections_open") == 2  // the client and this STATS
+                }
+            }
+        }
+    }
+
+    /// A client that goes away while its `SUBMIT … wait=` is in flight leaves nothing behind.
+    @Test func disconnectDuringSubmitWait() async throws {
+        try await withGatewayStack { stack in
+            for index in 0..<40 {
+                // Reset at once, or after the SUBMIT had time to be answered: both sides of the race.
+                let raw = try await RawGatewayConnection.connect(port: stack.port, resetOnClose: true)
+                try await raw.send("SUBMIT nobody-works-this 1 wait=5000\nx\n")
+                if index % 2 == 1 { try await Task.sleep(for: .milliseconds(5)) }
+                await raw.close()
+            }
+            let client = try await stack.connect()
+            try await eventually("every waiter to be gone") { try await stack.statistic("jobs_followed") == 0 }
+            #expect(try await client.request("PING\n") == .reply(.pong))
+        }
+    }
+
+    /// `UNWATCH` takes effect at its turn: events of the job still arrive while a WAIT before it holds it back.
+    @Test func unwatchTakesEffectInOrder() async throws {
+        try await withGatewayStack { stack in
+            let slowGate = Gate()
+            let watchedGate = Gate()
+            try await withTestWorker(stack, [
+                "slow": { payload, _ in
+                    await slowGate.wait()
+                    return payload
+                },
+                "watched": { payload, _ in
+                    await watchedGate.wait()
+                    return payload
+                },
+            ]) {
+                let client = try await stack.connect()
+                let slow = try #require(try await client.request(submitLine("slow", "s"))?.createdID)
+                let watched = try #require(try await client.request(submitLine("watched", "w"))?.createdID)
+                guard case .reply(.watching, _) = try #require(try await client.request("WATCH \(watched)\n")) else {
+                    Issue.record("no WATCHING"); return
+                }
+                try await client.send("WAIT \(slow) 10000\nUNWATCH \(watched)\n")
+                watchedGate.open()
+                #expect(try await client.nextTerminal() == .event(.done(watched, result: ByteBuffer(string: "w"))))
+                slowGate.open()
+                #expect(try await client.next() == .reply(.done(slow, result: ByteBuffer(string: "s"))))
+                #expect(try await client.next() == .reply(.unwatched(watched)))
+            }
+        }
+    }
+}

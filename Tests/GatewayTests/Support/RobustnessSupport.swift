@@ -31,18 +31,23 @@ final class RawGatewayConnection: Sendable {
         self.collector = collector
     }
 
-    static func connect(port: Int, receiveBufferSize: Int? = nil) async throws -> RawGatewayConnection {
+    /// With `resetOnClose`, `close()` aborts the connection (RST, via `SO_LINGER` 0) instead of shutting it down.
+    static func connect(port: Int, receiveBufferSize: Int? = nil, resetOnClose: Bool = false) async throws -> RawGatewayConnection {
         let collector = Collector()
         var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         if let receiveBufferSize {
             bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferSize))
         }
+
         let channel = try await bootstrap
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(collector) }
             }
             .connect(host: "127.0.0.1", port: port)
             .get()
+        if resetOnClose, let provider = channel as? any SocketOptionProvider {
+            try await provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+        }
         return RawGatewayConnection(channel: channel, collector: collector)
     }
 
