@@ -76,6 +76,15 @@ struct Serve: AsyncParsableCommand {
     )
     var memcachedDistribution: String?
 
+    @Option(
+        name: .customLong("legacy-poll-min"),
+        help: "Milliseconds between the legacy bridge's gearmand polls while its jobs change: lower sees ends sooner, and asks gearmand more often. (default: 100)"
+    )
+    var legacyPollMinimum: Int?
+
+    @Option(name: .customLong("legacy-poll-max"), help: "Milliseconds the legacy bridge's polls back off to while nothing changes. (default: 1000)")
+    var legacyPollMaximum: Int?
+
     @Option(name: .customLong("max-line"), help: "Longest request line in bytes (ERR LINE_TOO_LONG). (default: 8192)")
     var maxLine: Int?
 
@@ -185,6 +194,15 @@ struct Serve: AsyncParsableCommand {
         if let seconds = try settings.int("idle-timeout", idleTimeout) { configuration.idleTimeout = .seconds(seconds) }
         if let seconds = try settings.int("max-wait", maxWait) { configuration.maximumWaitTimeout = .seconds(seconds) }
         if let seconds = try settings.int("lost-grace", lostGrace) { configuration.lostJobGrace = .seconds(seconds) }
+        if let milliseconds = try settings.int("legacy-poll-min", legacyPollMinimum) {
+            configuration.legacyMinimumPollInterval = .milliseconds(milliseconds)
+        }
+        if let milliseconds = try settings.int("legacy-poll-max", legacyPollMaximum) {
+            configuration.legacyMaximumPollInterval = .milliseconds(milliseconds)
+        }
+        guard configuration.legacyMinimumPollInterval > .zero, configuration.legacyMinimumPollInterval <= configuration.legacyMaximumPollInterval else {
+            throw ValidationError("--legacy-poll-min must be positive and at most --legacy-poll-max")
+        }
         return configuration
     }
 }

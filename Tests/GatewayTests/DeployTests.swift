@@ -42,6 +42,14 @@ struct DeployTests {
             #expect(example.contains("\n\(option) = ") || example.contains("\n# \(option) = "), "Deploy/jobgate.conf.example lacks \(option)")
         }
     }
+
+    /// Poll intervals that make no sense are refused before anything starts.
+    @Test func legacyPollIntervalsAreChecked() async throws {
+        for arguments in [["--legacy-poll-min", "0"], ["--legacy-poll-min", "2000", "--legacy-poll-max", "1000"]] {
+            let run = try await runProgram(jobgateExecutable(), ["serve", "--listen", "127.0.0.1:1"] + arguments, timeout: .seconds(10))
+            #expect(run.status != 0 && run.errors.contains("--legacy-poll-min must be positive and at most --legacy-poll-max"), "\(run.errors)")
+        }
+    }
 }
 
 struct DeployTestFailure: Error, CustomStringConvertible {
