@@ -150,7 +150,7 @@ final class PushHub: Sendable {
         if record.state.isTerminal { return .event(terminalEvent(record, watcher.gatewayID), tag: watcher.tag) }
         guard record.progress != shown else { return nil }
         let before = shown
-        shown = record.progress
+        shown = record.progress.compacted
         // A change of state alone (queued → running) has no event in protocol v1; progress does.
         guard before == nil || before?.numerator != record.numerator || before?.denominator != record.denominator
             || before?.message != record.message
@@ -220,7 +220,7 @@ final class PushHub: Sendable {
         state.withLock { state in
             guard var watcher = state.watchers[token.id]?[token.number] else { return }
             watcher.isActive = true
-            watcher.shown = shown.progress
+            watcher.shown = shown.progress.compacted
             if case .update(let held) = watcher.held {
                 watcher.held = nil
                 push = Self.event(for: held, shown: &watcher.shown, to: watcher).map { (watcher.outbox, $0) }

@@ -88,7 +88,7 @@ public final class JobChangeFeed: Service {
             var follow = state.followed[id] ?? Follow(count: 0, last: nil, ended: false)
             follow.count += 1
             if let seen {
-                follow.last = seen.progress
+                follow.last = seen.progress.compacted
                 follow.ended = follow.ended || seen.state.isTerminal
             }
             state.followed[id] = follow
@@ -335,7 +335,7 @@ public final class JobChangeFeed: Service {
                     return true
                 }
                 guard record.progress != follow.last else { return false }
-                follow.last = record.progress
+                follow.last = record.progress.compacted
                 follow.ended = record.state.isTerminal
                 state.followed[id] = follow
                 return true

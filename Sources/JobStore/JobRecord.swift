@@ -69,6 +69,16 @@ public struct JobRecord: Sendable, Hashable {
     public var progress: Progress { Progress(state: state, numerator: numerator, denominator: denominator, message: message) }
 }
 
+extension JobRecord.Progress {
+    /// The same progress holding only its own message bytes. A record read from Redis slices every field out of
+    /// the whole reply: whoever keeps a progress for long (one per watched job) should keep this instead.
+    public var compacted: Self {
+        var copy = self
+        copy.message = message.readableBytes == 0 ? ByteBuffer() : ByteBuffer(bytes: message.readableBytesView)
+        return copy
+    }
+}
+
 // MARK: Hash fields
 
 /// The field names of the job hash, shared by every writer (Swift workers, other languages, the gateway).
