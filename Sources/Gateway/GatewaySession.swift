@@ -58,11 +58,12 @@ enum SessionEffect {
 
 /// One client connection, on its event loop: requests answered strictly in order, events pushed between replies.
 ///
-/// Every request starts when it is read (a pipelined burst of `SUBMIT`s joins one backend batch) and reserves
-/// its reply's place in `ReplyOrder`, so replies still go out in request order. Pushed events are written as they
-/// come; what the socket does not take waits in a bounded `OutputBacklog`, and while anything waits (or too many
-/// requests are outstanding) the session stops reading: a client that does not read its replies cannot make the
-/// gateway buffer without bound.
+/// Requests start as they are read (a pipelined burst of `SUBMIT`s joins one backend batch), up to
+/// `maximumOutstanding` at once, and reserve their reply's place in `ReplyOrder`, so replies still go out in
+/// request order. Pushed events are written as they come; what the socket does not take waits in a bounded
+/// `OutputBacklog`. While anything waits there, or too many requests are outstanding, the session stops reading,
+/// and replies held back behind a slow one count against the same bound: a client that does not read its replies
+/// cannot make the gateway buffer without bound.
 final class GatewaySessionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
