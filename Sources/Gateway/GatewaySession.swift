@@ -87,8 +87,11 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext!
     private var target: SessionPushTarget!
     /// Decodes requests in this handler rather than in a `ByteToMessageHandler` before it: one handler less per
-    /// connection (memory, with 10,000 of them), and a truncated last request still lets earlier replies out.
-    private var decoder: NIOSingleStepByteToMessageProcessor<GatewayRequestDecoder>
+    /// connection, no receive buffer kept once it is consumed (memory, with 10,000 connections), and a truncated
+    /// last request still lets earlier replies out.
+    private var decoder: GatewayRequestDecoder
+    /// Received bytes not decoded yet (the start of a request).
+    private var input: ByteBuffer?
     private var replies = ReplyOrder<SessionReply>()
     private var backlog: OutputBacklog
     /// Encoded responses not handed to the channel yet (written at the next flush).
@@ -101,7 +104,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var isClosing = false
     /// Requests read but not started yet: at most `maximumOutstanding` run at once, and none start while the replies
     /// held back (behind a slow `WAIT`) are over half the output limit.
-    private var unstarted = CircularBuffer<Result<GatewayRequest, GatewayRequestError>>(initialCapacity: 1)
+    private var unstarted = LazyQueue<Result<GatewayRequest, GatewayRequestError>>()
     /// Replies that are ready but wait for an earlier one, and their bytes.
     private var heldReplies = 0
     private var heldReplyBytes = 0
@@ -115,11 +118,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     init(services: SessionServices) {
         self.services = services
-        self.decoder = NIOSingleStepByteToMessageProcessor(
-            GatewayRequestDecoder(
-                maximumLineLength: services.configuration.maximumLineLength,
-                maximumPayloadSize: services.configuration.maximumPayloadSize
-            )
+        self.decoder = GatewayRequestDecoder(
+            maximumLineLength: services.configuration.maximumLineLength,
+            maximumPayloadSize: services.configuration.maximumPayloadSize
         )
         self.backlog = OutputBacklog(limit: services.configuration.outputBufferLimit)
         self.isAuthenticated = services.configuration.secrets.isEmpty
@@ -159,7 +160,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case ChannelEvent.inputClosed = event {
             do {
-                try decoder.finishProcessing(seenEOF: true) { self.received($0) }
+                var buffer = input ?? ByteBuffer()
+                input = nil
+                while !stopsHandling, let item = try decoder.decodeLast(buffer: &buffer, seenEOF: true) { received(item) }
             } catch {
                 // A request that never arrived whole gets no reply; the ones before it still do.
                 services.logger.debug("connection closed inside a request", metadata: ["gateway.error": "\(error)"])
@@ -229,12 +232,18 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !stopsHandling, !isClosed else { return }
-        do {
-            try decoder.process(buffer: unwrapInboundIn(data)) { self.received($0) }
-        } catch {
-            // The decoder reports bad requests as values; only a broken connection ends up here.
-            services.logger.debug("cannot decode a request", metadata: ["gateway.error": "\(error)"])
-            context.close(promise: nil)
+        var buffer = unwrapInboundIn(data)
+        if var pending = input {
+            input = nil
+            pending.writeBuffer(&buffer)
+            buffer = pending
+        }
+        // Bad requests come back as values (each answered with its ERR); the decoder bounds what it keeps.
+        while !stopsHandling, !isClosed, let item = decoder.decode(buffer: &buffer) { received(item) }
+        if buffer.readableBytes > 0 {
+            // A short start of a request is copied out of the (possibly large) receive buffer; a long one (a block
+            // arriving in pieces) keeps its buffer, which the next reads append to.
+            input = buffer.readableBytes < 4_096 ? ByteBuffer(bytes: buffer.readableBytesView) : buffer
         }
     }
 

@@ -6,8 +6,7 @@ import NIOCore
 /// Each request reserves a slot when it is read; its reply fills the slot when ready. A reply is released only
 /// once every earlier slot is filled, so a slow `WAIT` holds back the replies behind it, as the protocol says.
 struct ReplyOrder<Reply> {
-    // Small to start with: most connections have a request or two outstanding, and there may be 10,000 of them.
-    private var slots = CircularBuffer<Reply?>(initialCapacity: 4)
+    private var slots = LazyQueue<Reply?>()
     /// The slot number of `slots.first`.
     private var firstNumber = 0
 
@@ -26,10 +25,38 @@ struct ReplyOrder<Reply> {
         var ready: [Reply] = []
         while let first = slots.first, let reply = first {
             ready.append(reply)
-            slots.removeFirst()
+            _ = slots.popFirst()
             firstNumber += 1
         }
         return ready
+    }
+}
+
+/// A FIFO queue that allocates nothing while it has never held anything: a connection has several, most stay
+/// empty, and there may be 10,000 connections.
+struct LazyQueue<Element> {
+    private var storage: CircularBuffer<Element>?
+
+    var isEmpty: Bool { storage?.isEmpty ?? true }
+    var count: Int { storage?.count ?? 0 }
+    var first: Element? { storage?.first }
+
+    mutating func append(_ element: Element) {
+        if storage == nil { storage = CircularBuffer(initialCapacity: 2) }
+        storage!.append(element)
+    }
+
+    mutating func popFirst() -> Element? {
+        storage?.popFirst()
+    }
+
+    mutating func removeAll() {
+        storage = nil
+    }
+
+    subscript(offset offset: Int) -> Element {
+        get { storage![offset: offset] }
+        set { storage![offset: offset] = newValue }
     }
 }
 
@@ -52,8 +79,7 @@ struct OutputBacklog {
         case progress(ProgressKey)
     }
 
-    // Empty on almost every connection: start with no room.
-    private var queue = CircularBuffer<Entry>(initialCapacity: 1)
+    private var queue = LazyQueue<Entry>()
     private var latestProgress: [ProgressKey: GatewayResponse] = [:]
     private(set) var bytes = 0
     let limit: Int

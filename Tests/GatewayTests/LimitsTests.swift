@@ -296,6 +296,32 @@ struct SessionLimitTests {
         }
     }
 
+    /// Requests split anywhere across reads: two pipelined requests sent a byte at a time, then a 4 MiB payload
+    /// that arrives in many pieces, come back whole.
+    @Test func requestsSplitAcrossReads() async throws {
+        try await withGatewayStack { stack in
+            let payload = (0..<(4 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+            try await withTestWorker(stack, ["echo": { payload, _ in payload }]) {
+                let raw = try await RawGatewayConnection.connect(port: stack.port)
+                for byte in "@a PING\n@b PING\n".utf8 { try await raw.send(bytes: [byte]) }
+                try await raw.send("SUBMIT echo \(payload.count) wait=20000\n")
+                for start in stride(from: 0, to: payload.count, by: 100_000) {
+                    try await raw.send(bytes: Array(payload[start..<min(start + 100_000, payload.count)]))
+                }
+                try await raw.send("\nQUIT\n")
+                try await raw.waitUntilClosed(timeout: .seconds(30))
+                let responses = try raw.responses()
+                #expect(responses.count == 4)
+                #expect(responses.prefix(2) == [.reply(.pong, tag: GatewayTag(rawValue: "a")), .reply(.pong, tag: GatewayTag(rawValue: "b"))])
+                guard responses.count == 4, case .reply(.done(_, let result), nil) = responses[2] else {
+                    Issue.record("no DONE: \(responses.dropFirst(2).prefix(1))"); return
+                }
+                #expect(Array(result.readableBytesView) == payload)
+                #expect(responses[3] == .reply(.bye))
+            }
+        }
+    }
+
     /// `UNWATCH` takes effect at its turn: events of the job still arrive while a WAIT before it holds it back.
     @Test func unwatchTakesEffectInOrder() async throws {
         try await withGatewayStack { stack in
