@@ -114,7 +114,9 @@ public struct BenchmarkReport: Sendable, Codable {
         public var watchers: Int
         /// The gateway's RSS before the watchers connected (jobs submitted, one client).
         public var gatewayRSSBeforeMiB: Double
-        /// The gateway's RSS with every watcher connected and idle.
+        /// The gateway's RSS one second after the last watcher had its `WATCHING`.
+        public var gatewayRSSJustAfterMiB: Double
+        /// The gateway's RSS with every watcher connected and idle, five seconds after the last `WATCHING`.
         public var gatewayRSSIdleMiB: Double
         public var bytesPerWatcher: Double
         /// First job's outcome write to the last job's: how long the worker took.
@@ -230,7 +232,7 @@ extension BenchmarkReport {
         lines.append("   mean 1 s polling ÷ mean push: \(String(format: "%.0f", pushLatency.meanRatioToOneSecondPolling))×   target \(pushLatency.target): \(verdict(pushLatency.met))")
         lines.append("")
         lines.append("4. watchers: \(watchers.what)")
-        lines.append("   gateway RSS \(String(format: "%.1f", watchers.gatewayRSSBeforeMiB)) MiB before, \(String(format: "%.1f", watchers.gatewayRSSIdleMiB)) MiB with \(watchers.watchers) idle watchers (\(String(format: "%.0f", watchers.bytesPerWatcher)) B each)")
+        lines.append("   gateway RSS \(String(format: "%.1f", watchers.gatewayRSSBeforeMiB)) MiB before, \(String(format: "%.1f", watchers.gatewayRSSIdleMiB)) MiB with \(watchers.watchers) idle watchers (\(String(format: "%.0f", watchers.bytesPerWatcher)) B each; \(String(format: "%.1f", watchers.gatewayRSSJustAfterMiB)) MiB 1 s after the last WATCHING, before malloc's free pages went back)")
         lines.append("   worker finished the jobs in \(String(format: "%.0f", watchers.completionSpanMilliseconds)) ms; last DONE \(String(format: "%.1f", watchers.lastDoneAfterLastCompletionMilliseconds)) ms after the last outcome write")
         lines.append(row("delivery per job", watchers.delivery))
         lines.append("   target \(watchers.target): \(verdict(watchers.met))")

@@ -118,6 +118,7 @@ public struct BenchmarkRunner: Sendable {
                     what: "\(options.watchers) connections (one bench process, NIO), each watching one queued job; gateway is a separate `jobgate serve` process; then an in-process JobWorker (concurrency \(options.workerConcurrency)) runs the jobs",
                     watchers: options.watchers,
                     gatewayRSSBeforeMiB: Double(watched.rssBefore) / 1_048_576,
+                    gatewayRSSJustAfterMiB: Double(watched.rssJustAfter) / 1_048_576,
                     gatewayRSSIdleMiB: rssIdleMiB,
                     bytesPerWatcher: Double(watched.rssIdle - watched.rssBefore) / Double(max(1, options.watchers)),
                     completionSpanMilliseconds: watched.completionSpan.seconds * 1_000,

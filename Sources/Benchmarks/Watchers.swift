@@ -10,6 +10,8 @@ extension BenchmarkStack {
 
     struct WatchersResult {
         var rssBefore: Int
+        /// One second after the last `WATCHING`, and once settled (the gateway trims malloc's free pages every 2 s).
+        var rssJustAfter: Int
         var rssIdle: Int
         var completionSpan: Duration
         var lastDoneAfterLastCompletion: Duration
@@ -65,10 +67,12 @@ extension BenchmarkStack {
                     return watching.current >= min(first + wave, ids.count)
                 }
             }
-            // Let allocations settle, then read the idle footprint.
+            // Right after the burst of WATCHes, then once the gateway gave back what the burst freed.
             try await Task.sleep(for: .seconds(1))
+            let rssJustAfter = try gatewayRSSBytes
+            try await Task.sleep(for: .seconds(4))
             let rssIdle = try gatewayRSSBytes
-            progress("  all watching, gateway RSS \(rssIdle >> 20) MiB; running the jobs")
+            progress("  all watching, gateway RSS \(rssJustAfter >> 20) MiB after 1 s, \(rssIdle >> 20) MiB after 5 s; running the jobs")
 
             try await withJobWorker(Self.watchFunction, concurrency: workerConcurrency, handler: { job, _ in
                 finished.record(job.unique)
@@ -90,6 +94,7 @@ extension BenchmarkStack {
             let delivery = arrivals.compactMap { id, at in ends[id].map { (at - $0).nanoseconds } }
             return WatchersResult(
                 rssBefore: rssBefore,
+                rssJustAfter: rssJustAfter,
                 rssIdle: rssIdle,
                 completionSpan: lastEnd - firstEnd,
                 lastDoneAfterLastCompletion: lastArrival - lastEnd,

@@ -41,6 +41,7 @@ import Testing
         #expect(report.watchers.watchers == report.options.watchers)
         sane(report.watchers.gatewayRSSBeforeMiB, "RSS before")
         sane(report.watchers.gatewayRSSIdleMiB, "RSS idle")
+        sane(report.watchers.gatewayRSSJustAfterMiB, "RSS right after the watches")
         sane(report.watchers.completionSpanMilliseconds, "completion span")
         #expect(report.watchers.lastDoneAfterLastCompletionMilliseconds.isFinite && report.watchers.lastDoneAfterLastCompletionMilliseconds >= 0)
         sane(report.watchers.delivery, "delivery", samples: report.options.watchers)
