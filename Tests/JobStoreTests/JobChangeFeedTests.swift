@@ -33,6 +33,26 @@ func withFeed<T: Sendable>(_ store: RedisJobStore, sweep: Duration = .seconds(30
 
 @Suite("Job change feed", .timeLimit(.minutes(3)))
 struct JobChangeFeedTests {
+    /// A followed job whose key is not a hash (an error reply in the middle of a read batch) does not hold back the
+    /// updates of the jobs read with it.
+    @Test func unreadableJobDoesNotHoldBackOthers() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store, sweep: .milliseconds(100)) { feed, log in
+                let good = newID()
+                let broken = newID()
+                _ = try await store.create(id: good, function: "f", unique: nil)
+                try await store.redis.send(["SET", "\(store.schema.jobKey(broken))", "not a hash"])
+                feed.follow(broken)
+                feed.follow(good, seen: try await store.record(good))
+                try await Task.sleep(for: .milliseconds(300))  // a few sweeps read both, together
+                try await store.complete(good, result: ByteBuffer(string: "fine"))
+                try await eventually("the good job's end") { !log.terminal(for: good).isEmpty }
+                #expect(log.all.allSatisfy { $0.id == good })
+            }
+        }
+    }
+
     /// Progress and completion of a followed job arrive, read from Redis; an unfollowed job's do not.
     @Test func followedJobsArePushed() async throws {
         try await withLocalServer(.redis) { server in
