@@ -72,8 +72,10 @@ public final class GatewayServer: Service {
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
         storeConfiguration.resultTTL = configuration.resultTTL
         let store = RedisJobStore(redis: redis, configuration: storeConfiguration)
-        try await KeyspaceNotifications.ensureEnabled(on: redis)
-        let ids = try await JobIDMinter.load(from: redis, prefix: configuration.keyPrefix)
+        let ids = try await untilRedisAnswers {
+            try await KeyspaceNotifications.ensureEnabled(on: redis)
+            return try await JobIDMinter.load(from: redis, prefix: configuration.keyPrefix)
+        }
         let feed = JobChangeFeed(store: store, sweepInterval: configuration.sweepInterval, logger: logger)
         let hub = PushHub(feed: feed, statistics: statistics)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
@@ -110,6 +112,30 @@ public final class GatewayServer: Service {
         await gearman.shutdown()
         await redis.close()
         await legacy?.memcache.shutdown()
+    }
+
+    /// Redis may come up after the gateway (boot order, a restart at the same moment): wait for it, not listening
+    /// meanwhile, rather than exit. What waiting cannot fix (a refused password, notifications that cannot be
+    /// enabled) still ends the start.
+    private func untilRedisAnswers<T>(_ body: () async throws -> T) async throws -> T {
+        var attempt = 0
+        while true {
+            do {
+                return try await body()
+            } catch let error where Self.isUnreachable(error) {
+                attempt += 1
+                if attempt == 1 || attempt % 30 == 0 {
+                    logger.warning("waiting for Redis", metadata: ["redis.error": "\(error)", "redis.attempts": "\(attempt)"])
+                }
+                try await Task.sleep(for: .milliseconds(min(1_000, 50 << min(attempt, 5))))
+            }
+        }
+    }
+
+    private static func isUnreachable(_ error: any Error) -> Bool {
+        if let error = error as? JobStoreError { return error.code == .backendDown }
+        if let error = error as? RedisError { return ![.serverError, .authenticationFailed].contains(error.code) }
+        return false
     }
 
     private func makeLegacyBridge(store: RedisJobStore, gearman: GearmanServerPool, statistics: GatewayStatistics) throws -> LegacyBridge? {

@@ -16,6 +16,8 @@ public enum KeyspaceNotifications {
             current = flags
         } catch let error as JobStoreError {
             throw error
+        } catch let error as RedisError where error.code != .serverError && error.code != .authenticationFailed {
+            throw JobStoreError(redis: error)  // Redis is unreachable: that says nothing about its notifications
         } catch {
             throw disabled(current: nil, because: error)
         }

@@ -138,3 +138,50 @@ struct FaultTests {
         }
     }
 }
+
+/// `jobgate serve` and a Redis that is not there yet.
+@Suite("Gateway start", .timeLimit(.minutes(1)))
+struct GatewayStartTests {
+    /// Started before Redis, the gateway waits (not listening) instead of exiting, and serves once Redis is up.
+    @Test func waitsForRedis() async throws {
+        try await withLocalServer(.gearmand) { gearmand in
+            try await withLocalServer(.redis, arguments: ["--notify-keyspace-events", "Ehx"]) { redis in
+                redis.kill()
+                let port = try freeLoopbackPort()
+                let gateway = try LocalProcess(
+                    jobgateExecutable(),
+                    ["serve", "--listen", "127.0.0.1:\(port)", "--gearman", gearmand.address, "--redis", redis.address]
+                )
+                defer { gateway.stop() }
+                try await Task.sleep(for: .seconds(1))
+                #expect(gateway.exitStatus == nil, "the gateway exited without Redis: \(gateway.log)")
+                #expect((try? await GatewayTestClient.connect(port: port)) == nil, "it listens only once Redis answers")
+                #expect(gateway.log.contains("waiting for Redis"))
+                try await redis.launch()
+                try await eventually("the gateway to listen", timeout: .seconds(10)) { (try? await GatewayTestClient.connect(port: port)) != nil }
+                let client = try await GatewayTestClient.connect(port: port)
+                #expect(try await client.request(submitLine("nobody-runs-this", "x"))?.createdID != nil)
+            }
+        }
+    }
+
+    /// A wrong Redis password ends the start at once, with the reason: waiting would not fix it.
+    @Test func wrongPasswordExits() async throws {
+        try await withLocalServer(.gearmand) { gearmand in
+            try await withLocalServer(.redis) { redis in
+                let setup = try await RedisConnection.connect(configuration: RedisConnectionConfiguration(host: redis.host, port: redis.port))
+                try await setup.send(["CONFIG", "SET", "requirepass", "right"])
+                await setup.close()
+                let gateway = try LocalProcess(
+                    jobgateExecutable(),
+                    ["serve", "--listen", "127.0.0.1:\(try freeLoopbackPort())", "--gearman", gearmand.address, "--redis", redis.address,
+                     "--redis-password", "wrong"]
+                )
+                defer { gateway.stop() }
+                let status = try await gateway.waitForExit(timeout: .seconds(10))
+                #expect(status != 0)
+                #expect(gateway.log.lowercased().contains("auth") || gateway.log.contains("WRONGPASS"), "\(gateway.log)")
+            }
+        }
+    }
+}
