@@ -164,14 +164,6 @@ struct GatewayBackend: Sendable {
         return record
     }
 
-    func record(_ id: JobID) async throws(GatewayFailure) -> JobRecord? {
-        do {
-            return try await store.record(id)
-        } catch {
-            throw backendDown("Redis", error)
-        }
-    }
-
     func backendDown(_ backend: String, _ error: any Error) -> GatewayFailure {
         statistics.backendErrors.add(1, ordering: .relaxed)
         statistics.metrics.backendFailed(backend)

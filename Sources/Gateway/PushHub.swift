@@ -193,10 +193,6 @@ final class PushHub: Sendable {
         state.withLock { $0.watchesByOutbox[ObjectIdentifier(outbox)]?[id] }
     }
 
-    func watchCount(of outbox: any PushTarget) -> Int {
-        state.withLock { $0.watchesByOutbox[ObjectIdentifier(outbox)]?.count ?? 0 }
-    }
-
     /// Whether the connection follows anything (then it is not idle).
     func isFollowing(outbox: any PushTarget) -> Bool {
         state.withLock { state in

@@ -100,13 +100,13 @@ struct LegacyTests {
                 try await waiter.send("WAIT \(id) 20000\n")
                 // The worker may have reported before the WATCH: WATCHING shows that step.
                 var progress: [UInt64] = status.numerator > 0 ? [status.numerator] : []
-                if let seen = progress.last { FileManager.default.createFile(atPath: "\(steps).\(seen)", contents: nil) }
+                if let seen = progress.last { _ = FileManager.default.createFile(atPath: "\(steps).\(seen)", contents: nil) }
                 var last: GatewayResponse?
                 while true {
                     last = try await watcher.next(timeout: .seconds(20))
                     guard case .event(.progress(_, let numerator, 3, _), _) = last else { break }
                     progress.append(numerator)
-                    FileManager.default.createFile(atPath: "\(steps).\(numerator)", contents: nil)  // let the worker go on
+                    _ = FileManager.default.createFile(atPath: "\(steps).\(numerator)", contents: nil)  // let the worker go on
                 }
                 #expect(progress == [1, 2], "PROGRESS follows sendStatus (WATCHING showed \(status))")
                 #expect(last == .event(.done(id, result: ByteBuffer(string: expected))))

@@ -99,7 +99,7 @@ struct MetricsTests {
     /// Off unless asked for.
     @Test func theHTTPPortIsOffByDefault() async throws {
         #expect(GatewayConfiguration().httpPort == nil)
-        try await withGatewayStack { stack in
+        _ = try await withGatewayStack { stack in
             await #expect(throws: GatewayHTTPDisabled.self) { try await stack.gateway.waitUntilHTTPListening() }
         }
     }

@@ -42,7 +42,7 @@ struct WorkerCommandTests {
                 let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString)")
                 try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
                 defer { try? FileManager.default.removeItem(at: directory) }
-                @Sendable func touch(_ name: String) { FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: nil) }
+                @Sendable func touch(_ name: String) { _ = FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: nil) }
                 // Each step waits for the test, so the feed sees every state (it reports only the latest when behind).
                 let script = #"""
                     wait_for() { while [ ! -e "$DIR/$JOBGATE_JOB_ID.$1" ]; do sleep 0.02; done; }
@@ -176,7 +176,7 @@ struct WorkerCommandTests {
                 #expect(process.exitStatus == nil, "the worker waits for its running jobs")
                 let late = try await submit("slow", "late", store: store, gearman: gearman)
                 try await Task.sleep(for: .milliseconds(300))
-                FileManager.default.createFile(atPath: directory.appendingPathComponent("go").path, contents: nil)
+                _ = FileManager.default.createFile(atPath: directory.appendingPathComponent("go").path, contents: nil)
                 #expect(try await process.waitForExit() == 0, "\(process.log)")
                 for (index, record) in try await store.records(jobs.map(\.id)).enumerated() {
                     #expect(record?.state == .done && record?.result == ByteBuffer(string: "result:\(index)"), "\(String(describing: record))")

@@ -216,7 +216,7 @@ struct GearmanClientChannelHandlerTests {
         let bad = GearmanClientRequest(message: .text("cancel job H:1\nstatus"), expectation: .admin(isListing: false))
         channel.writeAndFlush(GearmanClientBatch(requests: [echo, bad, echo], promise: batchPromise), promise: writePromise)
         let written = try? channel.readOutbound(as: ByteBuffer.self)
-        try? channel.writeInbound(ByteBuffer.joined([GearmanPacket.response(.echoRes, "ping").wire, GearmanPacket.response(.echoRes, "ping").wire]))
+        _ = try? channel.writeInbound(ByteBuffer.joined([GearmanPacket.response(.echoRes, "ping").wire, GearmanPacket.response(.echoRes, "ping").wire]))
 
         #expect(write.result != nil, "the write promise is dropped")
         #expect(channel.isActive)
