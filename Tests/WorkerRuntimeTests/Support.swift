@@ -32,6 +32,30 @@ func makeStore(_ server: LocalServer, resultTTL: Int = 86_400) -> RedisJobStore 
     return RedisJobStore(redis: redis, configuration: configuration)
 }
 
+/// A real redis-server and gearmand, with a job store and a Gearman client on them that are closed after `body`,
+/// also when it throws.
+func withWorkerServers<T>(
+    redisArguments: [String] = [],
+    _ body: (_ redis: LocalServer, _ gearmand: LocalServer, RedisJobStore, GearmanClient) async throws -> T
+) async throws -> T {
+    try await withLocalServer(.redis, arguments: redisArguments) { redis in
+        try await withLocalServer(.gearmand) { gearmand in
+            let store = makeStore(redis)
+            let gearman = GearmanClient(address: gearmand.gearmanAddress)
+            do {
+                let result = try await body(redis, gearmand, store, gearman)
+                await gearman.shutdown()
+                await store.redis.close()
+                return result
+            } catch {
+                await gearman.shutdown()
+                await store.redis.close()
+                throw error
+            }
+        }
+    }
+}
+
 func newID() -> JobID { JobID(rawValue: UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: ""))! }
 
 /// Creates the record (as the gateway does) and submits the job in the background with unique = id.

@@ -35,79 +35,67 @@ struct WorkerCommandTests {
     /// Two functions served by one program: progress on fd 3 and the result from stdout reach the job store,
     /// and the change feed sees running → progress → done.
     @Test func runsJobsAndPublishes() async throws {
-        try await withLocalServer(.redis) { redis in
-            try await withLocalServer(.gearmand) { gearmand in
-                let store = makeStore(redis)
-                let gearman = GearmanClient(address: gearmand.gearmanAddress)
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString)")
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-                defer { try? FileManager.default.removeItem(at: directory) }
-                @Sendable func touch(_ name: String) { _ = FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: nil) }
-                // Each step waits for the test, so the feed sees every state (it reports only the latest when behind).
-                let script = #"""
-                    wait_for() { while [ ! -e "$DIR/$JOBGATE_JOB_ID.$1" ]; do sleep 0.02; done; }
-                    wait_for progress; echo "PROGRESS 1 2 converting" >&3; wait_for finish
-                    if [ "$JOBGATE_FUNCTION" = upper ]; then tr a-z A-Z; else tr A-Z a-z; fi
-                    """#
-                let process = try LocalProcess(
-                    jobgateExecutable(),
-                    [
-                        "worker", "--gearman", gearmand.address, "--redis", redis.address, "--function", "upper", "--function", "lower",
-                        "--concurrency", "2", "--", "/bin/sh", "-c", script,
-                    ],
-                    environment: ["DIR": directory.path]
-                )
-                defer { process.stop() }
-                try await waitForWorker(gearman, function: "lower")
-                try await withFeed(store) { feed, log in
-                    let upperID = newID(), lowerID = newID()
-                    feed.follow(upperID)
-                    feed.follow(lowerID)
-                    touch("\(lowerID).progress")
-                    touch("\(lowerID).finish")
-                    try await submit("upper", "Hello", store: store, gearman: gearman, id: upperID)
-                    try await submit("lower", "Hello", store: store, gearman: gearman, id: lowerID)
-                    try await eventually("running") { log.all.contains { $0.id == upperID && $0.record?.state == .running } }
-                    touch("\(upperID).progress")
-                    try await eventually("progress") { log.all.contains { $0.id == upperID && $0.record?.numerator == 1 } }
-                    touch("\(upperID).finish")
-                    try await eventually("both done") { log.all.filter { $0.record?.state == .done }.count == 2 }
-                    #expect(try await store.record(upperID)?.result == ByteBuffer(string: "HELLO"))
-                    #expect(try await store.record(lowerID)?.result == ByteBuffer(string: "hello"))
-                    let upperStates = log.all.filter { $0.id == upperID }.compactMap(\.record).filter { $0.state != .queued }
-                    #expect(upperStates.map(\.state) == [.running, .running, .done])
-                    #expect(upperStates[1].numerator == 1 && upperStates[1].denominator == 2 && upperStates[1].message == ByteBuffer(string: "converting"))
-                }
-                process.signal(SIGTERM)
-                #expect(try await process.waitForExit() == 0, "\(process.log)")
-                await gearman.shutdown()
-                await store.redis.close()
+        try await withWorkerServers { redis, gearmand, store, gearman in
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            @Sendable func touch(_ name: String) { _ = FileManager.default.createFile(atPath: directory.appendingPathComponent(name).path, contents: nil) }
+            // Each step waits for the test, so the feed sees every state (it reports only the latest when behind).
+            let script = #"""
+                wait_for() { while [ ! -e "$DIR/$JOBGATE_JOB_ID.$1" ]; do sleep 0.02; done; }
+                wait_for progress; echo "PROGRESS 1 2 converting" >&3; wait_for finish
+                if [ "$JOBGATE_FUNCTION" = upper ]; then tr a-z A-Z; else tr A-Z a-z; fi
+                """#
+            let process = try LocalProcess(
+                jobgateExecutable(),
+                [
+                    "worker", "--gearman", gearmand.address, "--redis", redis.address, "--function", "upper", "--function", "lower",
+                    "--concurrency", "2", "--", "/bin/sh", "-c", script,
+                ],
+                environment: ["DIR": directory.path]
+            )
+            defer { process.stop() }
+            try await waitForWorker(gearman, function: "lower")
+            try await withFeed(store) { feed, log in
+                let upperID = newID(), lowerID = newID()
+                feed.follow(upperID)
+                feed.follow(lowerID)
+                touch("\(lowerID).progress")
+                touch("\(lowerID).finish")
+                try await submit("upper", "Hello", store: store, gearman: gearman, id: upperID)
+                try await submit("lower", "Hello", store: store, gearman: gearman, id: lowerID)
+                try await eventually("running") { log.all.contains { $0.id == upperID && $0.record?.state == .running } }
+                touch("\(upperID).progress")
+                try await eventually("progress") { log.all.contains { $0.id == upperID && $0.record?.numerator == 1 } }
+                touch("\(upperID).finish")
+                try await eventually("both done") { log.all.filter { $0.record?.state == .done }.count == 2 }
+                #expect(try await store.record(upperID)?.result == ByteBuffer(string: "HELLO"))
+                #expect(try await store.record(lowerID)?.result == ByteBuffer(string: "hello"))
+                let upperStates = log.all.filter { $0.id == upperID }.compactMap(\.record).filter { $0.state != .queued }
+                #expect(upperStates.map(\.state) == [.running, .running, .done])
+                #expect(upperStates[1].numerator == 1 && upperStates[1].denominator == 2 && upperStates[1].message == ByteBuffer(string: "converting"))
             }
+            process.signal(SIGTERM)
+            #expect(try await process.waitForExit() == 0, "\(process.log)")
         }
     }
 
     /// A non-zero exit fails the job with the tail of stderr, and a missing program fails it clearly.
     @Test func failuresAreStored() async throws {
-        try await withLocalServer(.redis) { redis in
-            try await withLocalServer(.gearmand) { gearmand in
-                let store = makeStore(redis)
-                let gearman = GearmanClient(address: gearmand.gearmanAddress)
-                let failing = try startWorkerCommand(gearmand: gearmand, redis: redis, ["--function", "fails", "--", "/bin/sh", "-c", "echo 'no space left' >&2; exit 2"])
-                defer { failing.stop() }
-                let missing = try startWorkerCommand(gearmand: gearmand, redis: redis, ["--function", "missing", "--", "jobgate-no-such-program", "x"])
-                defer { missing.stop() }
-                try await waitForWorker(gearman, function: "fails")
-                try await waitForWorker(gearman, function: "missing")
-                let (failedID, _) = try await submit("fails", "x", store: store, gearman: gearman)
-                let (missingID, _) = try await submit("missing", "x", store: store, gearman: gearman)
-                try await eventually("both failed") {
-                    try await store.records([failedID, missingID]).allSatisfy { $0?.state == .failed }
-                }
-                #expect(try await store.record(failedID)?.reason == ByteBuffer(string: "no space left"))
-                #expect(try await store.record(missingID)?.reason == ByteBuffer(string: "command not found: jobgate-no-such-program"))
-                await gearman.shutdown()
-                await store.redis.close()
+        try await withWorkerServers { redis, gearmand, store, gearman in
+            let failing = try startWorkerCommand(gearmand: gearmand, redis: redis, ["--function", "fails", "--", "/bin/sh", "-c", "echo 'no space left' >&2; exit 2"])
+            defer { failing.stop() }
+            let missing = try startWorkerCommand(gearmand: gearmand, redis: redis, ["--function", "missing", "--", "jobgate-no-such-program", "x"])
+            defer { missing.stop() }
+            try await waitForWorker(gearman, function: "fails")
+            try await waitForWorker(gearman, function: "missing")
+            let (failedID, _) = try await submit("fails", "x", store: store, gearman: gearman)
+            let (missingID, _) = try await submit("missing", "x", store: store, gearman: gearman)
+            try await eventually("both failed") {
+                try await store.records([failedID, missingID]).allSatisfy { $0?.state == .failed }
             }
+            #expect(try await store.record(failedID)?.reason == ByteBuffer(string: "no space left"))
+            #expect(try await store.record(missingID)?.reason == ByteBuffer(string: "command not found: jobgate-no-such-program"))
         }
     }
 
@@ -151,41 +139,35 @@ struct WorkerCommandTests {
     /// SIGTERM while 5 jobs run: the process waits for them, all 5 results are published, then it exits 0;
     /// a job submitted after the signal is left for another worker.
     @Test func sigtermDrains() async throws {
-        try await withLocalServer(.redis) { redis in
-            try await withLocalServer(.gearmand) { gearmand in
-                let store = makeStore(redis)
-                let gearman = GearmanClient(address: gearmand.gearmanAddress)
-                let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString)")
-                try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-                defer { try? FileManager.default.removeItem(at: directory) }
-                let script = #"touch "$DIR/$JOBGATE_JOB_ID"; while [ ! -e "$DIR/go" ]; do sleep 0.05; done; printf 'result:'; cat"#
-                let process = try LocalProcess(
-                    jobgateExecutable(),
-                    ["worker", "--gearman", gearmand.address, "--redis", redis.address, "--function", "slow", "--concurrency", "5", "--", "/bin/sh", "-c", script],
-                    environment: ["DIR": directory.path]
-                )
-                defer { process.stop() }
-                try await waitForWorker(gearman, function: "slow")
-                var jobs: [(id: JobID, handle: String)] = []
-                for index in 0..<5 { jobs.append(try await submit("slow", "\(index)", store: store, gearman: gearman)) }
-                try await eventually("5 programs running") {
-                    jobs.allSatisfy { FileManager.default.fileExists(atPath: directory.appendingPathComponent($0.id.rawValue).path) }
-                }
-                process.signal(SIGTERM)
-                try await Task.sleep(for: .milliseconds(500))
-                #expect(process.exitStatus == nil, "the worker waits for its running jobs")
-                let late = try await submit("slow", "late", store: store, gearman: gearman)
-                try await Task.sleep(for: .milliseconds(300))
-                _ = FileManager.default.createFile(atPath: directory.appendingPathComponent("go").path, contents: nil)
-                #expect(try await process.waitForExit() == 0, "\(process.log)")
-                for (index, record) in try await store.records(jobs.map(\.id)).enumerated() {
-                    #expect(record?.state == .done && record?.result == ByteBuffer(string: "result:\(index)"), "\(String(describing: record))")
-                }
-                #expect(try await store.record(late.id)?.state == .queued, "taken after SIGTERM")
-                for job in jobs { #expect(try await !gearman.status(handle: job.handle).known) }
-                await gearman.shutdown()
-                await store.redis.close()
+        try await withWorkerServers { redis, gearmand, store, gearman in
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(at: directory) }
+            let script = #"touch "$DIR/$JOBGATE_JOB_ID"; while [ ! -e "$DIR/go" ]; do sleep 0.05; done; printf 'result:'; cat"#
+            let process = try LocalProcess(
+                jobgateExecutable(),
+                ["worker", "--gearman", gearmand.address, "--redis", redis.address, "--function", "slow", "--concurrency", "5", "--", "/bin/sh", "-c", script],
+                environment: ["DIR": directory.path]
+            )
+            defer { process.stop() }
+            try await waitForWorker(gearman, function: "slow")
+            var jobs: [(id: JobID, handle: String)] = []
+            for index in 0..<5 { jobs.append(try await submit("slow", "\(index)", store: store, gearman: gearman)) }
+            try await eventually("5 programs running") {
+                jobs.allSatisfy { FileManager.default.fileExists(atPath: directory.appendingPathComponent($0.id.rawValue).path) }
             }
+            process.signal(SIGTERM)
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(process.exitStatus == nil, "the worker waits for its running jobs")
+            let late = try await submit("slow", "late", store: store, gearman: gearman)
+            try await Task.sleep(for: .milliseconds(300))
+            _ = FileManager.default.createFile(atPath: directory.appendingPathComponent("go").path, contents: nil)
+            #expect(try await process.waitForExit() == 0, "\(process.log)")
+            for (index, record) in try await store.records(jobs.map(\.id)).enumerated() {
+                #expect(record?.state == .done && record?.result == ByteBuffer(string: "result:\(index)"), "\(String(describing: record))")
+            }
+            #expect(try await store.record(late.id)?.state == .queued, "taken after SIGTERM")
+            for job in jobs { #expect(try await !gearman.status(handle: job.handle).known) }
         }
     }
 
@@ -234,43 +216,37 @@ struct WorkerCommandTests {
 struct ReadmeExampleTests {
     /// The PHP worker publishes progress, results and failures the way the key schema says.
     @Test func phpWorker() async throws {
-        try await withLocalServer(.redis) { redis in
-            try await withLocalServer(.gearmand) { gearmand in
-                let store = makeStore(redis)
-                let gearman = GearmanClient(address: gearmand.gearmanAddress)
-                let file = try temporaryFile(try readmeExample("php-worker"), suffix: ".php")
-                defer { try? FileManager.default.removeItem(at: file) }
-                let worker = try LocalProcess(
-                    "/usr/bin/php",
-                    [file.path],
-                    environment: ["GEARMAN_HOST": "127.0.0.1", "GEARMAN_PORT": "\(gearmand.port)", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "\(redis.port)"]
-                )
-                defer { worker.stop() }
-                try await waitForWorker(gearman, function: "reverse")
-                try await withFeed(store) { feed, log in
-                    let id = newID()
-                    feed.follow(id)
-                    let (_, handle) = try await submit("reverse", "stressed", store: store, gearman: gearman, id: id, resultTTL: 300)
-                    try await eventually("done", timeout: .seconds(15)) { try await store.record(id)?.state == .done }
-                    let record = try #require(try await store.record(id))
-                    #expect(record.result == ByteBuffer(string: "desserts") && record.handle == handle && record.numerator == 1 && record.denominator == 2)
-                    #expect(record.message == ByteBuffer(string: "reversing") && record.started != nil && record.finished != nil)
-                    let ttl = try await store.redis.send(["TTL", "\(store.schema.jobKey(id))"]).int ?? 0
-                    #expect((290...300).contains(ttl), "\(ttl)")
-                    try await eventually("the feed's done") { log.all.contains { $0.id == id && $0.record?.state == .done } }
-                    try await eventually("gearmand to forget the job") { try await !gearman.status(handle: handle).known }
-                }
-                // An empty payload fails: reason in Redis, WORK_FAIL to a foreground client.
+        try await withWorkerServers { redis, gearmand, store, gearman in
+            let file = try temporaryFile(try readmeExample("php-worker"), suffix: ".php")
+            defer { try? FileManager.default.removeItem(at: file) }
+            let worker = try LocalProcess(
+                "/usr/bin/php",
+                [file.path],
+                environment: ["GEARMAN_HOST": "127.0.0.1", "GEARMAN_PORT": "\(gearmand.port)", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "\(redis.port)"]
+            )
+            defer { worker.stop() }
+            try await waitForWorker(gearman, function: "reverse")
+            try await withFeed(store) { feed, log in
                 let id = newID()
-                _ = try await store.create(id: id, function: "reverse", unique: nil)
-                let job = try await gearman.submitForeground(GearmanJobRequest(function: "reverse", unique: id.rawValue, payload: ByteBuffer()))
-                let error = await #expect(throws: GearmanError.self) { try await withTimeout(.seconds(10), "the job") { try await job.result() } }
-                #expect(error?.code == .jobFailed, "\(worker.log)")
+                feed.follow(id)
+                let (_, handle) = try await submit("reverse", "stressed", store: store, gearman: gearman, id: id, resultTTL: 300)
+                try await eventually("done", timeout: .seconds(15)) { try await store.record(id)?.state == .done }
                 let record = try #require(try await store.record(id))
-                #expect(record.state == .failed && record.reason == ByteBuffer(string: "nothing to reverse"))
-                await gearman.shutdown()
-                await store.redis.close()
+                #expect(record.result == ByteBuffer(string: "desserts") && record.handle == handle && record.numerator == 1 && record.denominator == 2)
+                #expect(record.message == ByteBuffer(string: "reversing") && record.started != nil && record.finished != nil)
+                let ttl = try await store.redis.send(["TTL", "\(store.schema.jobKey(id))"]).int ?? 0
+                #expect((290...300).contains(ttl), "\(ttl)")
+                try await eventually("the feed's done") { log.all.contains { $0.id == id && $0.record?.state == .done } }
+                try await eventually("gearmand to forget the job") { try await !gearman.status(handle: handle).known }
             }
+            // An empty payload fails: reason in Redis, WORK_FAIL to a foreground client.
+            let id = newID()
+            _ = try await store.create(id: id, function: "reverse", unique: nil)
+            let job = try await gearman.submitForeground(GearmanJobRequest(function: "reverse", unique: id.rawValue, payload: ByteBuffer()))
+            let error = await #expect(throws: GearmanError.self) { try await withTimeout(.seconds(10), "the job") { try await job.result() } }
+            #expect(error?.code == .jobFailed, "\(worker.log)")
+            let record = try #require(try await store.record(id))
+            #expect(record.state == .failed && record.reason == ByteBuffer(string: "nothing to reverse"))
         }
     }
 
