@@ -119,16 +119,7 @@ struct AuthAndBackendTests {
                 await finish.wait()
                 return ByteBuffer(string: "done:" + String(buffer: payload))
             }]) {
-                let client = try await stack.connect()
-                let id = try await client.submit("hold", "job")
-                try await eventually("the job to run") {
-                    try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.running)))
-                }
-                let waiter = try await stack.connect()
-                try await waiter.send("WAIT \(id) 60000\n")
-                try await eventually("the WAIT to follow the job") { try await stack.statistic("jobs_followed") == 1 }
-                let watcher = try await stack.connect()
-                #expect(try await watcher.request("@w WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.running)), tag: GatewayTag(rawValue: "w")))
+                let (client, id, waiter, watcher) = try await Self.runningJobWithWaiterAndWatcher(stack, watchTag: GatewayTag(rawValue: "w"))
 
                 let saved = try LoopbackSocket.exchange(port: stack.redis.port, request: Array("SAVE\r\n".utf8), timeoutMs: 5_000)
                 #expect(String(decoding: saved, as: UTF8.self).hasPrefix("+OK"))
@@ -166,16 +157,7 @@ struct AuthAndBackendTests {
                 await release.wait()
                 return payload
             }]) {
-                let client = try await stack.connect()
-                let id = try await client.submit("hold", "job")
-                try await eventually("the job to run") {
-                    try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.running)))
-                }
-                let waiter = try await stack.connect()
-                try await waiter.send("WAIT \(id) 60000\n")
-                try await eventually("the WAIT to follow the job") { try await stack.statistic("jobs_followed") == 1 }
-                let watcher = try await stack.connect()
-                #expect(try await watcher.request("WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.running))))
+                let (_, id, waiter, watcher) = try await Self.runningJobWithWaiterAndWatcher(stack, watchTag: nil)
 
                 try await stack.redis.restart()
                 #expect(try await watcher.next(timeout: .seconds(20)) == .event(.expired(id)))
@@ -184,6 +166,25 @@ struct AuthAndBackendTests {
                 try await watcher.expectUsable()
             }
         }
+    }
+
+    /// A `hold` job, submitted and running; one connection `WAIT`s for it, another `WATCH`es it (with `watchTag`).
+    static func runningJobWithWaiterAndWatcher(
+        _ stack: GatewayStack,
+        watchTag: GatewayTag?
+    ) async throws -> (client: GatewayTestClient, id: GatewayJobID, waiter: GatewayTestClient, watcher: GatewayTestClient) {
+        let client = try await stack.connect()
+        let id = try await client.submit("hold", "job")
+        try await eventually("the job to run") {
+            try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.running)))
+        }
+        let waiter = try await stack.connect()
+        try await waiter.send("WAIT \(id) 60000\n")
+        try await eventually("the WAIT to follow the job") { try await stack.statistic("jobs_followed") == 1 }
+        let watcher = try await stack.connect()
+        let prefix = watchTag.map { "@\($0.rawValue) " } ?? ""
+        #expect(try await watcher.request("\(prefix)WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.running)), tag: watchTag))
+        return (client, id, waiter, watcher)
     }
 
     /// `CONFIG GET notify-keyspace-events`, asked over a raw socket.
