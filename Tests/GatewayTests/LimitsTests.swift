@@ -296,6 +296,25 @@ struct SessionLimitTests {
         }
     }
 
+    /// More pipelined requests than may run at once (512): the rest wait their turn, and every one is answered, in
+    /// order; nothing stays followed afterwards.
+    @Test func requestsBeyondTheOutstandingLimitWaitTheirTurn() async throws {
+        try await withGatewayStack { stack in
+            let client = try await stack.connect()
+            let id = try #require(try await client.request(submitLine("nobody-runs-this", "x"))?.createdID)
+            let count = 1_200
+            try await client.send((0..<count).map { "@w\($0) WAIT \(id) 50\n" }.joined())
+            for index in 0..<count {
+                let reply = try #require(try await client.next(timeout: .seconds(20)))
+                guard case .reply(.timeout(id, _), let tag) = reply, tag?.rawValue == "w\(index)" else {
+                    Issue.record("reply \(index): \(reply)"); return
+                }
+            }
+            try await client.expectUsable()
+            try await eventually("no waiter left") { try await stack.statistic("jobs_followed") == 0 }
+        }
+    }
+
     /// Requests split anywhere across reads: two pipelined requests sent a byte at a time, then a 4 MiB payload
     /// that arrives in many pieces, come back whole.
     @Test func requestsSplitAcrossReads() async throws {
