@@ -14,6 +14,9 @@ import NIOCore
 ///   `maximumPayloadSize` gives `PAYLOAD_TOO_LARGE` and the block is skipped as it streams in, never buffered whole.
 ///   A negative or non-numeric count gives `BAD_FORMAT` and no block can be consumed: the bytes that follow are read
 ///   as request lines. A block not followed by a line break gives `BAD_FORMAT`, and the rest of that line is dropped.
+/// - Before a good `SUBMIT`'s block is read, the caller may refuse it (``decode(buffer:admittingBlock:)``): a
+///   request that cannot succeed (not authenticated, no room) has its block skipped as it streams in, and the
+///   caller's error is the answer.
 /// - Errors carry the request's tag when it could be read.
 ///
 /// At most `maximumLineLength + 1` bytes of an unfinished line and `maximumPayloadSize + 2` bytes of a block stay
@@ -53,6 +56,25 @@ public struct GatewayRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable
     }
 
     public mutating func decode(buffer: inout ByteBuffer) -> InboundOut? {
+        decode(buffer: &buffer) { _ in nil }
+    }
+
+    /// Whether no request has been started: the decoder is at the start of a line (of which `buffer` may hold a part).
+    public var isAtLineStart: Bool {
+        if case .line = state { true } else { false }
+    }
+
+    /// Whether the decoder waits for the rest of a data block it was allowed to read.
+    public var isReadingBlock: Bool {
+        if case .readingBlock = state { true } else { false }
+    }
+
+    /// Decodes as ``decode(buffer:)`` does, but asks `admit` once a good `SUBMIT` line announced its block, before
+    /// reading any of it: nil reads the block; an error skips the block as it streams in and is the request's answer.
+    public mutating func decode(
+        buffer: inout ByteBuffer,
+        admittingBlock admit: (GatewayBlockAnnouncement) -> GatewayRequestError?
+    ) -> InboundOut? {
         // Loops because skipping (an empty line, a block, junk) produces nothing, yet the next request may already
         // be buffered: returning nil then would leave it waiting for more bytes.
         while true {
@@ -71,7 +93,12 @@ public struct GatewayRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable
                     switch GatewayRequestParser.parse(line, maximumPayloadSize: maximumPayloadSize) {
                     case .empty: continue
                     case .complete(let result): return result
-                    case .block(let length, .success(let pending)): state = .readingBlock(length: length, pending)
+                    case .block(let length, .success(let pending)):
+                        if let refusal = admit(GatewayBlockAnnouncement(tag: pending.tag, length: length)) {
+                            state = .skippingBlock(remaining: length, refusal)
+                        } else {
+                            state = .readingBlock(length: length, pending)
+                        }
                     case .block(let length, .failure(let error)): state = .skippingBlock(remaining: length, error)
                     }
                 } else if view.count >= maximumLineLength + 2 {
@@ -136,7 +163,16 @@ public struct GatewayRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(GatewayProtocolError) -> InboundOut? {
-        if let result = decode(buffer: &buffer) { return result }
+        try decodeLast(buffer: &buffer, seenEOF: seenEOF) { _ in nil }
+    }
+
+    /// ``decodeLast(buffer:seenEOF:)`` with the caller deciding on blocks, as in ``decode(buffer:admittingBlock:)``.
+    public mutating func decodeLast(
+        buffer: inout ByteBuffer,
+        seenEOF: Bool,
+        admittingBlock admit: (GatewayBlockAnnouncement) -> GatewayRequestError?
+    ) throws(GatewayProtocolError) -> InboundOut? {
+        if let result = decode(buffer: &buffer, admittingBlock: admit) { return result }
         guard seenEOF else { return nil }
         let inside: String
         switch state {
@@ -157,5 +193,18 @@ public struct GatewayRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable
 
     private func lineTooLong(tag: GatewayTag?) -> GatewayRequestError {
         GatewayRequestError(tag: tag, code: .lineTooLong, message: "request line longer than \(maximumLineLength) bytes; discarded up to the next LF")
+    }
+}
+
+/// A good `SUBMIT` line's data block, announced before any of it is read.
+public struct GatewayBlockAnnouncement: Hashable, Sendable {
+    /// The request's tag, for the answer when the block is refused.
+    public var tag: GatewayTag?
+    /// The block's length in bytes (at most the decoder's `maximumPayloadSize`).
+    public var length: Int
+
+    public init(tag: GatewayTag?, length: Int) {
+        self.tag = tag
+        self.length = length
     }
 }

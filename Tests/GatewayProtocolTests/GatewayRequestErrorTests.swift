@@ -179,6 +179,39 @@ import Testing
         #expect(feed.outputs[1] == .success(GatewayRequest(tag: tag("n"), .ping)))
     }
 
+    /// A block the caller refuses when its line is read is skipped as it streams in, never buffered, and answered
+    /// with the caller's error (carrying the tag); the caller is asked once per good SUBMIT line, with its length,
+    /// and the next request reads normally.
+    @Test func refusedBlockIsSkippedNotBuffered() throws {
+        var decoder = GatewayRequestDecoder(maximumPayloadSize: 1 << 20)
+        var asked: [GatewayBlockAnnouncement] = []
+        var outputs: [Result<GatewayRequest, GatewayRequestError>] = []
+        var buffer = ByteBuffer()
+        var maximumBuffered = 0
+        func feed(_ bytes: some Sequence<UInt8>) {
+            buffer.writeBytes(Array(bytes))
+            while let output = decoder.decode(buffer: &buffer, admittingBlock: { block in
+                asked.append(block)
+                return block.length > 100 ? GatewayRequestError(tag: block.tag, code: .busy, message: "no room") : nil
+            }) {
+                outputs.append(output)
+            }
+            buffer.discardReadBytes()
+            maximumBuffered = max(maximumBuffered, buffer.readableBytes)
+        }
+        let size = 1 << 20
+        feed("@big SUBMIT f \(size)\r\n".utf8)
+        #expect(asked == [GatewayBlockAnnouncement(tag: tag("big"), length: size)])
+        for offset in stride(from: 0, to: size, by: 4096) { feed(repeatElement(UInt8(offset % 251), count: min(4096, size - offset))) }
+        #expect(maximumBuffered <= 1)
+        #expect(outputs.isEmpty)
+        feed("\r\nSUBMIT f 3\nabc\n".utf8)
+        #expect(outputs.map(\.error?.code) == [.busy, nil])
+        #expect(outputs[0].error?.tag == tag("big"))
+        #expect(outputs[1].request?.command == .submit(.init(function: fn("f"), payload: ByteBuffer(string: "abc"))))
+        #expect(asked.map(\.length) == [size, 3])
+    }
+
     /// A block within the limit is buffered until complete, and no more than the block and its line break.
     @Test func acceptedBlockIsBufferedUpToItsSize() throws {
         var feed = DecoderFeed(GatewayRequestDecoder(maximumPayloadSize: 10_000))
