@@ -33,11 +33,23 @@ public struct GatewayConfiguration: Sendable {
     public var maximumLineLength = 8 * 1024
     public var maximumPayloadSize = 16 * 1024 * 1024
     public var maximumWatchesPerConnection = 1_000
+    public var maximumSubscriptionsPerConnection = 1_000
     public var maximumConnections = 10_000
     /// A connection with no complete request for this long, and nothing watched, waited on or subscribed, is closed.
     public var idleTimeout: Duration = .seconds(300)
     /// Replies and events queued for a client that does not read; past it the connection is closed.
     public var outputBufferLimit = 8 * 1024 * 1024
+    /// Bytes of `SUBMIT` blocks held across all connections, from the moment a block's line is read until its
+    /// submission is answered. A block that does not fit is refused (`BUSY`) and skipped unread, never waited for:
+    /// waiting could deadlock connections that each hold part of the room. At least `maximumPayloadSize`.
+    public var inputBufferLimit = 256 * 1024 * 1024
+    /// Longest a request may take to arrive whole, from its first byte (while the gateway reads); past it the
+    /// connection is closed with `REQUEST_TIMEOUT`, and what it had sent of the request is dropped.
+    public var requestTimeout: Duration = .seconds(60)
+    /// Wrong `AUTH`s one connection may send; the last is answered, then the connection is closed.
+    public var maximumAuthFailures = 10
+    /// Each wrong `AUTH` after the first is answered this much later, doubling with every further one (up to 32×).
+    public var authFailureDelay: Duration = .milliseconds(100)
     /// `WAIT` timeouts above this are cut to it.
     public var maximumWaitTimeout: Duration = .seconds(3_600)
 

@@ -115,6 +115,15 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var idleCheck: Scheduled<Void>?
     /// `WAIT`s (and `SUBMIT wait=`) in progress, by reply slot.
     private var waits: [Int: PendingWait] = [:]
+    /// Bytes of this connection's `SUBMIT` blocks counted in the gateway's input bound (`inputBufferLimit`): from
+    /// the moment a block's line is read until its submission is answered, or the session ends.
+    private var heldInput = 0
+    /// The length of the block the decoder reads now, admitted by `admit(_:)`.
+    private var admittedBlock: Int?
+    /// When the request now arriving began, while one is unfinished (for `requestTimeout`).
+    private var requestStarted: NIODeadline?
+    private var requestCheck: Scheduled<Void>?
+    private var authFailures = 0
 
     init(services: SessionServices) {
         self.services = services
@@ -148,6 +157,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         guard !isClosed else { return }
         isClosed = true
         idleCheck?.cancel()
+        requestCheck?.cancel()
+        releaseInput(heldInput)
         for wait in waits.values {
             wait.timer?.cancel()
             hub.removeWaiter(wait.token)
@@ -162,7 +173,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             do {
                 var buffer = input ?? ByteBuffer()
                 input = nil
-                while !stopsHandling, let item = try decoder.decodeLast(buffer: &buffer, seenEOF: true) { received(item) }
+                while !stopsHandling, let item = try decoder.decodeLast(buffer: &buffer, seenEOF: true, admittingBlock: admit) {
+                    blockEnded(with: item)
+                    received(item)
+                }
             } catch {
                 // A request that never arrived whole gets no reply; the ones before it still do.
                 services.logger.debug("connection closed inside a request", metadata: ["gateway.error": "\(error)"])
@@ -239,12 +253,59 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             buffer = pending
         }
         // Bad requests come back as values (each answered with its ERR); the decoder bounds what it keeps.
-        while !stopsHandling, !isClosed, let item = decoder.decode(buffer: &buffer) { received(item) }
-        if buffer.readableBytes > 0 {
-            // A short start of a request is copied out of the (possibly large) receive buffer; a long one (a block
-            // arriving in pieces) keeps its buffer, which the next reads append to.
-            input = buffer.readableBytes < 4_096 ? ByteBuffer(bytes: buffer.readableBytesView) : buffer
+        var decodedAny = false
+        while !stopsHandling, !isClosed, let item = decoder.decode(buffer: &buffer, admittingBlock: admit) {
+            decodedAny = true
+            blockEnded(with: item)
+            received(item)
         }
+        if buffer.readableBytes > 0 && !stopsHandling {
+            // The start of a line is copied out of the (possibly large) receive buffer; an admitted block arriving in
+            // pieces keeps its buffer, which the next reads append to (its bytes are counted in the input bound).
+            input = buffer.readableBytes < 4_096 || !decoder.isReadingBlock ? ByteBuffer(bytes: buffer.readableBytesView) : buffer
+        }
+        if input == nil && decoder.isAtLineStart {
+            requestStarted = nil
+        } else if requestStarted == nil || decodedAny {
+            // The unfinished request began in this read (what came before it was decoded whole).
+            requestStarted = .now()
+            if requestCheck == nil { scheduleRequestCheck(in: TimeAmount(configuration.requestTimeout)) }
+        }
+    }
+
+    /// Decides, once a `SUBMIT` line is read and before any of its block is, whether the block is read or skipped
+    /// unread: a request that cannot succeed costs no memory however large its block.
+    private func admit(_ block: GatewayBlockAnnouncement) -> GatewayRequestError? {
+        // Not while an AUTH read before it still waits to start: it may succeed.
+        if !isAuthenticated && unstarted.isEmpty {
+            return GatewayRequestError(tag: block.tag, code: .noAuth, message: "authenticate with AUTH first; the data block was skipped")
+        }
+        let limit = configuration.inputBufferLimit
+        if statistics.inputBuffered.add(block.length, ordering: .relaxed).newValue > limit {
+            statistics.inputBuffered.subtract(block.length, ordering: .relaxed)
+            return GatewayRequestError(
+                tag: block.tag,
+                code: .busy,
+                message: "the gateway holds its limit of \(limit) bytes of data blocks; this one was skipped, try again later"
+            )
+        }
+        heldInput += block.length
+        admittedBlock = block.length
+        return nil
+    }
+
+    /// The decoder finished the admitted block (if any): a `SUBMIT` keeps its bytes counted until it is answered.
+    private func blockEnded(with item: Result<GatewayRequest, GatewayRequestError>) {
+        guard let length = admittedBlock else { return }
+        admittedBlock = nil
+        if case .success(let request) = item, case .submit = request.command { return }
+        releaseInput(length)
+    }
+
+    private func releaseInput(_ bytes: Int) {
+        let bytes = min(bytes, heldInput)  // all of it is released when the session ends, maybe before a SUBMIT's answer
+        heldInput -= bytes
+        statistics.inputBuffered.subtract(bytes, ordering: .relaxed)
     }
 
     private func received(_ item: Result<GatewayRequest, GatewayRequestError>) {
@@ -289,6 +350,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .hello, .ping, .quit, .auth: break
         default:
             guard isAuthenticated else {
+                if case .submit(let submission) = request.command { releaseInput(submission.payload.readableBytes) }
                 return answer(slot, SessionReply(request.reply(.error(code: .noAuth, message: "authenticate with AUTH first"))))
             }
         }
@@ -303,9 +365,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .ping:
             answer(slot, SessionReply(request.reply(.pong)))
         case .auth(let secret):
-            let accepted = configuration.secrets.isEmpty || configuration.secrets.contains { Self.constantTimeEqual($0, secret) }
-            if accepted { isAuthenticated = true }
-            answer(slot, SessionReply(request.reply(accepted ? .ok : .error(code: .denied, message: "wrong secret"))))
+            if configuration.secrets.isEmpty || configuration.secrets.contains(where: { Self.constantTimeEqual($0, secret) }) {
+                isAuthenticated = true
+                answer(slot, SessionReply(request.reply(.ok)))
+            } else {
+                authFailed(request, slot: slot)
+            }
         case .quit:
             inputEnded = true
             stopsHandling = true
@@ -314,6 +379,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: hub.feed.followedCount)))))
         case .submit(let submission):
             services.submits.enqueue(submission, on: context.eventLoop).assumeIsolated().whenComplete { result in
+                self.releaseInput(submission.payload.readableBytes)
                 guard !self.isClosed else { return }
                 switch result {
                 case .success(let submitted):
@@ -352,10 +418,32 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             let token = JobID(rawValue: gatewayID.rawValue).flatMap { hub.watch(of: $0, outbox: target) }
             answer(slot, SessionReply(request.reply(.unwatched(gatewayID)), then: token.map { .unwatch($0) }))
         case .subscribe(let function):
+            let limit = configuration.maximumSubscriptionsPerConnection
+            guard hub.reserveSubscription(function.rawValue, outbox: target, limit: limit) else {
+                let error = GatewayReply.error(code: .tooManySubscriptions, message: "this connection already subscribes to \(limit) functions")
+                return answer(slot, SessionReply(request.reply(error)))
+            }
             answer(slot, SessionReply(request.reply(.subscribed(function)), then: .subscribe(function.rawValue, tag: request.tag)))
         case .unsubscribe(let function):
             answer(slot, SessionReply(request.reply(.unsubscribed(function)), then: .unsubscribe(function.rawValue)))
         }
+    }
+
+    /// A wrong secret: each further one is answered later (a timer, the event loop never waits), and the last one
+    /// allowed closes the connection, so guessing costs time and connections.
+    private func authFailed(_ request: GatewayRequest, slot: Int) {
+        statistics.authFailures.add(1, ordering: .relaxed)
+        authFailures += 1
+        let isLast = authFailures >= configuration.maximumAuthFailures
+        if isLast {
+            inputEnded = true
+            stopsHandling = true
+        }
+        let error = GatewayReply.error(code: .denied, message: isLast ? "wrong secret; too many wrong secrets, closing" : "wrong secret")
+        let reply = SessionReply(request.reply(error), then: isLast ? .close : nil)
+        guard authFailures > 1 else { return answer(slot, reply) }
+        let delay = configuration.authFailureDelay * (1 << min(authFailures - 2, 5))
+        context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(delay)) { self.answer(slot, reply) }
     }
 
     /// Looks a job up (batched with every session's lookups) and answers with what `reply` makes of it.
@@ -590,6 +678,35 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         inputEnded = true
         stopsHandling = true
         closeWhenWritten()
+    }
+
+    // MARK: Requests that do not arrive
+
+    private func scheduleRequestCheck(in delay: TimeAmount) {
+        requestCheck = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { self.checkRequestDeadline() }
+    }
+
+    /// Closes a connection whose unfinished request (a line or a block) began `requestTimeout` ago, dropping what it
+    /// sent of it: the idle timeout alone would let a stalled block hold its memory for minutes.
+    private func checkRequestDeadline() {
+        requestCheck = nil
+        guard !isClosed, !isClosing, !stopsHandling, !inputEnded, let started = requestStarted else { return }
+        let timeout = TimeAmount(configuration.requestTimeout)
+        guard mayRead else {
+            // The gateway, not the client, holds the request back: its time starts again once reading resumes.
+            requestStarted = .now()
+            return scheduleRequestCheck(in: timeout)
+        }
+        let elapsed = NIODeadline.now() - started
+        guard elapsed >= timeout else { return scheduleRequestCheck(in: timeout - elapsed) }
+        input = nil
+        requestStarted = nil
+        releaseInput(admittedBlock ?? 0)
+        admittedBlock = nil
+        inputEnded = true
+        stopsHandling = true
+        let error = GatewayReply.error(code: .requestTimeout, message: "a request took over \(configuration.requestTimeout) to arrive; closing")
+        answer(replies.reserve(), SessionReply(.reply(error), then: .close))
     }
 
     // MARK: Helpers

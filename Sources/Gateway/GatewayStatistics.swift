@@ -15,6 +15,10 @@ final class GatewayStatistics: Sendable {
     let backendErrors = Atomic<Int>(0)
     let slowConsumersClosed = Atomic<Int>(0)
     let legacyPolls = Atomic<Int>(0)
+    /// Wrong `AUTH`s, on all connections.
+    let authFailures = Atomic<Int>(0)
+    /// Bytes of `SUBMIT` blocks held now (a gauge, bounded by `inputBufferLimit`).
+    let inputBuffered = Atomic<Int>(0)
     /// Labelled counters and the push latency histogram (`GatewayMetrics.swift`).
     let metrics = GatewayMetricCounters()
 
@@ -27,7 +31,7 @@ final class GatewayStatistics: Sendable {
             stat("connections_refused", connectionsRefused), stat("commands", commands), stat("protocol_errors", protocolErrors),
             stat("jobs_submitted", jobsSubmitted), stat("jobs_joined", jobsJoined), stat("jobs_lost", jobsLost),
             stat("events_pushed", eventsPushed), stat("backend_errors", backendErrors), stat("slow_consumers_closed", slowConsumersClosed),
-            stat("legacy_polls", legacyPolls),
+            stat("legacy_polls", legacyPolls), stat("auth_failures", authFailures), stat("input_buffered_bytes", inputBuffered),
             GatewayStatistic("jobs_followed", String(watchedJobs)),
         ] + metrics.samples().map { GatewayStatistic($0.statisticName, $0.value) }
     }

@@ -63,6 +63,8 @@ final class PushHub: Sendable {
         var isShuttingDown = false
         /// outbox → the jobs it watches, for limits, UNWATCH and cleanup.
         var watchesByOutbox: [ObjectIdentifier: [JobID: Token]] = [:]
+        /// outbox → the functions it subscribed to or reserved (`reserveSubscription`), for limits and cleanup.
+        var subscriptionsByOutbox: [ObjectIdentifier: Set<String>] = [:]
 
         mutating func forget(_ token: Token, outbox: any PushTarget) {
             let key = ObjectIdentifier(outbox)
@@ -196,8 +198,7 @@ final class PushHub: Sendable {
     /// Whether the connection follows anything (then it is not idle).
     func isFollowing(outbox: any PushTarget) -> Bool {
         state.withLock { state in
-            state.watchesByOutbox[ObjectIdentifier(outbox)] != nil
-                || state.subscribers.values.contains { $0[ObjectIdentifier(outbox)] != nil }
+            state.watchesByOutbox[ObjectIdentifier(outbox)] != nil || state.subscriptionsByOutbox[ObjectIdentifier(outbox)] != nil
         }
     }
 
@@ -205,7 +206,7 @@ final class PushHub: Sendable {
     func removeAll(for outbox: any PushTarget) {
         let tokens = state.withLock { state in Array(state.watchesByOutbox[ObjectIdentifier(outbox)]?.values ?? [:].values) }
         for token in tokens { removeWatcher(token, outbox: outbox) }
-        let functions = state.withLock { state in state.subscribers.filter { $0.value[ObjectIdentifier(outbox)] != nil }.map(\.key) }
+        let functions = state.withLock { state in state.subscriptionsByOutbox[ObjectIdentifier(outbox)] ?? [] }
         for function in functions { unsubscribe(function, outbox: outbox) }
     }
 
@@ -291,15 +292,31 @@ final class PushHub: Sendable {
 
     // MARK: Subscribers
 
+    /// Claims room for a subscription when `SUBSCRIBE` is read (it starts when `SUBSCRIBED` is written); false when
+    /// the connection already has `limit` others. Subscribing again to the same function always fits.
+    func reserveSubscription(_ function: String, outbox: any PushTarget, limit: Int) -> Bool {
+        state.withLock { state in
+            let key = ObjectIdentifier(outbox)
+            if state.subscriptionsByOutbox[key]?.contains(function) == true { return true }
+            guard state.subscriptionsByOutbox[key, default: []].count < limit else { return false }
+            state.subscriptionsByOutbox[key, default: []].insert(function)
+            return true
+        }
+    }
+
     func subscribe(_ function: String, outbox: any PushTarget, tag: GatewayTag?) {
         let added = state.withLock { state in
-            state.subscribers[function, default: [:]].updateValue(Subscriber(outbox: outbox, tag: tag), forKey: ObjectIdentifier(outbox)) == nil
+            state.subscriptionsByOutbox[ObjectIdentifier(outbox), default: []].insert(function)
+            return state.subscribers[function, default: [:]].updateValue(Subscriber(outbox: outbox, tag: tag), forKey: ObjectIdentifier(outbox)) == nil
         }
         if added { feed.observeAllJobs(true) }
     }
 
     func unsubscribe(_ function: String, outbox: any PushTarget) {
         let removed = state.withLock { state -> Bool in
+            let key = ObjectIdentifier(outbox)
+            state.subscriptionsByOutbox[key]?.remove(function)
+            if state.subscriptionsByOutbox[key]?.isEmpty == true { state.subscriptionsByOutbox[key] = nil }
             guard state.subscribers[function]?.removeValue(forKey: ObjectIdentifier(outbox)) != nil else { return false }
             if state.subscribers[function]?.isEmpty == true { state.subscribers[function] = nil }
             return true

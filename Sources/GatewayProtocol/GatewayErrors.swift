@@ -35,6 +35,10 @@ public struct GatewayErrorCode: RawRepresentable, Hashable, Sendable, CustomStri
     public static let slowConsumer = GatewayErrorCode(known: "SLOW_CONSUMER")
     /// Extension: no complete request for the idle timeout while nothing was followed; the connection is closed.
     public static let idleTimeout = GatewayErrorCode(known: "IDLE_TIMEOUT")
+    /// Extension: `SUBSCRIBE` past the connection's subscription limit.
+    public static let tooManySubscriptions = GatewayErrorCode(known: "TOO_MANY_SUBSCRIPTIONS")
+    /// Extension: a request took longer than the request timeout to arrive whole; the connection is closed.
+    public static let requestTimeout = GatewayErrorCode(known: "REQUEST_TIMEOUT")
 
     public var description: String { rawValue }
 }

@@ -94,6 +94,30 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-watches"), help: "Jobs one connection may watch (ERR TOO_MANY_WATCHES). (default: 1000)")
     var maxWatches: Int?
 
+    @Option(name: .customLong("max-subscriptions"), help: "Functions one connection may subscribe to (ERR TOO_MANY_SUBSCRIPTIONS). (default: 1000)")
+    var maxSubscriptions: Int?
+
+    @Option(
+        name: .customLong("input-buffer"),
+        help: "Bytes of SUBMIT blocks held across all connections; a block that does not fit is skipped with ERR BUSY. (default: 268435456)"
+    )
+    var inputBuffer: Int?
+
+    @Option(
+        name: .customLong("request-timeout"),
+        help: "Seconds a request may take to arrive whole before the connection is closed (ERR REQUEST_TIMEOUT). (default: 60)"
+    )
+    var requestTimeout: Int?
+
+    @Option(name: .customLong("auth-failures"), help: "Wrong AUTHs after which a connection is closed. (default: 10)")
+    var authFailures: Int?
+
+    @Option(
+        name: .customLong("auth-delay"),
+        help: "Milliseconds the second wrong AUTH's answer is delayed, doubling with each further one up to 32 times. (default: 100)"
+    )
+    var authDelay: Int?
+
     @Option(name: .customLong("max-connections"), help: "Open connections; more get ERR BUSY and are closed. (default: 10000)")
     var maxConnections: Int?
 
@@ -189,6 +213,18 @@ struct Serve: AsyncParsableCommand {
         configuration.maximumPayloadSize = try settings.int("max-payload", maxPayload) ?? configuration.maximumPayloadSize
         configuration.maximumWatchesPerConnection = try settings.int("max-watches", maxWatches) ?? configuration.maximumWatchesPerConnection
         configuration.maximumConnections = try settings.int("max-connections", maxConnections) ?? configuration.maximumConnections
+        configuration.maximumSubscriptionsPerConnection =
+            try settings.int("max-subscriptions", maxSubscriptions) ?? configuration.maximumSubscriptionsPerConnection
+        configuration.inputBufferLimit = try settings.int("input-buffer", inputBuffer) ?? configuration.inputBufferLimit
+        if let seconds = try settings.int("request-timeout", requestTimeout) { configuration.requestTimeout = .seconds(seconds) }
+        configuration.maximumAuthFailures = try settings.int("auth-failures", authFailures) ?? configuration.maximumAuthFailures
+        if let milliseconds = try settings.int("auth-delay", authDelay) { configuration.authFailureDelay = .milliseconds(milliseconds) }
+        guard configuration.inputBufferLimit >= configuration.maximumPayloadSize else {
+            throw ValidationError("--input-buffer must be at least --max-payload, or no block of the largest size could ever be read")
+        }
+        guard configuration.requestTimeout > .zero, configuration.maximumAuthFailures > 0 else {
+            throw ValidationError("--request-timeout and --auth-failures must be positive")
+        }
         configuration.outputBufferLimit = try settings.int("output-buffer", outputBuffer) ?? configuration.outputBufferLimit
         configuration.resultTTL = try settings.int("result-ttl", resultTTL) ?? configuration.resultTTL
         if let seconds = try settings.int("idle-timeout", idleTimeout) { configuration.idleTimeout = .seconds(seconds) }

@@ -24,6 +24,8 @@ enum GatewayPrometheus {
         "slow_consumers_closed": ("jobgate_slow_consumers_closed_total", .counter, "Connections closed for not reading (SLOW_CONSUMER)."),
         "jobs_followed": ("jobgate_jobs_followed", .gauge, "Jobs watched or waited for now."),
         "legacy_polls": ("jobgate_legacy_polls_total", .counter, "Pipelined gearmand status polls by the legacy memcached bridge."),
+        "auth_failures": ("jobgate_auth_failures_total", .counter, "Wrong AUTH secrets (ERR DENIED)."),
+        "input_buffered_bytes": ("jobgate_input_buffered_bytes", .gauge, "Bytes of SUBMIT blocks held now, bounded by --input-buffer."),
         "watchers": ("jobgate_watchers", .gauge, "Watches registered now (WATCH), over all connections."),
         "event_streams_open": ("jobgate_event_streams_open", .gauge, "Job pages following a job now (Server-Sent Events)."),
         "push_latency_seconds": (
