@@ -1,3 +1,4 @@
+import Foundation
 import Gateway
 import GatewayProtocol
 import LocalServers
@@ -34,6 +35,44 @@ struct InputLimitsTests {
                 try await client.expectUsable()
             }
             #expect(try await inputBuffered(admin) == 0)
+        }
+    }
+
+    /// The same as seen from outside: a `jobgate serve` process that 16 unauthenticated connections each send most of
+    /// a 16 MB block grows by far less than those blocks (256 MB), since it skips them as they arrive.
+    @Test func unauthenticatedBlocksDoNotGrowTheProcess() async throws {
+        try await withGatewayStack { stack in
+            let port = try freeLoopbackPort()
+            let gateway = try LocalProcess(jobgateExecutable(), [
+                "serve", "--listen", "127.0.0.1:\(port)", "--gearman", stack.gearmand.address, "--redis", stack.redis.address,
+                "--secrets", "s3cret", "--log-level", "warning",
+            ])
+            defer { gateway.stop() }
+            try await eventually("jobgate serve to listen") { (try? await GatewayTestClient.connect(port: port)) != nil }
+            let before = try residentBytes(of: gateway.pid)
+            let size = 16_000_000
+            let clients = try await withThrowingTaskGroup(of: GatewayTestClient.self) { group in
+                for _ in 0..<16 {
+                    group.addTask {
+                        let client = try await GatewayTestClient.connect(port: port)
+                        try await client.send("SUBMIT reverse \(size)\n")
+                        try await client.send(bytes: [UInt8](repeating: UInt8(ascii: "x"), count: size - 100_000))
+                        return client
+                    }
+                }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            // The gateway reads as fast as it can: within a second it would hold what the kernel buffered, too.
+            var largest = 0
+            for _ in 0..<10 {
+                largest = max(largest, try residentBytes(of: gateway.pid))
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(largest - before < 32 << 20, "RSS grew from \(before >> 20) MiB to \(largest >> 20) MiB")
+            for client in clients {
+                try await client.send(bytes: [UInt8](repeating: UInt8(ascii: "x"), count: 100_000) + Array("\n".utf8))
+                try await client.expectError(.noAuth)
+            }
         }
     }
 
@@ -140,6 +179,12 @@ struct InputLimitsTests {
             #expect(try await admin.request("AUTH s3cret\n") == .reply(.ok))
             #expect(try await statistic(admin, "auth_failures") == "4")
         }
+    }
+
+    private func residentBytes(of pid: pid_t) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+        return try #require(Int(line.split(separator: " ")[1])) * 1024
     }
 
     private func inputBuffered(_ client: GatewayTestClient) async throws -> Int? {
