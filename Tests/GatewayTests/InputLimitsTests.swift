@@ -181,6 +181,13 @@ struct InputLimitsTests {
         }
     }
 
+    /// An input bound below the largest payload could never admit such a block: refused before anything starts.
+    @Test func inputBufferBelowMaximumPayloadIsRefused() async throws {
+        let arguments = ["serve", "--listen", "127.0.0.1:1", "--max-payload", "2000", "--input-buffer", "1000"]
+        let run = try await runProgram(jobgateExecutable(), arguments, timeout: .seconds(10))
+        #expect(run.status != 0 && run.errors.contains("--input-buffer must be at least --max-payload"), "\(run.errors)")
+    }
+
     private func residentBytes(of pid: pid_t) throws -> Int {
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
         let line = try #require(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
