@@ -105,6 +105,42 @@ struct InputLimitsTests {
         }
     }
 
+    /// Twelve connections each half way through a 1 MB block, with `inputBufferLimit` = 4 MB: the gateway holds
+    /// exactly four blocks' worth and never more; those four are submitted, the other eight answered `BUSY`.
+    @Test func manyConnectionsStayWithinTheInputBound() async throws {
+        try await withGatewayStack({
+            $0.inputBufferLimit = 4_000_000
+            $0.maximumPayloadSize = 1_000_000
+        }) { stack in
+            let size = 1_000_000
+            var clients: [GatewayTestClient] = []
+            for _ in 0..<12 {
+                let client = try await stack.connect()
+                try await client.send("SUBMIT reverse \(size)\n")
+                try await client.send(bytes: [UInt8](repeating: UInt8(ascii: "x"), count: size / 2))
+                clients.append(client)
+            }
+            try await eventually("four blocks to be admitted") { try await stack.statistic("input_buffered_bytes") == 4 * size }
+            for _ in 0..<5 {
+                #expect(try await stack.statistic("input_buffered_bytes") <= 4 * size)
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            var created = 0
+            var busy = 0
+            for client in clients {
+                try await client.send(bytes: [UInt8](repeating: UInt8(ascii: "x"), count: size / 2) + Array("\n".utf8))
+                switch try await client.next() {
+                case .reply(.created, nil): created += 1
+                case .reply(.error(.busy, _), nil): busy += 1
+                case let other: Issue.record("unexpected \(String(describing: other))")
+                }
+                try await client.expectUsable()
+            }
+            #expect(created == 4 && busy == 8)
+            try await eventually("every block to be released") { try await stack.statistic("input_buffered_bytes") == 0 }
+        }
+    }
+
     /// `requestTimeout`: a block or a line that stops arriving closes its connection with `REQUEST_TIMEOUT` (and
     /// releases what the block held) long before the idle timeout, while a client that keeps sending whole requests
     /// is served throughout.
