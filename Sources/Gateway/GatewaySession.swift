@@ -124,6 +124,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var requestStarted: NIODeadline?
     private var requestCheck: Scheduled<Void>?
     private var authFailures = 0
+    private var lastAuthFailureAnswer = NIODeadline.uptimeNanoseconds(0)
 
     init(services: SessionServices) {
         self.services = services
@@ -442,8 +443,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let error = GatewayReply.error(code: .denied, message: isLast ? "wrong secret; too many wrong secrets, closing" : "wrong secret")
         let reply = SessionReply(request.reply(error), then: isLast ? .close : nil)
         guard authFailures > 1 else { return answer(slot, reply) }
-        let delay = configuration.authFailureDelay * (1 << min(authFailures - 2, 5))
-        context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(delay)) { self.answer(slot, reply) }
+        // Counted from the previous wrong secret's answer, so pipelined guesses wait one after another.
+        let delay = TimeAmount(configuration.authFailureDelay * (1 << min(authFailures - 2, 5)))
+        lastAuthFailureAnswer = max(.now(), lastAuthFailureAnswer) + delay
+        context.eventLoop.assumeIsolated().scheduleTask(deadline: lastAuthFailureAnswer) { self.answer(slot, reply) }
     }
 
     /// Looks a job up (batched with every session's lookups) and answers with what `reply` makes of it.
