@@ -48,7 +48,8 @@ public struct GatewayConfiguration: Sendable {
     public var requestTimeout: Duration = .seconds(60)
     /// Wrong `AUTH`s one connection may send; the last is answered, then the connection is closed.
     public var maximumAuthFailures = 10
-    /// Each wrong `AUTH` after the first is answered this much later, doubling with every further one (up to 32×).
+    /// The second wrong `AUTH` is answered this long after the first, each further one twice as long after the one
+    /// before (up to 32×), pipelined or not.
     public var authFailureDelay: Duration = .milliseconds(100)
     /// `WAIT` timeouts above this are cut to it.
     public var maximumWaitTimeout: Duration = .seconds(3_600)

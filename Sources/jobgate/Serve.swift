@@ -114,7 +114,7 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .customLong("auth-delay"),
-        help: "Milliseconds the second wrong AUTH's answer is delayed, doubling with each further one up to 32 times. (default: 100)"
+        help: "Milliseconds between the answers to the first and second wrong AUTH, doubling for each further one up to 32 times. (default: 100)"
     )
     var authDelay: Int?
 
