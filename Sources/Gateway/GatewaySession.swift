@@ -286,7 +286,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     private func handle(_ request: GatewayRequest, slot: Int) {
         switch request.command {
-        case .hello, .ping, .quit, .auth: break
+        case .hello, .ping, .health, .quit, .auth: break
         default:
             guard isAuthenticated else {
                 return answer(slot, SessionReply(request.reply(.error(code: .noAuth, message: "authenticate with AUTH first"))))
@@ -312,6 +312,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             answer(slot, SessionReply(request.reply(.bye), then: .close))
         case .stats:
             answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: hub.feed.followedCount)))))
+        case .health:
+            answer(slot, SessionReply(request.reply(.health(statistics.backends.health()))))
         case .submit(let submission):
             services.submits.enqueue(submission, on: context.eventLoop).assumeIsolated().whenComplete { result in
                 guard !self.isClosed else { return }
