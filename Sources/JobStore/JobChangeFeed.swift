@@ -135,9 +135,6 @@ public final class JobChangeFeed: Service {
 
     // MARK: The link to Redis
 
-    /// The link now, from the subscriber's connection and the last check of notifications; no request to Redis.
-    public var link: Link { state.withLock { $0.link } }
-
     /// Tells `handler` each change of ``link`` (with the error when it went down), as it happens. Call it before
     /// `run()`. The first subscription counts as `up`: whoever runs the feed checks notifications before it starts.
     public func onLinkChange(_ handler: @escaping @Sendable (Link, (any Error)?) -> Void) {
