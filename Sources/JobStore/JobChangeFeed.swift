@@ -191,8 +191,7 @@ public final class JobChangeFeed: Service {
                 for await event in self.subscriber.events {
                     if case .subscribed(isReconnect: true) = event {
                         // A restarted Redis forgets a CONFIG SET that was not also written to redis.conf.
-                        let generation = self.state.withLock { $0.linkGeneration }
-                        group.addTask { await self.enableNotifications(generation: generation) }
+                        group.addTask { await self.enableNotifications() }
                     }
                     self.handle(event)
                 }
@@ -234,10 +233,12 @@ public final class JobChangeFeed: Service {
     /// Switches keyspace notifications on again, retrying until Redis takes it (its command connections may
     /// still be backing off from the outage), then re-reads everything followed: changes made while they were
     /// off sent no notification.
-    private func enableNotifications(generation: Int) async {
+    private func enableNotifications() async {
         var failures = 0
         while !Task.isCancelled {
             do {
+                // The subscription this check is for: one made while it runs may be to a Redis restarted since.
+                let generation = state.withLock { $0.linkGeneration }
                 try await KeyspaceNotifications.ensureEnabled(on: store.redis)
                 notificationsConfirmed(generation: generation)
                 state.withLock { $0.dirty.formUnion($0.followed.keys) }

@@ -163,8 +163,9 @@ public final class RedisSubscriber: Sendable {
             for confirmation in confirmations {
                 try Self.check(try await confirmation.get())
             }
-            buffer.yield(.subscribed(isReconnect: isReconnect))
+            // Reported before the event is queued, so a consumer of the event already sees the new link.
             report(.subscribed(isReconnect: isReconnect))
+            buffer.yield(.subscribed(isReconnect: isReconnect))
             logger.debug("Redis subscriber subscribed", metadata: ["redis.reconnect": "\(isReconnect)"])
 
             try await withThrowingTaskGroup(of: Void.self) { group in
