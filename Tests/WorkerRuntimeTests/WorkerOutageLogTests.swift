@@ -1,3 +1,4 @@
+import Foundation
 import Gearman
 import InMemoryLogging
 import JobStore
@@ -38,6 +39,29 @@ struct WorkerOutageLogTests {
             #expect(notices.map(\.message.description) == ["Redis reachable again"])
             let outage = notices.first?.metadata["redis.outage_ms"].flatMap { Int("\($0)") } ?? 0
             #expect(outage >= 500, "Redis was gone at least 500 ms")
+        }
+    }
+
+    /// `jobgate worker --log-format json`: every line is a JSON object, and the gearmand outage is there as fields.
+    @Test func jsonLogsOfTheCommand() async throws {
+        try await withWorkerServers { redis, gearmand, _, gearman in
+            let process = try startWorkerCommand(gearmand: gearmand, redis: redis, ["--log-format", "json", "--function", "noop", "--", "/bin/true"])
+            defer { process.stop() }
+            try await waitForWorker(gearman, function: "noop")
+            gearmand.kill()
+            try await eventually("the outage to be logged") { process.log.contains("gearmand unreachable") }
+            try await Task.sleep(for: .milliseconds(300))
+            try await gearmand.restart()
+            try await eventually("the recovery to be logged", timeout: .seconds(15)) { process.log.contains("gearmand reachable again") }
+            let entries = try process.log.split(separator: "\n").map { line in
+                try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(line)")
+            }
+            let notice = try #require(entries.first { $0["message"] as? String == "gearmand reachable again" })
+            #expect(notice["level"] as? String == "notice")
+            #expect(notice["label"] as? String == "jobgate.worker")
+            #expect(notice["gearman.server"] as? String == gearmand.address)
+            #expect((notice["gearman.outage_ms"] as? String).flatMap { Int($0) }.map { $0 >= 300 } == true)
+            #expect(entries.allSatisfy { $0["time"] is String && $0["level"] is String && $0["message"] is String })
         }
     }
 
