@@ -1,38 +1,59 @@
 import GatewayProtocol
 import JobStore
 import NIOCore
+import Prometheus
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The counters beyond `GatewayStatistics`' plain ones: by verb, by outcome, by backend, and the push latency
-/// histogram. `STATS` and `/metrics` both read them, so they always agree.
+/// The labelled figures beside `GatewayStatistics`' plain ones: by verb, by outcome, by backend, and the push
+/// latency histogram, registered in the gateway's Prometheus registry so `/metrics` and `STATS` both show them.
 final class GatewayMetricCounters: Sendable {
     /// Upper bounds of the push latency buckets, in seconds.
     static let latencyBuckets: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
     static let backends = ["redis", "gearmand"]
     static let outcomes = ["done", "failed", "lost", "expired"]
+    static let verbs = [
+        "HELLO", "AUTH", "SUBMIT", "STATUS", "RESULT", "WAIT", "WATCH", "UNWATCH", "SUBSCRIBE", "UNSUBSCRIBE", "PING", "STATS", "HEALTH", "QUIT",
+    ]
 
-    private struct State {
-        var commandsByVerb: [String: Int] = [:]
-        var jobsEnded: [String: Int] = [:]
-        var backendErrors: [String: Int] = [:]
-        var backendReconnects: [String: Int] = [:]
-        var backendDown: Set<String> = []
-        /// Counts per bucket (not cumulative), the last one for above every bound.
-        var latencyCounts = [Int](repeating: 0, count: GatewayMetricCounters.latencyBuckets.count + 1)
-        var latencySum = 0.0
-        var eventStreamsOpen = 0
+    private let commandsByVerb: [String: Counter]
+    private let jobsEnded: [String: Counter]
+    private let backendErrors: [String: Counter]
+    private let backendReconnects: [String: Counter]
+    private let pushLatency: ValueHistogram
+    private let eventStreamsOpen: Gauge
+    /// Backends whose last request failed: the next success is a reconnect.
+    private let backendDown = Mutex<Set<String>>([])
+    /// Watchers registered in the push hub (set once the hub exists), read on each scrape.
+    private let watcherCount = Mutex<(@Sendable () -> Int)?>(nil)
+    private let watchers: Gauge
+
+    init(registry: PrometheusCollectorRegistry) {
+        func counters(_ name: String, _ label: String, _ values: [String], _ help: String) -> [String: Counter] {
+            Dictionary(uniqueKeysWithValues: values.map { ($0, registry.counter(name, labels: [(label, $0)], help: help)) })
+        }
+        commandsByVerb = counters("jobgate_commands_total", "verb", Self.verbs, "Well-formed requests, by verb.")
+        jobsEnded = counters(
+            "jobgate_jobs_ended_total", "state", Self.outcomes,
+            "Jobs this gateway followed (watched, waited for, subscribed to) that ended, by outcome."
+        )
+        backendErrors = counters("jobgate_backend_errors_total", "backend", Self.backends, "Failed requests to a backend, by backend.")
+        backendReconnects = counters(
+            "jobgate_backend_reconnects_total", "backend", Self.backends, "A backend answering requests again after failing, by backend."
+        )
+        pushLatency = registry.histogram(
+            "jobgate_push_latency_seconds", buckets: Self.latencyBuckets,
+            help: "From the worker's terminal write (the record's finished time) to the terminal event sent to a client."
+        )
+        eventStreamsOpen = registry.gauge("jobgate_event_streams_open", help: "Job pages following a job now (Server-Sent Events).")
+        watchers = registry.gauge("jobgate_watchers", help: "Watches registered now (WATCH), over all connections.")
     }
 
-    private let state = Mutex(State())
-    /// Watchers registered in the push hub (set once the hub exists).
-    private let watcherCount = Mutex<(@Sendable () -> Int)?>(nil)
-
     func countCommand(_ verb: String) {
-        state.withLock { $0.commandsByVerb[verb, default: 0] += 1 }
+        commandsByVerb[verb]?.increment()
     }
 
     /// A followed job ended (`record == nil`: its record expired); `pushes` events carried the outcome out.
@@ -43,7 +64,7 @@ final class GatewayMetricCounters: Sendable {
         case .failed: outcome = record?.reason.map { $0.readableBytesView.starts(with: "lost".utf8) } == true ? "lost" : "failed"
         default: outcome = "expired"
         }
-        state.withLock { $0.jobsEnded[outcome, default: 0] += 1 }
+        jobsEnded[outcome]?.increment()
         if let finished = record?.finished {
             for _ in 0..<pushes { observePushLatency(finishedMilliseconds: finished) }
         }
@@ -51,72 +72,30 @@ final class GatewayMetricCounters: Sendable {
 
     /// Time from the worker's terminal write (the record's `finished`, Unix ms) to now, when its event goes out.
     func observePushLatency(finishedMilliseconds: Int64) {
-        let seconds = max(0, Double(Self.unixMilliseconds() - finishedMilliseconds) / 1000)
-        let bucket = Self.latencyBuckets.firstIndex { seconds <= $0 } ?? Self.latencyBuckets.count
-        state.withLock { state in
-            state.latencyCounts[bucket] += 1
-            state.latencySum += seconds
-        }
+        pushLatency.record(max(0, Double(Self.unixMilliseconds() - finishedMilliseconds) / 1000))
     }
 
     /// `backend` (`Redis` or `gearmand`, any case) failed a request.
     func backendFailed(_ backend: String) {
         let name = backend.lowercased()
-        state.withLock { state in
-            state.backendErrors[name, default: 0] += 1
-            state.backendDown.insert(name)
-        }
+        backendErrors[name]?.increment()
+        backendDown.withLock { _ = $0.insert(name) }
     }
 
     /// `backend` answered: after a failure, that is a reconnect.
     func backendSucceeded(_ backend: String) {
         let name = backend.lowercased()
-        state.withLock { state in
-            if state.backendDown.remove(name) != nil { state.backendReconnects[name, default: 0] += 1 }
-        }
+        if backendDown.withLock({ $0.remove(name) }) != nil { backendReconnects[name]?.increment() }
     }
 
-    func eventStreamOpened() { state.withLock { $0.eventStreamsOpen += 1 } }
-    func eventStreamClosed() { state.withLock { $0.eventStreamsOpen -= 1 } }
+    func eventStreamOpened() { eventStreamsOpen.increment() }
+    func eventStreamClosed() { eventStreamsOpen.decrement() }
 
     func countWatchers(_ count: @escaping @Sendable () -> Int) { watcherCount.withLock { $0 = count } }
 
-    /// Every figure, by name and labels; `STATS` and `/metrics` are both written from this.
-    func samples() -> [GatewayMetricSample] {
-        let watchers = watcherCount.withLock { $0 }?() ?? 0
-        return state.withLock { state in
-            var samples: [GatewayMetricSample] = []
-            for verb in Self.verbs {
-                samples.append(.init("commands_by_verb", ["verb": verb], state.commandsByVerb[verb, default: 0]))
-            }
-            for outcome in Self.outcomes {
-                samples.append(.init("jobs_ended", ["state": outcome], state.jobsEnded[outcome, default: 0]))
-            }
-            for backend in Self.backends {
-                samples.append(.init("backend_errors_by_backend", ["backend": backend], state.backendErrors[backend, default: 0]))
-            }
-            for backend in Self.backends {
-                samples.append(.init("backend_reconnects", ["backend": backend], state.backendReconnects[backend, default: 0]))
-            }
-            samples.append(.init("watchers", [:], watchers))
-            samples.append(.init("event_streams_open", [:], state.eventStreamsOpen))
-            var cumulative = 0
-            for (index, bound) in Self.latencyBuckets.enumerated() {
-                cumulative += state.latencyCounts[index]
-                samples.append(.init("push_latency_seconds_bucket", ["le": Self.format(bound)], cumulative))
-            }
-            cumulative += state.latencyCounts.last!
-            samples.append(.init("push_latency_seconds_bucket", ["le": "+Inf"], cumulative))
-            samples.append(GatewayMetricSample(name: "push_latency_seconds_sum", labels: [], value: Self.format(state.latencySum)))
-            samples.append(.init("push_latency_seconds_count", [:], cumulative))
-            return samples
-        }
-    }
-
-    static let verbs = ["HELLO", "AUTH", "SUBMIT", "STATUS", "RESULT", "WAIT", "WATCH", "UNWATCH", "SUBSCRIBE", "UNSUBSCRIBE", "PING", "STATS", "QUIT"]
-
-    static func format(_ value: Double) -> String {
-        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+    /// Sets the figures that are read rather than counted.
+    func refresh() {
+        watchers.set(Double(watcherCount.withLock { $0 }?() ?? 0))
     }
 
     static func unixMilliseconds() -> Int64 {
@@ -126,28 +105,49 @@ final class GatewayMetricCounters: Sendable {
     }
 }
 
-/// One figure: `name{labels} value`.
-struct GatewayMetricSample: Sendable, Equatable {
-    var name: String
-    var labels: [(String, String)]
-    var value: String
-
-    init(name: String, labels: [(String, String)], value: String) {
-        self.name = name
-        self.labels = labels
-        self.value = value
+/// A counter or gauge with the calls of the `Atomic<Int>` each one was before it moved into the registry, so the
+/// places that count stay as they were. `ordering` is accepted for that and has no effect.
+struct GatewayFigure: Sendable {
+    private enum Metric: Sendable {
+        case counter(Counter)
+        case gauge(Gauge)
     }
 
-    init(_ name: String, _ labels: KeyValuePairs<String, String>, _ value: Int) {
-        self.init(name: name, labels: labels.map { ($0.key, $0.value) }, value: String(value))
+    private let metric: Metric
+
+    static func counter(_ registry: PrometheusCollectorRegistry, _ name: String, _ help: String) -> GatewayFigure {
+        GatewayFigure(metric: .counter(registry.counter(name, help: help)))
     }
 
-    static func == (a: Self, b: Self) -> Bool {
-        a.name == b.name && a.value == b.value && a.labels.elementsEqual(b.labels) { $0 == $1 }
+    static func gauge(_ registry: PrometheusCollectorRegistry, _ name: String, _ help: String) -> GatewayFigure {
+        GatewayFigure(metric: .gauge(registry.gauge(name, help: help)))
     }
 
-    /// As a `STATS` line name: `commands_by_verb{verb=SUBMIT}` (one word, no quotes).
-    var statisticName: String {
-        labels.isEmpty ? name : name + "{" + labels.map { "\($0.0)=\($0.1)" }.joined(separator: ",") + "}"
+    func add(_ amount: Int, ordering: AtomicUpdateOrdering = .relaxed) {
+        switch metric {
+        case .counter(let counter): counter.increment(by: Int64(amount))
+        case .gauge(let gauge): gauge.increment(by: Double(amount))
+        }
+    }
+
+    /// Gauges only: a counter never goes down.
+    func subtract(_ amount: Int, ordering: AtomicUpdateOrdering = .relaxed) {
+        guard case .gauge(let gauge) = metric else { preconditionFailure("a counter never goes down") }
+        gauge.decrement(by: Double(amount))
+    }
+}
+
+extension PrometheusCollectorRegistry {
+    /// A counter named exactly `name` (the descriptor's namespace and unit parts are not used), with its help line.
+    func counter(_ name: String, labels: [(String, String)] = [], help: String) -> Counter {
+        makeCounter(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+    }
+
+    func gauge(_ name: String, labels: [(String, String)] = [], help: String) -> Gauge {
+        makeGauge(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: labels)
+    }
+
+    func histogram(_ name: String, buckets: [Double], help: String) -> ValueHistogram {
+        makeValueHistogram(descriptor: MetricNameDescriptor(metricName: name, unitName: "", helpText: help), labels: [], buckets: buckets)
     }
 }

@@ -5,6 +5,7 @@ public import Logging
 import Memcache
 import NIOCore
 import NIOPosix
+public import Prometheus
 import Redis
 public import ServiceLifecycle
 import Synchronization
@@ -16,6 +17,9 @@ import Synchronization
 /// flight and closes each connection.
 public final class GatewayServer: Service {
     public let configuration: GatewayConfiguration
+    /// Where the gateway's metrics live (`/metrics`, `STATS`): its own unless given one, so that several gateways
+    /// can run in one process. `jobgate serve` passes the one it bootstraps swift-metrics' `MetricsSystem` with.
+    public let metrics: PrometheusCollectorRegistry
     private let logger: Logger
     private let listening = Mutex<ListenState>(.init())
     private let httpAddress = ListeningAddress()
@@ -26,8 +30,13 @@ public final class GatewayServer: Service {
         var failure: (any Error)?
     }
 
-    public init(configuration: GatewayConfiguration, logger: Logger = Logger(label: "jobgate.gateway")) {
+    public init(
+        configuration: GatewayConfiguration,
+        metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+        logger: Logger = Logger(label: "jobgate.gateway")
+    ) {
         self.configuration = configuration
+        self.metrics = metrics
         self.logger = logger
     }
 
@@ -66,7 +75,12 @@ public final class GatewayServer: Service {
     }
 
     private func serve() async throws {
-        let statistics = GatewayStatistics()
+        let backends = BackendStatus(
+            redisServer: "\(configuration.redis.host):\(configuration.redis.port)",
+            gearmandServers: configuration.gearmanServers.map { "\($0)" },
+            logger: logger
+        )
+        let statistics = GatewayStatistics(registry: metrics, backends: backends)
         let redis = RedisConnectionPool(configuration: configuration.redis, size: 4, logger: logger)
         var storeConfiguration = JobStoreConfiguration()
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
@@ -77,6 +91,7 @@ public final class GatewayServer: Service {
             return try await JobIDMinter.load(from: redis, prefix: configuration.keyPrefix)
         }
         let feed = JobChangeFeed(store: store, sweepInterval: configuration.sweepInterval, logger: logger)
+        feed.onLinkChange { link, error in backends.redisChanged(link, error: error) }
         let hub = PushHub(feed: feed, statistics: statistics)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let legacy = try makeLegacyBridge(store: store, gearman: gearman, statistics: statistics)
@@ -89,6 +104,7 @@ public final class GatewayServer: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run(delivering: hub.deliver) }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
+                group.addTask { await backends.follow(gearman) }
                 if let legacy {
                     group.addTask { await legacy.run(followed: { hub.followedIDs }) }
                 }

@@ -348,7 +348,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     private func handle(_ request: GatewayRequest, slot: Int) {
         switch request.command {
-        case .hello, .ping, .quit, .auth: break
+        case .hello, .ping, .health, .quit, .auth: break
         default:
             guard isAuthenticated else {
                 if case .submit(let submission) = request.command { releaseInput(submission.payload.readableBytes) }
@@ -378,6 +378,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             answer(slot, SessionReply(request.reply(.bye), then: .close))
         case .stats:
             answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: hub.feed.followedCount)))))
+        case .health:
+            answer(slot, SessionReply(request.reply(.health(statistics.backends.health()))))
         case .submit(let submission):
             services.submits.enqueue(submission, on: context.eventLoop).assumeIsolated().whenComplete { result in
                 self.releaseInput(submission.payload.readableBytes)

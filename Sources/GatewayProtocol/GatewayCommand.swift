@@ -51,6 +51,8 @@ public enum GatewayCommand: Hashable, Sendable {
     case ping
     /// `STATS` → `STATS <bytes>` + `name value` lines
     case stats
+    /// `HEALTH` → `HEALTH ready|not-ready <check>=<state>…` (*extension*)
+    case health
     /// `QUIT` → `BYE`, then the server closes
     case quit
 
@@ -69,6 +71,7 @@ public enum GatewayCommand: Hashable, Sendable {
         case .unsubscribe: "UNSUBSCRIBE"
         case .ping: "PING"
         case .stats: "STATS"
+        case .health: "HEALTH"
         case .quit: "QUIT"
         }
     }

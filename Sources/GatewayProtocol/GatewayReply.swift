@@ -47,6 +47,8 @@ public enum GatewayReply: Hashable, Sendable {
     case pong
     /// `STATS <bytes>` + one `name value` line (LF-terminated) per statistic.
     case stats([GatewayStatistic])
+    /// `HEALTH ready|not-ready <check>=<state>…` (*extension*).
+    case health(GatewayHealth)
     /// `BYE`
     case bye
     /// `ERR <code> <message>`; the message is written on one line (control characters become spaces).
@@ -124,5 +126,36 @@ public struct GatewayStatistic: Hashable, Sendable {
     public init(_ name: String, _ value: String) {
         self.name = name
         self.value = value
+    }
+}
+
+/// The `HEALTH` reply: whether the gateway can serve, and the state of each backend it needs.
+///
+/// `HEALTH ready redis=up gearmand=2/2` or `HEALTH not-ready redis=down gearmand=1/2`. Checks are `name=value`
+/// words, in the order the server wrote them; a client should ignore checks it does not know.
+public struct GatewayHealth: Hashable, Sendable {
+    public struct Check: Hashable, Sendable {
+        /// One word without `=`; written as one word (whitespace, control characters and `=` become `_`).
+        public var name: String
+        /// One word; written as one word (whitespace and control characters become `_`).
+        public var value: String
+
+        public init(_ name: String, _ value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    public var isReady: Bool
+    public var checks: [Check]
+
+    public init(isReady: Bool, checks: [Check]) {
+        self.isReady = isReady
+        self.checks = checks
+    }
+
+    /// The value of the check `name`, if the server wrote it.
+    public subscript(check name: String) -> String? {
+        checks.first { $0.name == name }?.value
     }
 }

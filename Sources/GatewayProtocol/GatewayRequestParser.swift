@@ -103,6 +103,9 @@ enum GatewayRequestParser {
             case "STATS":
                 try expect(arguments, verb, usage: "")
                 command = .stats
+            case "HEALTH":
+                try expect(arguments, verb, usage: "")
+                command = .health
             case "QUIT":
                 try expect(arguments, verb, usage: "")
                 command = .quit

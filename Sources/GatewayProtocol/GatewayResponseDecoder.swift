@@ -195,6 +195,20 @@ public struct GatewayResponseDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
             )
         case "OK": _ = try arguments(0); return reply(.ok)
         case "PONG": _ = try arguments(0); return reply(.pong)
+        case "HEALTH":
+            guard words.count >= 2 else { throw malformed("HEALTH needs ready or not-ready") }
+            let isReady: Bool
+            switch String(decoding: words[1], as: UTF8.self) {
+            case "ready": isReady = true
+            case "not-ready": isReady = false
+            default: throw malformed("HEALTH must say ready or not-ready")
+            }
+            var checks: [GatewayHealth.Check] = []
+            for word in words.dropFirst(2) {
+                guard let equals = word.firstIndex(of: .equals), equals != word.startIndex else { throw malformed("a HEALTH check is name=value") }
+                checks.append(.init(String(decoding: word[..<equals], as: UTF8.self), String(decoding: word[(equals + 1)...], as: UTF8.self)))
+            }
+            return reply(.health(GatewayHealth(isReady: isReady, checks: checks)))
         case "BYE": _ = try arguments(0); return reply(.bye)
         case "CREATED": return reply(.created(try id(arguments(1)[0])))
         case "EXISTS": return reply(.exists(try id(arguments(1)[0])))

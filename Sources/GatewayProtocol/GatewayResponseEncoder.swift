@@ -48,6 +48,13 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
                 block.writeString("\(GatewaySyntax.oneWord(statistic.name)) \(GatewaySyntax.oneLine(statistic.value))\n")
             }
             writeBlock("STATS ", block, into: &out)
+        case .health(let health):
+            var line = health.isReady ? "HEALTH ready" : "HEALTH not-ready"
+            for check in health.checks {
+                let name = String(GatewaySyntax.oneWord(check.name).map { $0 == "=" ? "_" : $0 })
+                line += " \(name)=\(GatewaySyntax.oneWord(check.value))"
+            }
+            out.writeString(line + "\r\n")
         case .bye: out.writeString("BYE\r\n")
         case .error(let code, let message):
             let text = GatewaySyntax.oneLine(message)
@@ -116,7 +123,7 @@ public struct GatewayRequestEncoder: MessageToByteEncoder, Sendable {
             out.writeString("\(tag)WAIT \(id) \(timeout)\r\n")
         case .subscribe(let function), .unsubscribe(let function):
             out.writeString("\(tag)\(request.command.verb) \(function)\r\n")
-        case .hello, .ping, .stats, .quit:
+        case .hello, .ping, .stats, .health, .quit:
             out.writeString("\(tag)\(request.command.verb)\r\n")
         }
     }

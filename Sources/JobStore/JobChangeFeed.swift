@@ -59,6 +59,18 @@ public final class JobChangeFeed: Service {
         var recentlyEndedOrder: [JobID] = []
         var isReady = false
         var readyWaiters: [CheckedContinuation<Void, Never>] = []
+        var link = Link.down
+        /// Counts subscriptions, so that a late confirmation of notifications is not taken for a newer connection's.
+        var linkGeneration = 0
+        var linkHandler: (@Sendable (Link, (any Error)?) -> Void)?
+    }
+
+    /// Whether the feed sees changes: subscribed, with keyspace notifications known to be on.
+    public enum Link: Sendable, Hashable {
+        case down
+        /// Subscribed again after an outage; notifications are being checked (a restarted Redis may have them off).
+        case notificationsUnconfirmed
+        case up
     }
 
     static let recentlyEndedLimit = 100_000
@@ -121,6 +133,39 @@ public final class JobChangeFeed: Service {
         }
     }
 
+    // MARK: The link to Redis
+
+    /// Tells `handler` each change of ``link`` (with the error when it went down), as it happens. Call it before
+    /// `run()`. The first subscription counts as `up`: whoever runs the feed checks notifications before it starts.
+    public func onLinkChange(_ handler: @escaping @Sendable (Link, (any Error)?) -> Void) {
+        state.withLock { $0.linkHandler = handler }
+    }
+
+    private func subscriberLinkChanged(_ change: RedisSubscriberLink) {
+        let (handler, link, error) = state.withLock { state -> ((@Sendable (Link, (any Error)?) -> Void)?, Link, (any Error)?) in
+            let old = state.link
+            switch change {
+            case .subscribed(let isReconnect):
+                state.linkGeneration += 1
+                state.link = isReconnect ? .notificationsUnconfirmed : .up
+                return (old == state.link ? nil : state.linkHandler, state.link, nil)
+            case .lost(let error):
+                state.link = .down
+                return (old == .down ? nil : state.linkHandler, .down, error)
+            }
+        }
+        handler?(link, error)
+    }
+
+    private func notificationsConfirmed(generation: Int) {
+        let handler = state.withLock { state -> (@Sendable (Link, (any Error)?) -> Void)? in
+            guard state.linkGeneration == generation, state.link == .notificationsUnconfirmed else { return nil }
+            state.link = .up
+            return state.linkHandler
+        }
+        handler?(.up, nil)
+    }
+
     // MARK: Running
 
     public func run() async throws {
@@ -137,6 +182,7 @@ public final class JobChangeFeed: Service {
             self.connectReader()
         }.get()
         subscriber.onMessage { message in self.noteChange(message) }
+        subscriber.onLinkChange { change in self.subscriberLinkChanged(change) }
         defer { stopReading() }
         try await cancelWhenGracefulShutdown {
             try await withThrowingDiscardingTaskGroup { group in
@@ -191,7 +237,10 @@ public final class JobChangeFeed: Service {
         var failures = 0
         while !Task.isCancelled {
             do {
+                // The subscription this check is for: one made while it runs may be to a Redis restarted since.
+                let generation = state.withLock { $0.linkGeneration }
                 try await KeyspaceNotifications.ensureEnabled(on: store.redis)
+                notificationsConfirmed(generation: generation)
                 state.withLock { $0.dirty.formUnion($0.followed.keys) }
                 wakeReader()
                 return

@@ -5,6 +5,7 @@ public import NIOCore
 import NIOPosix
 public import Redis
 public import ServiceLifecycle
+import Synchronization
 
 /// Runs one job: gets the job as gearmand handed it (payload, unique, handle, function) and a context to
 /// report progress; returns the result bytes, or throws to fail the job (the error is the reason, see
@@ -143,6 +144,8 @@ struct JobRunner: Sendable {
     let legacy: LegacyResultStore?
     let configuration: JobWorkerConfiguration
     let logger: Logger
+    /// Shared by the jobs running at once, so an outage is logged once, not once per job and retry.
+    let redisOutage = OutageClock()
 
     // MARK: One job
 
@@ -227,12 +230,18 @@ struct JobRunner: Sendable {
         while true {
             do {
                 let value = try await body()
+                if let outage = redisOutage.ended() {
+                    logger.notice("Redis reachable again", metadata: ["redis.outage_ms": "\(outage)", "job.step": "\(what)"])
+                }
                 if attempt > 0 { logger.info("job store reachable again", metadata: ["job.step": "\(what)", "job.attempts": "\(attempt + 1)"]) }
                 return value
             } catch {
                 attempt += 1
                 let delay = configuration.storeBackoff.delay(attempt: attempt)
-                logger.warning(
+                if redisOutage.began() {
+                    logger.warning("Redis unreachable", metadata: ["jobstore.error": "\(error)", "job.step": "\(what)"])
+                }
+                logger.info(
                     "job store write failed; retrying",
                     metadata: ["job.step": "\(what)", "jobstore.error": "\(error)", "job.retry_in": "\(delay)"]
                 )
@@ -258,5 +267,26 @@ struct JobRunner: Sendable {
                 try? await Task.sleep(for: configuration.storeBackoff.delay(attempt: attempt))
             }
         }
+    }
+}
+
+/// A backend's outage as the worker sees it through its writes: the first failure starts it, the next success ends it.
+final class OutageClock: Sendable {
+    private let since = Mutex<ContinuousClock.Instant?>(nil)
+
+    /// True when this failure starts an outage (log it then, not on every retry).
+    func began() -> Bool {
+        since.withLock { since in
+            guard since == nil else { return false }
+            since = .now
+            return true
+        }
+    }
+
+    /// The outage's length in milliseconds, when this success ends one.
+    func ended() -> Int64? {
+        guard let start = since.withLock({ since in defer { since = nil }; return since }) else { return nil }
+        let length = ContinuousClock.now - start
+        return length.components.seconds * 1000 + length.components.attoseconds / 1_000_000_000_000_000
     }
 }

@@ -4,6 +4,8 @@ import Gateway
 import Gearman
 import Logging
 import Memcache
+import Metrics
+import Prometheus
 import Redis
 import ServiceLifecycle
 import UnixSignals
@@ -139,18 +141,20 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (default: info)")
     var logLevel: String?
 
+    @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line. (default: text)")
+    var logFormat: String?
+
     func run() async throws {
         GlibcMalloc.limitArenas()
         let settings = try Settings(file: config)
         let configuration = try makeConfiguration(settings)
         let level = Logger.Level(rawValue: settings.value("log-level", logLevel) ?? "info") ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        try LogFormat(option: settings.value("log-format", logFormat) ?? "text").bootstrap(level: level)
         let logger = Logger(label: "jobgate.gateway")
-        let server = GatewayServer(configuration: configuration, logger: logger)
+        // One registry for the process: the gateway's own metrics, and whatever a library reports through swift-metrics.
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let server = GatewayServer(configuration: configuration, metrics: registry, logger: logger)
         let group = ServiceGroup(
             configuration: .init(services: [server, GlibcMalloc.Trimmer()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )

@@ -101,6 +101,9 @@ struct Worker: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: LogLevel = LogLevel(.info)
 
+    @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line.")
+    var logFormat: LogFormat = .text
+
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The program to run for each job, after `--`.", valueName: "command"))
     var command: [String] = []
 
@@ -120,12 +123,7 @@ struct Worker: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logLevel = self.logLevel.level
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = logLevel
-            return handler
-        }
+        logFormat.bootstrap(level: logLevel.level)
         let logger = Logger(label: "jobgate.worker")
 
         let password = redisPassword ?? ProcessInfo.processInfo.environment["JOBGATE_REDIS_PASSWORD"]

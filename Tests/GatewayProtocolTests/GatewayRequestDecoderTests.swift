@@ -22,6 +22,8 @@ import Testing
         ("UNSUBSCRIBE image.resize/v2", .unsubscribe(fn("image.resize/v2"))),
         ("PING", .ping),
         ("STATS", .stats),
+        ("HEALTH", .health),
+        ("health", .health),
         ("QUIT", .quit),
     ]
 

@@ -95,7 +95,7 @@ struct AuthAndBackendTests {
             try await client.send("SUBMIT unserved 1\ny\n")
             try await client.expectError(.backendDown)
             try await client.expectUsable()
-            #expect(try await stack.statistic("backend_errors") >= 5)
+            #expect(try await stack.statistic("backend_errors_all") >= 5)
 
             try await stack.redis.launch()
             try await eventually("Redis to be used again", timeout: .seconds(20)) {

@@ -20,7 +20,7 @@ struct ConformanceTests {
             #expect(try await client.request("ping\r\n") == .reply(.pong))
             #expect(try await client.request("@a-1.b_2 PING\n") == .reply(.pong, tag: GatewayTag(rawValue: "a-1.b_2")))
             guard case .reply(.stats(let stats), nil) = try await client.request("STATS\n") else { Issue.record("no STATS"); return }
-            #expect(stats.contains { $0.name == "commands" })
+            #expect(stats.contains { $0.name == "requests" })
             #expect(try await client.request("QUIT\n") == .reply(.bye))
             #expect(try await client.next() == nil, "the server closes after BYE")
         }

@@ -61,10 +61,10 @@ struct MetricsTests {
                 #expect(after.value("jobgate_watchers") == 0, "the watch ended with the job")
                 #expect(after.value("jobgate_connections_accepted_total") == 1)
 
-                // STATS shows the same figures, under the names it always had plus labelled ones.
+                // STATS shows the same figures: the metric names without `jobgate_` and a counter's `_total`.
                 guard case .reply(.stats(let stats), _) = try #require(try await client.request("STATS\n")) else { Issue.record("no STATS"); return }
                 let byName = Dictionary(stats.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 })
-                #expect(byName["commands_by_verb{verb=SUBMIT}"] == "2")
+                #expect(byName["commands{verb=SUBMIT}"] == "2")
                 #expect(byName["jobs_ended{state=done}"] == "1")
                 #expect(byName["push_latency_seconds_count"] == "2")
                 #expect(byName["jobs_submitted"] == "2")
@@ -94,6 +94,67 @@ struct MetricsTests {
             let back = try await metrics(http)
             #expect(back.value("jobgate_backend_reconnects_total", ["backend": "redis"]) == 1)
         }
+    }
+
+    /// Build info, one `backend_up` per server and the process figures are there; each is read on the scrape.
+    @Test func buildBackendsAndProcess() async throws {
+        try await withGatewayStack({ $0.httpPort = 0 }) { stack in
+            let http = try await stack.gateway.waitUntilHTTPListening().port!
+            let client = try await stack.connect()
+            try await eventually("the backends to be up") {
+                if case .reply(.health(let health), _) = try await client.request("HEALTH\n") { return health.isReady }
+                return false
+            }
+            let exposition = try await metrics(http)
+            #expect(exposition.value("jobgate_build_info", ["version": JobGateVersion.current]) == 1)
+            #expect(exposition.types["jobgate_backend_up"] == "gauge")
+            #expect(exposition.value("jobgate_backend_up", ["backend": "redis", "server": "\(stack.redis.host):\(stack.redis.port)"]) == 1)
+            #expect(exposition.value("jobgate_backend_up", ["backend": "gearmand", "server": "\(stack.gearmanAddress)"]) == 1)
+            #expect(exposition.types["process_cpu_seconds_total"] == "counter")
+            #expect((exposition.value("process_resident_memory_bytes") ?? 0) > 1_000_000)
+            #expect((exposition.value("process_open_fds") ?? 0) >= 3)
+            let now = Date().timeIntervalSince1970
+            let start = try #require(exposition.value("process_start_time_seconds"))
+            #expect(start > now - 24 * 3600 && start <= now + 1, "the process started within a day (it is this test process)")
+            #expect(exposition.value("process_cpu_seconds_total") != nil)
+        }
+    }
+
+    /// `STATS` and `/metrics` show one set of figures: every `STATS` line is a sample of the exposition, named without
+    /// `jobgate_` and a counter's `_total`, with the same value.
+    @Test func statsAndMetricsAgree() async throws {
+        try await withGatewayStack({ $0.httpPort = 0 }) { stack in
+            let http = try await stack.gateway.waitUntilHTTPListening().port!
+            let client = try await stack.connect()
+            _ = try await client.request(submitLine("nobody", "x"))
+            guard case .reply(.stats(let stats), _) = try #require(try await client.request("STATS\n")) else { Issue.record("no STATS"); return }
+            let exposition = try await metrics(http)
+            #expect(stats.count == exposition.samples.count, "one STATS line per sample")
+            var compared = 0
+            for sample in exposition.samples where !sample.name.hasPrefix("process_") {
+                var name = sample.name.hasPrefix("jobgate_") ? String(sample.name.dropFirst("jobgate_".count)) : sample.name
+                if name.hasSuffix("_total") { name = String(name.dropLast("_total".count)) }
+                let labels = sample.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+                let statName = labels.isEmpty ? name : name + "{" + labels.joined(separator: ",") + "}"
+                let line = stats.first { line in
+                    // Label order is the exposition's; compare as sets.
+                    Self.split(line.name) == Self.split(statName)
+                }
+                #expect(line.flatMap { Double($0.value) } == sample.value, "\(statName)")
+                compared += 1
+            }
+            #expect(compared > 40)
+            let byName = Dictionary(stats.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 })
+            #expect(byName["jobs_submitted"] == "1")
+            #expect(byName["commands{verb=STATS}"] == "1")
+            #expect(byName["connections_open"] == "1", "a gauge, shown as an integer")
+        }
+    }
+
+    private static func split(_ statName: String) -> [String] {
+        guard let open = statName.firstIndex(of: "{") else { return [statName] }
+        let labels = statName[statName.index(after: open)...].dropLast().split(separator: ",").map(String.init).sorted()
+        return [String(statName[..<open])] + labels
     }
 
     /// Off unless asked for.

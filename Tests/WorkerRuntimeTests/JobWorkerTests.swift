@@ -16,6 +16,7 @@ func makeWorker(
     store: RedisJobStore,
     concurrency: Int = 1,
     legacy: LegacyResultStore? = nil,
+    logger: Logger = Logger(label: "jobgate.worker"),
     _ register: (inout JobRegistry) -> Void
 ) throws -> JobWorker {
     var registry = JobRegistry()
@@ -23,7 +24,9 @@ func makeWorker(
     var configuration = JobWorkerConfiguration()
     configuration.concurrency = concurrency
     configuration.storeBackoff = RedisBackoff(initial: .milliseconds(50), maximum: .milliseconds(300))
-    return try JobWorker(servers: [gearmand.gearmanAddress], registry: registry, store: store, legacy: legacy, configuration: configuration)
+    return try JobWorker(
+        servers: [gearmand.gearmanAddress], registry: registry, store: store, legacy: legacy, configuration: configuration, logger: logger
+    )
 }
 
 /// The Swift worker API against real gearmand and redis-server.

@@ -6,7 +6,8 @@ import NIOHTTP1
 import NIOPosix
 import Synchronization
 
-/// The gateway's HTTP port (`--http`): `/metrics` for Prometheus and a live page per job.
+/// The gateway's HTTP port (`--http`): `/metrics` for Prometheus, `/healthz` and `/readyz` for probes, and a live
+/// page per job.
 ///
 /// `GET /jobs/<id>` is a page that follows the job through `GET /jobs/<id>/events` (Server-Sent Events). Knowing
 /// an id is the only way in: unknown ids are 404 and nothing lists jobs. Every response but the event stream
@@ -115,8 +116,15 @@ final class GatewayHTTPServer: Sendable {
         let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0]
         let segments = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
         switch Array(segments) {
+        case ["healthz"]:
+            // The process serves HTTP: all a liveness probe asks. Backends are /readyz's business.
+            try await send(.ok, "text/plain; charset=utf-8", "ok\n", head: head, outbound: outbound)
+        case ["readyz"]:
+            let health = statistics.backends.health()
+            let text = ([health.isReady ? "ready" : "not-ready"] + health.checks.map { "\($0.name)=\($0.value)" }).joined(separator: " ")
+            try await send(health.isReady ? .ok : .serviceUnavailable, "text/plain; charset=utf-8", text + "\n", head: head, outbound: outbound)
         case ["metrics"]:
-            let text = GatewayPrometheus.render(statistics.snapshot(watchedJobs: hub.feed.followedCount))
+            let text = statistics.exposition(watchedJobs: hub.feed.followedCount)
             try await send(.ok, "text/plain; version=0.0.4; charset=utf-8", text, head: head, outbound: outbound)
         case let route where route.count == 2 && route[0] == "jobs":
             guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }

@@ -109,7 +109,8 @@ public final class GearmanClient: Sendable {
                 return connection
             } catch {
                 let delay = backoff(afterFailures: failures + 1)
-                logger.warning(
+                // Each attempt, at debug: whoever follows the server's state (the gateway) logs the outage once.
+                logger.debug(
                     "cannot connect to gearmand",
                     metadata: ["gearman.server": "\(address)", "gearman.error": "\(error)", "gearman.retry_in": "\(delay)"]
                 )

@@ -168,20 +168,42 @@ public final class GearmanWorker: Service {
         deliver: AsyncStream<(GearmanJob, GearmanWorkerConnection)>.Continuation
     ) async {
         var failures = 0
+        // When this server's outage began: loss is logged once at warning, the end at notice with its length.
+        var downSince: ContinuousClock.Instant?
         while !isDraining {
             do {
                 let channel = try await connect(to: server, deliver: deliver)
                 failures = 0
+                if let since = downSince {
+                    downSince = nil
+                    logger.notice(
+                        "gearmand reachable again",
+                        metadata: ["gearman.server": "\(server)", "gearman.outage_ms": "\(GearmanWorker.milliseconds(ContinuousClock.now - since))"]
+                    )
+                }
                 try? await channel.closeFuture.get()
                 state.withLock { _ = $0.connections.removeValue(forKey: ObjectIdentifier(channel)) }
+                if !isDraining {
+                    downSince = .now
+                    logger.warning("gearmand unreachable", metadata: ["gearman.server": "\(server)", "gearman.error": "connection closed"])
+                }
             } catch {
                 failures += 1
-                logger.warning("worker cannot connect to gearmand", metadata: ["gearman.server": "\(server)", "gearman.error": "\(error)"])
+                if downSince == nil {
+                    downSince = .now
+                    logger.warning("gearmand unreachable", metadata: ["gearman.server": "\(server)", "gearman.error": "\(error)"])
+                } else {
+                    logger.debug("worker cannot connect to gearmand", metadata: ["gearman.server": "\(server)", "gearman.error": "\(error)"])
+                }
             }
             guard !isDraining else { break }
             let delay = gearmanBackoff(afterFailures: failures, initial: configuration.reconnectDelay, maximum: configuration.maximumReconnectDelay)
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .nanoseconds(delay.nanoseconds)) }
         }
+    }
+
+    static func milliseconds(_ duration: Duration) -> Int64 {
+        duration.components.seconds * 1000 + duration.components.attoseconds / 1_000_000_000_000_000
     }
 
     private func connect(

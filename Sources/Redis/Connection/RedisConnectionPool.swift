@@ -136,7 +136,8 @@ public final class RedisConnectionPool: Sendable {
                 state.withLock { state in
                     state.slots[index] = .idle(failures: failures + 1, retryAt: .now + delay, lastError: error)
                 }
-                logger.info("Redis pool could not connect", metadata: ["redis.error": "\(error)", "redis.retry_in": "\(delay)"])
+                // Each attempt, at debug: whoever follows Redis's state logs the outage once.
+                logger.debug("Redis pool could not connect", metadata: ["redis.error": "\(error)", "redis.retry_in": "\(delay)"])
                 throw error
             }
         }

@@ -40,6 +40,7 @@ public final class RedisSubscriber: Sendable {
         var connection: RedisConnection?
         var isRunning = false
         var messageHandler: (@Sendable (RedisPubSubMessage) -> Void)?
+        var linkHandler: (@Sendable (RedisSubscriberLink) -> Void)?
     }
     private let state: Mutex<State>
 
@@ -76,6 +77,16 @@ public final class RedisSubscriber: Sendable {
         state.withLock { $0.messageHandler = handler }
     }
 
+    /// Tells `handler` when a connection's subscriptions are confirmed and when a connection is lost or cannot be
+    /// made, as it happens (not through ``events``, which a busy consumer may read late). Call it before `run()`.
+    public func onLinkChange(_ handler: @escaping @Sendable (RedisSubscriberLink) -> Void) {
+        state.withLock { $0.linkHandler = handler }
+    }
+
+    private func report(_ link: RedisSubscriberLink) {
+        state.withLock { $0.linkHandler }?(link)
+    }
+
     /// The event loop the subscriber's connections run on.
     public var subscriberEventLoop: any EventLoop { eventLoop }
 
@@ -103,14 +114,20 @@ public final class RedisSubscriber: Sendable {
                 try await runConnection(isReconnect: hasSubscribed)
                 hasSubscribed = true
                 attempt = 0
-                if !Task.isCancelled { logger.warning("Redis subscriber connection lost; reconnecting") }
+                if !Task.isCancelled {
+                    logger.debug("Redis subscriber connection lost; reconnecting")
+                    report(.lost(RedisError.closed("connection lost")))
+                }
             } catch let error as RedisError where error.code == .authenticationFailed || error.code == .serverError {
                 logger.error("Redis subscriber stopped", metadata: ["redis.error": "\(error)"])
+                report(.lost(error))
                 throw error
             } catch {
                 guard !Task.isCancelled else { break }
                 attempt += 1
-                logger.info("Redis subscriber could not connect", metadata: ["redis.error": "\(error)", "redis.attempt": "\(attempt)"])
+                // Whoever follows the link (`onLinkChange`) logs the outage once; each failed attempt is detail.
+                logger.debug("Redis subscriber could not connect", metadata: ["redis.error": "\(error)", "redis.attempt": "\(attempt)"])
+                report(.lost(error))
             }
             guard !Task.isCancelled else { break }
             // Immediately after a working connection dropped, then slower and slower while it fails.
@@ -146,6 +163,8 @@ public final class RedisSubscriber: Sendable {
             for confirmation in confirmations {
                 try Self.check(try await confirmation.get())
             }
+            // Reported before the event is queued, so a consumer of the event already sees the new link.
+            report(.subscribed(isReconnect: isReconnect))
             buffer.yield(.subscribed(isReconnect: isReconnect))
             logger.debug("Redis subscriber subscribed", metadata: ["redis.reconnect": "\(isReconnect)"])
 
@@ -224,4 +243,12 @@ public final class RedisSubscriber: Sendable {
             if let message = reply.errorMessage { throw RedisError.server(message) }
         }
     }
+}
+
+/// The state of a ``RedisSubscriber``'s connection, as reported to ``RedisSubscriber/onLinkChange(_:)``.
+public enum RedisSubscriberLink: Sendable {
+    /// A connection is up and the server confirmed every subscription on it.
+    case subscribed(isReconnect: Bool)
+    /// The connection was lost, or a connection attempt failed (reported again on each failed attempt).
+    case lost(any Error)
 }

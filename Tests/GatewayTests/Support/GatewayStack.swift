@@ -35,6 +35,7 @@ struct GatewayStack: Sendable {
 /// Starts gearmand, redis-server and a gateway (adjusted by `configure`), runs `body`, shuts everything down.
 func withGatewayStack<T: Sendable>(
     _ configure: (inout GatewayConfiguration) -> Void = { _ in },
+    logger: Logger = Logger(label: "test.gateway"),
     _ body: @Sendable (GatewayStack) async throws -> T
 ) async throws -> T {
     try await withLocalServer(.gearmand) { gearmand in
@@ -46,7 +47,7 @@ func withGatewayStack<T: Sendable>(
             configuration.lostJobCheckInterval = .milliseconds(200)
             configuration.sweepInterval = .seconds(2)
             configure(&configuration)
-            let gateway = GatewayServer(configuration: configuration, logger: Logger(label: "test.gateway"))
+            let gateway = GatewayServer(configuration: configuration, logger: logger)
             let group = ServiceGroup(configuration: .init(services: [gateway], logger: Logger(label: "test")))
             let running = Task { try await group.run() }
             defer { running.cancel() }
