@@ -71,6 +71,7 @@ public final class GatewayServer: Service {
         var storeConfiguration = JobStoreConfiguration()
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
         storeConfiguration.resultTTL = configuration.resultTTL
+        storeConfiguration.acceptanceGrace = configuration.lostJobGrace
         let store = RedisJobStore(redis: redis, configuration: storeConfiguration)
         let ids = try await untilRedisAnswers {
             try await KeyspaceNotifications.ensureEnabled(on: redis)
@@ -89,6 +90,7 @@ public final class GatewayServer: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run(delivering: hub.deliver) }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
+                group.addTask { await backend.sweepUnacceptedJobs() }
                 if let legacy {
                     group.addTask { await legacy.run(followed: { hub.followedIDs }) }
                 }
