@@ -43,7 +43,7 @@ struct GatewayBackend: Sendable {
     /// one batch are created only after the previous batch's (its `turn`), so that of two pipelined submissions
     /// with the same unique key the first is the one that creates the job; the gearmand steps may overlap.
     ///
-    /// The records enter the unaccepted index with their creation and leave it in one `ZREM` once gearmand answered
+    /// The records enter the unaccepted index with their creation and leave it in one `SREM` once gearmand answered
     /// (or they were joined, or failed): what a gateway killed in between leaves there is found by the sweep of any
     /// gateway (`sweepUnacceptedJobs`), followed or not, and is never joined blindly (`CreateOutcome.unaccepted`).
     func submit(_ submissions: [GatewaySubmission], turn: BatchTurn) async -> [Result<Submitted, GatewayFailure>] {
@@ -234,12 +234,10 @@ struct GatewayBackend: Sendable {
     }
 
     private func endUnacceptedJobs() async {
-        guard let ids = try? await store.unacceptedJobs(olderThan: configuration.lostJobGrace, limit: 1_000), !ids.isEmpty,
-            let records = try? await store.records(ids)
-        else { return }
+        guard let entries = try? await store.unacceptedJobs(olderThan: configuration.lostJobGrace, limit: 1_000), !entries.isEmpty else { return }
         var settled: [JobID] = []
         var suspects: [JobID] = []
-        for (id, record) in zip(ids, records) {
+        for (id, record) in entries {
             // Gone, finished, or taken by a worker: gearmand had it (or it never was a job: a submission that joined).
             if let record, record.state == .queued, record.handle == nil { suspects.append(id) } else { settled.append(id) }
         }
