@@ -223,8 +223,8 @@ struct GatewayBackend: Sendable {
     /// The index holds only the jobs between their two steps (a submission clears its batch's entries once gearmand
     /// answered), so a sweep reads a handful of entries, not every record. An entry older than `--lost-grace` whose
     /// record is still queued, with no worker on it, is checked against every gearmand: one that none of them knows
-    /// is ended as lost. The grace is above gearmand's request timeout (10 s), after which the submitting gateway
-    /// fails the job itself, so a submission still in flight is not taken for a lost one. Gateways sweeping at once
+    /// is ended as lost. The grace (30 s by default) is above gearmand's request timeout (10 s), after which the
+    /// submitting gateway fails the job itself, so a submission still in flight is not taken for a lost one. Gateways sweeping at once
     /// do no harm: ending a job writes only over an unfinished record, and clearing an entry twice is a no-op.
     func sweepUnacceptedJobs() async {
         while !Task.isCancelled {
