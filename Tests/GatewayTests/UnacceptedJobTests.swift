@@ -26,6 +26,22 @@ struct UnacceptedJobTests {
         }
     }
 
+    /// Nothing is decided while gearmand cannot be asked: the job stays queued, and ends lost once gearmand answers.
+    @Test func nothingIsDecidedWhileGearmandCannotBeAsked() async throws {
+        try await withGatewayStack({ $0.lostJobGrace = .seconds(2) }) { stack in
+            let id = try await Self.createThenKillGateway(stack, function: "orphan", unique: "order-4")
+            stack.gearmand.kill()
+            try await Task.sleep(for: .seconds(3))  // past the grace, several sweeps
+            let store = stack.store()
+            let jobID = try #require(JobID(rawValue: id.rawValue))
+            #expect(try await store.record(jobID)?.state == .queued)
+            try await stack.gearmand.launch()
+            try await eventually("the job to end as lost", timeout: .seconds(20)) {
+                try await store.record(jobID)?.state == .failed
+            }
+        }
+    }
+
     /// A SUBMIT with the unique key of a job gearmand never accepted creates a fresh job that runs, and ends the
     /// old one as lost. The sweep is kept from running, so what this shows is the coalescing path's own check.
     @Test func aSubmitDoesNotJoinAJobGearmandNeverAccepted() async throws {
