@@ -42,6 +42,10 @@ struct GatewayBackend: Sendable {
     /// Redis pipeline and one gearmand batch for all of them (group commit; see `BackendBatcher`). The records of
     /// one batch are created only after the previous batch's (its `turn`), so that of two pipelined submissions
     /// with the same unique key the first is the one that creates the job; the gearmand steps may overlap.
+    ///
+    /// The records enter the unaccepted index with their creation and leave it in one `SREM` once gearmand answered
+    /// (or they were joined, or failed): what a gateway killed in between leaves there is found by the sweep of any
+    /// gateway (`sweepUnacceptedJobs`), followed or not, and is never joined blindly (`CreateOutcome.unaccepted`).
     func submit(_ submissions: [GatewaySubmission], turn: BatchTurn) async -> [Result<Submitted, GatewayFailure>] {
         let jobs = submissions.map {
             RedisJobStore.NewJob(id: ids.mint(), function: $0.function.rawValue, unique: $0.unique?.rawValue, resultTTL: configuration.resultTTL)
@@ -58,16 +62,47 @@ struct GatewayBackend: Sendable {
         statistics.metrics.backendSucceeded("Redis")
         var results = [Result<Submitted, GatewayFailure>?](repeating: nil, count: jobs.count)
         var toSubmit: [Int] = []
-        for (index, outcome) in created.enumerated() {
+        var suspects: [(index: Int, existing: JobID)] = []
+        func settle(_ index: Int, _ outcome: Result<RedisJobStore.CreateOutcome, JobStoreError>) {
             switch outcome {
             case .success(.created):
                 toSubmit.append(index)
             case .success(.joined(let existing)):
                 statistics.jobsJoined.add(1, ordering: .relaxed)
                 results[index] = .success(Submitted(id: existing, created: false))
+            case .success(.unaccepted(let existing)):
+                suspects.append((index, existing))
             case .failure(let error):
                 results[index] = .failure(backendDown("Redis", error))
             }
+        }
+        for (index, outcome) in created.enumerated() { settle(index, outcome) }
+        var accepted: [JobID] = []  // older jobs gearmand turned out to hold: their entries are cleared with the batch's
+        if !suspects.isEmpty {
+            // Rare: a gateway died between Redis and gearmand, or gearmand is slow beyond the grace. Join the job only
+            // if gearmand has it (or cannot be asked: then the sweep decides later); a lost one is ended, and these
+            // submissions create again (of several with the same unique, the first creates and the rest join it).
+            let suspected = Array(Set(suspects.map(\.existing)))
+            let unknown = await unknownToGearmand(suspected)
+            let lost = unknown ?? []
+            if unknown != nil { accepted = suspected.filter { !lost.contains($0) } }
+            await endLost(lost, reason: Self.neverAcceptedReason)
+            var again: [Int] = []
+            for (index, existing) in suspects {
+                if lost.contains(existing) {
+                    again.append(index)
+                } else {
+                    settle(index, .success(.joined(existing)))
+                }
+            }
+            suspects = []
+            do {
+                for (index, outcome) in zip(again, try await store.create(again.map { jobs[$0] })) { settle(index, outcome) }
+            } catch {
+                for index in again { settle(index, .failure(error)) }
+            }
+            // Unaccepted again only if the old job could not be ended (Redis trouble): join it; the sweep ends it later.
+            for (index, existing) in suspects { settle(index, .success(.joined(existing))) }
         }
         var watermarks: [String: [UInt64]] = [:]
         if let legacy {
@@ -82,6 +117,7 @@ struct GatewayBackend: Sendable {
             )
         }
         var located: [(index: Int, location: RedisJobStore.JobLocation)] = []
+        var unsettled: Set<JobID> = []
         for (index, outcome) in zip(toSubmit, await gearman.submitBackground(requests)) {
             let id = jobs[index].id
             switch outcome {
@@ -90,7 +126,8 @@ struct GatewayBackend: Sendable {
                 results[index] = .success(Submitted(id: id, created: true))
             case .failure(let error):
                 // The record must not stay queued for a job gearmand never took: whoever joined it learns it failed.
-                _ = try? await store.markFailed(id, reason: "gearmand did not accept the job: \(error.message)")
+                // If that cannot be written either, its index entry stays for the sweep.
+                if (try? await store.markFailed(id, reason: "gearmand did not accept the job: \(error.message)")) == nil { unsettled.insert(id) }
                 results[index] = .failure(backendDown("gearmand", error))
             }
         }
@@ -109,6 +146,12 @@ struct GatewayBackend: Sendable {
                 let function = jobs[index].function
                 await legacy.fence(location.id, function: function, handle: location.handle, watermarks: watermarks[function] ?? nil)
             }
+        }
+        do {
+            try await store.clearUnaccepted(jobs.map(\.id).filter { !unsettled.contains($0) } + accepted)
+        } catch {
+            // The sweep clears them: gearmand knows these jobs.
+            logger.warning("could not clear the unaccepted index", metadata: ["job.count": "\(jobs.count)", "job.error": "\(error)"])
         }
         statistics.jobsSubmitted.add(located.count, ordering: .relaxed)
         return results.map { $0! }
@@ -171,6 +214,67 @@ struct GatewayBackend: Sendable {
     }
 
     // MARK: Lost jobs
+
+    static let neverAcceptedReason = "lost: gearmand never accepted the job (the gateway that created it stopped before submitting it)"
+
+    /// Finds the jobs that a gateway created in Redis and then died (or lost Redis) before gearmand accepted them,
+    /// whether or not anyone follows them: every gateway of the deployment sweeps the unaccepted index.
+    ///
+    /// The index holds only the jobs between their two steps (a submission clears its batch's entries once gearmand
+    /// answered), so a sweep reads a handful of entries, not every record. An entry older than `--lost-grace` whose
+    /// record is still queued, with no worker on it, is checked against every gearmand: one that none of them knows
+    /// is ended as lost. The grace (30 s by default) is above gearmand's request timeout (10 s), after which the
+    /// submitting gateway fails the job itself, so a submission still in flight is not taken for a lost one. Gateways sweeping at once
+    /// do no harm: ending a job writes only over an unfinished record, and clearing an entry twice is a no-op.
+    func sweepUnacceptedJobs() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: configuration.lostJobCheckInterval)
+            await endUnacceptedJobs()
+        }
+    }
+
+    private func endUnacceptedJobs() async {
+        guard let entries = try? await store.unacceptedJobs(olderThan: configuration.lostJobGrace, limit: 1_000), !entries.isEmpty else { return }
+        var settled: [JobID] = []
+        var suspects: [JobID] = []
+        for (id, record) in entries {
+            // Gone, finished, or taken by a worker: gearmand had it (or it never was a job: a submission that joined).
+            if let record, record.state == .queued, record.handle == nil { suspects.append(id) } else { settled.append(id) }
+        }
+        if let lost = await unknownToGearmand(suspects) {
+            settled += suspects.filter { !lost.contains($0) }
+            await endLost(lost, reason: Self.neverAcceptedReason)
+        }
+        try? await store.clearUnaccepted(settled)
+    }
+
+    /// The jobs no gearmand of the pool knows (by unique key: a job may be on any server, as the pool skips a server
+    /// it cannot reach); nil when some server cannot be asked, so that nothing is decided on half an answer.
+    private func unknownToGearmand(_ ids: [JobID]) async -> Set<JobID>? {
+        var unknown = ids
+        for client in gearman.clients where !unknown.isEmpty {
+            guard let statuses = try? await client.status(uniques: unknown.map(\.rawValue)) else { return nil }
+            unknown = zip(unknown, statuses).filter { !$0.1.known }.map(\.0)
+        }
+        return Set(unknown)
+    }
+
+    /// Fails unfinished jobs as lost and clears them from the unaccepted index.
+    private func endLost(_ ids: Set<JobID>, reason: String) async {
+        var ended: [JobID] = []
+        for id in ids {
+            do {
+                if try await store.markFailed(id, reason: reason) {
+                    statistics.jobsLost.add(1, ordering: .relaxed)
+                    logger.notice("job lost", metadata: ["job.id": "\(id)"])
+                }
+                ended.append(id)
+            } catch {
+                logger.warning("could not mark a lost job", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
+            }
+        }
+        try? await store.clearUnaccepted(ended)
+    }
 
     /// Ends followed jobs that gearmand no longer knows and that got no outcome within the grace period.
     ///

@@ -57,7 +57,8 @@ public struct GatewayConfiguration: Sendable {
     // MARK: Jobs
     /// Seconds a finished job's record and result are kept.
     public var resultTTL = 86_400
-    /// A watched job that gearmand no longer knows, with no outcome after this long, ends as failed (lost).
+    /// A watched job that gearmand no longer knows, with no outcome after this long, ends as failed (lost); so does
+    /// any job gearmand has not accepted this long after its record was created (its gateway died in between).
     public var lostJobGrace: Duration = .seconds(30)
     public var lostJobCheckInterval: Duration = .seconds(5)
     /// Backstop re-read of every followed job, for anything a notification missed.

@@ -85,6 +85,7 @@ public final class GatewayServer: Service {
         var storeConfiguration = JobStoreConfiguration()
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
         storeConfiguration.resultTTL = configuration.resultTTL
+        storeConfiguration.acceptanceGrace = configuration.lostJobGrace
         let store = RedisJobStore(redis: redis, configuration: storeConfiguration)
         let ids = try await untilRedisAnswers {
             try await KeyspaceNotifications.ensureEnabled(on: redis)
@@ -105,6 +106,7 @@ public final class GatewayServer: Service {
                 group.addTask { try await feed.run(delivering: hub.deliver) }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
                 group.addTask { await backends.follow(gearman) }
+                group.addTask { await backend.sweepUnacceptedJobs() }
                 if let legacy {
                     group.addTask { await legacy.run(followed: { hub.followedIDs }) }
                 }

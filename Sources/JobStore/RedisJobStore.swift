@@ -27,6 +27,9 @@ public struct JobKeySchema: Sendable, Hashable {
     /// Coalescing index: the id of the job submitted with this function and client unique key.
     public func uniqueKey(function: String, unique: String) -> String { "\(prefix)unique:\(function):\(unique)" }
 
+    /// Jobs created and not yet accepted by gearmand: a set of ids (their records say when they were created).
+    public var unacceptedKey: String { "\(prefix)unaccepted" }
+
     /// The keyevent channels the change feed subscribes to (one each, never a pattern per job).
     public var hashEventChannel: String { "__keyevent@\(database)__:hset" }
     public var expiredEventChannel: String { "__keyevent@\(database)__:expired" }
@@ -38,6 +41,9 @@ public struct JobStoreConfiguration: Sendable {
     public var resultTTL: Int = 86_400
     /// How long an unfinished record is kept, so that abandoned jobs do not stay forever.
     public var inFlightTTL: Int = 7 * 86_400
+    /// How long gearmand may take to accept a created job. A submission with the unique key of an unfinished job
+    /// still unaccepted after this long does not join it blindly (see `CreateOutcome.unaccepted`).
+    public var acceptanceGrace: Duration = .seconds(30)
 
     public init() {}
 }
@@ -56,6 +62,7 @@ public final class RedisJobStore: Sendable {
     private let inFlightTTLArgument: RedisArgument
     private let resultTTLArgument: RedisArgument
     private let jobKeyPrefixArgument: RedisArgument
+    private let unacceptedKeyArgument: RedisArgument
 
     public init(redis: RedisConnectionPool, configuration: JobStoreConfiguration = .init()) {
         self.redis = redis
@@ -63,6 +70,7 @@ public final class RedisJobStore: Sendable {
         self.inFlightTTLArgument = RedisArgument(configuration.inFlightTTL)
         self.resultTTLArgument = RedisArgument(configuration.resultTTL)
         self.jobKeyPrefixArgument = RedisArgument("\(configuration.schema.prefix)job:")
+        self.unacceptedKeyArgument = RedisArgument(configuration.schema.unacceptedKey)
     }
 
     // MARK: Gateway side
@@ -71,6 +79,10 @@ public final class RedisJobStore: Sendable {
         case created
         /// A job with this function and unique is still queued or running: the submission joins it.
         case joined(JobID)
+        /// A job with this function and unique is still queued, but gearmand has not accepted it within the acceptance
+        /// grace: its gateway may have died before submitting it. Nothing was created; the caller asks gearmand, then
+        /// joins it or ends it as lost and creates again.
+        case unaccepted(JobID)
     }
 
     /// A job record to create: see `create(_:)`.
@@ -90,6 +102,13 @@ public final class RedisJobStore: Sendable {
 
     /// Creates the record of a new job (state `queued`), or finds the unfinished job it coalesces with.
     /// Check and create are one script, so two gateways cannot both create a job for the same unique.
+    ///
+    /// Every job is also entered in the unaccepted index (`JobKeySchema.unacceptedKey`) until the caller clears it
+    /// once gearmand answered (`clearUnaccepted`): a gateway that dies in between leaves the entry, and whichever
+    /// gateway sweeps the index finds the job (`unacceptedJobs`). One `SADD` for the whole batch, sent in the same
+    /// pipeline before the create scripts, so no record exists without its entry; the entries of submissions that
+    /// joined another job are cleared with the rest. (A set, not a sorted set by time: `SADD`/`SREM` cost a tenth of
+    /// `ZADD`/`ZREM` per job, and the sweep reads the creation time from the records it reads anyway.)
     public func create(id: JobID, function: String, unique: String?, resultTTL: Int? = nil) async throws(JobStoreError) -> CreateOutcome {
         try await create([NewJob(id: id, function: function, unique: unique, resultTTL: resultTTL)])[0].get()
     }
@@ -101,13 +120,19 @@ public final class RedisJobStore: Sendable {
         let now = Self.now()
         let replies: [Result<RedisReply, RedisError>]
         do {
-            replies = try await redis.pipeline(jobs.map { createCommand($0, now: now) })
+            let acceptedSince = RedisArgument(now - Int64(configuration.acceptanceGrace / .milliseconds(1)))
+            let index: [RedisArgument] = ["SADD", unacceptedKeyArgument] + jobs.map { "\($0.id.rawValue)" }
+            replies = try await redis.pipeline([RedisCommand(index)] + jobs.map { createCommand($0, now: now, acceptedSince: acceptedSince) })
         } catch {
             throw JobStoreError(redis: error)
         }
-        return zip(jobs, replies).map { job, reply in
+        if case .failure(let error) = replies[0] { throw JobStoreError(redis: error) }
+        return zip(jobs, replies.dropFirst()).map { job, reply in
             switch reply {
             case .success(let reply):
+                if let unaccepted = reply.array?.first?.string, let existingID = JobID(rawValue: unaccepted) {
+                    return .success(.unaccepted(existingID))
+                }
                 guard let existing = reply.string, let existingID = JobID(rawValue: existing) else {
                     return .failure(JobStoreError(.unexpectedReply, "create script answered \(reply)"))
                 }
@@ -118,12 +143,13 @@ public final class RedisJobStore: Sendable {
         }
     }
 
-    private func createCommand(_ job: NewJob, now: Int64) -> RedisCommand {
+    private func createCommand(_ job: NewJob, now: Int64, acceptedSince: RedisArgument) -> RedisCommand {
         typealias Constant = CreateCommandConstants
         let nowArgument = RedisArgument(now)
-        var arguments = [Constant.script, job.unique == nil ? Constant.oneKey : Constant.twoKeys, "\(schema.jobKey(job.id))"]
+        var arguments = [Constant.script, job.unique == nil ? Constant.twoKeys : Constant.threeKeys, "\(schema.jobKey(job.id))"]
+        arguments.append(unacceptedKeyArgument)
         if let unique = job.unique { arguments.append("\(schema.uniqueKey(function: job.function, unique: unique))") }
-        arguments += ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument]
+        arguments += ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince]
         arguments += [Constant.state, Constant.queued, Constant.function, "\(job.function)"]
         arguments += Constant.zeroProgress
         arguments += [Constant.created, nowArgument, Constant.updated, nowArgument, Constant.resultTTL]
@@ -135,8 +161,8 @@ public final class RedisJobStore: Sendable {
     /// The parts of every create command that never change, made once (each argument is a buffer).
     private enum CreateCommandConstants {
         static let script = RedisArgument(RedisJobStore.createScript)
-        static let oneKey: RedisArgument = "1"
         static let twoKeys: RedisArgument = "2"
+        static let threeKeys: RedisArgument = "3"
         static let state = RedisArgument(JobField.state)
         static let queued = RedisArgument(JobState.queued.rawValue)
         static let function = RedisArgument(JobField.function)
@@ -147,20 +173,45 @@ public final class RedisJobStore: Sendable {
         static let unique = RedisArgument(JobField.unique)
     }
 
-    /// KEYS[1] job hash, KEYS[2] coalescing key (optional); ARGV id, in-flight TTL, job key prefix, fields….
+    /// KEYS[1] job hash, KEYS[2] unaccepted index, KEYS[3] coalescing key (optional); ARGV id, in-flight TTL, job key
+    /// prefix, creation time (ms) before which an unaccepted job is suspect, fields…. A queued job created before that
+    /// and still in the index is answered as `{id}` (unaccepted) rather than joined.
     static let createScript = """
-        if KEYS[2] then
-          local existing = redis.call('GET', KEYS[2])
+        if KEYS[3] then
+          local existing = redis.call('GET', KEYS[3])
           if existing then
-            local state = redis.call('HGET', ARGV[3] .. existing, 'state')
-            if state == 'queued' or state == 'running' then return existing end
+            local job = redis.call('HMGET', ARGV[3] .. existing, 'state', 'created')
+            if job[1] == 'running' then return existing end
+            if job[1] == 'queued' then
+              if tonumber(job[2] or 0) < tonumber(ARGV[4]) and redis.call('SISMEMBER', KEYS[2], existing) == 1 then
+                return {existing}
+              end
+              return existing
+            end
           end
-          redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+          redis.call('SET', KEYS[3], ARGV[1], 'EX', ARGV[2])
         end
-        redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+        redis.call('HSET', KEYS[1], unpack(ARGV, 5))
         redis.call('EXPIRE', KEYS[1], ARGV[2])
         return ARGV[1]
         """
+
+    /// Clears the unaccepted-index entries of jobs gearmand accepted, or whose fate is settled otherwise (one `SREM`).
+    public func clearUnaccepted(_ ids: [JobID]) async throws(JobStoreError) {
+        guard !ids.isEmpty else { return }
+        _ = try await send(RedisCommand(["SREM", unacceptedKeyArgument] + ids.map { "\($0.rawValue)" }))
+    }
+
+    /// The jobs of the unaccepted index created more than `age` ago, with their records (nil: the record is gone).
+    /// Looks at up to `limit` entries: all of them, or a random sample when the index holds more (only while gateways
+    /// submit faster than gearmand accepts, or after many crashes), so that repeated sweeps still reach every entry.
+    public func unacceptedJobs(olderThan age: Duration, limit: Int) async throws(JobStoreError) -> [(id: JobID, record: JobRecord?)] {
+        let reply = try await send(["SRANDMEMBER", unacceptedKeyArgument, "\(limit)"])
+        guard let members = reply.array else { throw JobStoreError(.unexpectedReply, "SRANDMEMBER answered \(reply)") }
+        let ids = members.compactMap { $0.string.flatMap(JobID.init(rawValue:)) }
+        let createdBefore = Self.now() - Int64(age / .milliseconds(1))
+        return zip(ids, try await records(ids)).filter { $0.1.map { ($0.created ?? 0) < createdBefore } ?? true }.map { ($0, $1) }
+    }
 
     /// Where gearmand put a job: see `setLocations(_:)`.
     public struct JobLocation: Sendable {
