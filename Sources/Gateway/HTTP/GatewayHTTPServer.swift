@@ -184,7 +184,7 @@ final class GatewayHTTPServer: Sendable {
     /// The job's state now, then each change as it happens, until its end; the page closes the stream then.
     /// A watcher in the push hub, as for `WATCH`: registered before the read, so no change falls in between.
     private func streamEvents(of gatewayID: GatewayJobID, head: HTTPRequestHead, channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
-        guard let id = JobID(rawValue: gatewayID.rawValue) else { return try await notFound(head, outbound) }
+        guard let id = backend.issuedID(gatewayID) else { return try await notFound(head, outbound) }
         let outbox = SessionOutbox(limit: 1024 * 1024)
         guard let token = hub.addWatcher(id, as: gatewayID, outbox: outbox, tag: nil, limit: 1) else { return try await notFound(head, outbound) }
         defer { hub.removeAll(for: outbox) }
