@@ -210,15 +210,23 @@ struct JobPageTests {
                 let url = { (id: GatewayJobID) in "http://127.0.0.1:\(http)/jobs/\(id)" }
                 // Loaded while the job runs: the message as served; the result comes through the event stream.
                 let liveURL = url(running)
-                async let live = chromium(["--dump-dom", liveURL], folder: folder)
+                // Chromium logs each CSP violation: none means the page's own script and style match their hashes,
+                // and nothing injected tried to run or load.
+                let logging = ["--enable-logging=stderr", "--log-level=0", "--dump-dom"]
+                async let live = chromium(logging + [liveURL], folder: folder)
                 try await eventually("the page's event stream", timeout: .seconds(30)) {
                     try await statistic(client, "event_streams_open") != "0"
                 }
                 finish.open()
-                var dumps = [("live", try await live.outputText)]
+                var runs = [("live", try await live)]
                 // The queued job's page keeps its stream open, which holds virtual time: dump it at the load event.
                 for (name, id) in [("queued", queued), ("done", running), ("failed", failed)] {
-                    dumps.append((name, try await chromium(["--dump-dom", url(id)], folder: folder, virtualTime: name != "queued").outputText))
+                    runs.append((name, try await chromium(logging + [url(id)], folder: folder, virtualTime: name != "queued")))
+                }
+                let dumps = runs.map { ($0.0, $0.1.outputText) }
+                for (name, run) in runs {
+                    let violations = run.errors.split(separator: "\n").filter { $0.contains("Content Security Policy") }
+                    #expect(violations.isEmpty, "\(name): \(violations)")
                 }
                 for (name, dump) in dumps {
                     #expect(dump.contains("<body data-state="), "\(name): \(dump)")
