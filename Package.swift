@@ -1,4 +1,5 @@
 // swift-tools-version:6.1
+import Foundation
 import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [
@@ -251,3 +252,15 @@ let package = Package(
         ),
     ]
 )
+
+// MARK: libFuzzer targets, only with JOBGATE_FUZZ=1 (they link libFuzzer's main: see `Deploy/fuzz.sh`)
+if ProcessInfo.processInfo.environment["JOBGATE_FUZZ"] == "1" {
+    package.targets.append(
+        .executableTarget(
+            name: "GatewayRequestDecoderFuzzer",
+            dependencies: ["GatewayProtocol", .product(name: "NIOCore", package: "swift-nio")],
+            path: "Fuzz/GatewayRequestDecoderFuzzer",
+            swiftSettings: swiftSettings
+        )
+    )
+}

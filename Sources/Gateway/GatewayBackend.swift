@@ -165,13 +165,20 @@ struct GatewayBackend: Sendable {
         }
     }
 
+    /// The job id, if this deployment issued `gatewayID` in exactly this spelling (its MAC checks out); nil for any
+    /// other id, which is then `NOT_FOUND` without a lookup, even when a record of that name exists (another
+    /// deployment's, written by a worker sharing gearmand).
+    func issuedID(_ gatewayID: GatewayJobID) -> JobID? {
+        ids.isGenuine(gatewayID.rawValue) ? JobID(rawValue: gatewayID.rawValue) : nil
+    }
+
     func lookUp(_ gatewayID: GatewayJobID) async throws(GatewayFailure) -> JobLookup {
         try await lookUp([gatewayID])[0].get()
     }
 
-    /// What each id refers to, read in one Redis pipeline.
+    /// What each id refers to, read in one Redis pipeline (only the ids this deployment issued are read).
     func lookUp(_ gatewayIDs: [GatewayJobID]) async -> [Result<JobLookup, GatewayFailure>] {
-        let jobIDs = gatewayIDs.map { JobID(rawValue: $0.rawValue) }
+        let jobIDs = gatewayIDs.map(issuedID)
         let records: [JobRecord?]
         do {
             records = try await store.records(jobIDs.compactMap { $0 })
@@ -188,7 +195,7 @@ struct GatewayBackend: Sendable {
                 continue
             }
             guard let record = found.next()! else {
-                lookups.append(.success(ids.isGenuine(id.rawValue) ? .expired(id) : .notFound))
+                lookups.append(.success(.expired(id)))
                 continue
             }
             lookups.append(.success(.found(await refreshedIfLegacy(record))))

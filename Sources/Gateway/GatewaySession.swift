@@ -463,7 +463,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// WATCH: register, then read (subscribe, then read); events flow once `WATCHING` is written.
     private func watch(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int) {
-        guard let id = JobID(rawValue: gatewayID.rawValue) else {
+        guard let id = services.backend.issuedID(gatewayID) else {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
         let limit = configuration.maximumWatchesPerConnection
@@ -498,7 +498,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// WAIT (and SUBMIT wait=): the outcome as soon as the job ends, or TIMEOUT with its state.
     private func wait(for gatewayID: GatewayJobID, milliseconds: UInt64, request: GatewayRequest, slot: Int) {
         guard !isClosed else { return }
-        guard let id = JobID(rawValue: gatewayID.rawValue) else {
+        guard let id = services.backend.issuedID(gatewayID) else {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)

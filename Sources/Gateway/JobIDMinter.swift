@@ -36,7 +36,7 @@ struct JobIDMinter: Sendable {
         return JobID(rawValue: Base32.encode(random + mac(random)))!
     }
 
-    /// Whether this deployment issued `id` (checked in constant time).
+    /// Whether this deployment issued `id`, spelled exactly as minted (the MAC is checked in constant time).
     func isGenuine(_ id: String) -> Bool {
         guard let bytes = Base32.decode(id), bytes.count == Self.randomBytes + Self.macBytes else { return false }
         let random = Array(bytes.prefix(Self.randomBytes))
@@ -71,6 +71,8 @@ enum Base32 {
         return String(decoding: output, as: UTF8.self)
     }
 
+    /// The bytes, if `text` is their one canonical spelling: the bits left over after the last whole byte must be
+    /// zero (else 8 spellings of 24 bytes would decode alike) and fewer than 5 (else a character is extra).
     static func decode(_ text: String) -> [UInt8]? {
         var output: [UInt8] = []
         var buffer: UInt32 = 0
@@ -84,6 +86,7 @@ enum Base32 {
                 bits -= 8
             }
         }
+        guard bits < 5, buffer & ((1 << UInt32(bits)) - 1) == 0 else { return nil }
         return output
     }
 }

@@ -48,6 +48,11 @@ public final class LoopbackSocket {
         }
     }
 
+    /// Ends the sending side: the peer reads the end of input, and reading goes on.
+    public func finishSending() {
+        shutdown(fd, Int32(SHUT_WR))
+    }
+
     /// Reads what is available (at least one byte); an empty array means the peer closed.
     public func receive(maximum: Int = 65_536) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: maximum)

@@ -127,6 +127,120 @@ struct JobPageTests {
         }
     }
 
+    // MARK: Hostile job bytes
+
+    /// Markup that sets `data-pwned` on `<html>` if any of it runs; `<` and `>` follow U+0600, which a per-Character
+    /// escaper misses (U+0600 and the next character are one grapheme cluster). Function names allow no spaces.
+    static let injected = "\u{0600}<script \u{0600}>document.documentElement.dataset.pwned='script'//\u{0600}</script \u{0600}>"
+        + "\u{0600}<img src=x onerror=document.documentElement.dataset.pwned='img'//\u{0600}>\"'&"
+    static let injectedFunction = "\u{0600}<svg/onload=document.documentElement.dataset.pwned='svg'//\u{0600}>"
+    /// Invalid UTF-8, NUL and a lone continuation byte around the markup.
+    static let injectedBytes: [UInt8] = [0xFF, 0x00, 0xC3] + Array(injected.utf8) + [0x80, 0xE2, 0x82, 0x00]
+
+    private struct InjectedFailure: Error, CustomStringConvertible {
+        var description: String { JobPageTests.injected }
+    }
+
+    /// A job of every kind whose bytes reaching the page carry markup: a queued job with such a function name, a
+    /// done one (progress message and result), a failed one (reason). Their ids, the done job held open by `finish`.
+    private func withInjectedJobs(
+        _ stack: GatewayStack,
+        _ client: GatewayTestClient,
+        _ body: @Sendable (_ queued: GatewayJobID, _ running: GatewayJobID, _ failed: GatewayJobID, _ finish: Gate) async throws -> Void
+    ) async throws {
+        let finish = Gate()
+        try await withTestWorker(stack, [
+            "inject": { _, progress in
+                try await progress(1, 2, Self.injected)
+                await finish.wait()
+                return ByteBuffer(bytes: Self.injectedBytes)
+            },
+            "inject-fail": { _, _ in throw InjectedFailure() },
+        ]) {
+            let queued = try #require(try await client.request(submitLine(Self.injectedFunction, "x"))?.createdID)
+            let running = try #require(try await client.request(submitLine("inject", "x"))?.createdID)
+            let failed = try #require(try await client.request(submitLine("inject-fail", "x"))?.createdID)
+            guard case .reply(.failed(failed, _), _) = try #require(try await client.request("WAIT \(failed) 10000\n")) else {
+                Issue.record("the failing job did not fail"); return
+            }
+            try await eventually("the job to progress") {
+                guard case .reply(.status(running, let status), _) = try await client.request("STATUS \(running)\n") else { return false }
+                return status.numerator == 1
+            }
+            try await body(queued, running, failed, finish)
+        }
+    }
+
+    /// Every byte of a job is escaped in the served page (function, message, result, reason), whatever marks come
+    /// before `<` and `>`; the policy allows no inline script but the page's own, by hash.
+    @Test func hostileJobBytesAreEscaped() async throws {
+        try await withGatewayStack({ $0.httpPort = 0 }) { stack in
+            let http = try await stack.gateway.waitUntilHTTPListening().port!
+            let client = try await stack.connect()
+            try await withInjectedJobs(stack, client) { queued, running, failed, finish in
+                var pages = [try await httpRequest(port: http, "/jobs/\(queued)"), try await httpRequest(port: http, "/jobs/\(running)")]
+                finish.open()
+                _ = try await client.request("WAIT \(running) 10000\n")
+                pages += [try await httpRequest(port: http, "/jobs/\(running)"), try await httpRequest(port: http, "/jobs/\(failed)")]
+                for page in pages {
+                    #expect(page.status == 200)
+                    let markup = page.body.lowercased()
+                    #expect(markup.components(separatedBy: "<script").count == 2, "only the page's own script: \(page.body)")
+                    #expect(!markup.contains("<img") && !markup.contains("<svg"), "\(page.body)")
+                    #expect(!page.body.unicodeScalars.contains("\u{0}"), "NUL never reaches the page")
+                    #expect(page.body.contains("\u{0600}&lt;"), "the markup shows as text: \(page.body)")
+                    let policy = try #require(page.headers["content-security-policy"])
+                    let scriptSources = policy.split(separator: ";").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("script-src ") }
+                    #expect(scriptSources?.contains("'sha256-") == true && scriptSources?.contains("unsafe") == false, "\(policy)")
+                    #expect(policy.contains("default-src 'none'") && !policy.contains("unsafe-inline"), "\(policy)")
+                }
+            }
+        }
+    }
+
+    /// In Chromium, no markup from a job runs, whether the page was served with it or the event stream brought it;
+    /// the page's own (hashed) script still follows the job to its end.
+    @Test func chromiumRunsNoInjectedScript() async throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-job-page-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try await withGatewayStack({ $0.httpPort = 0 }) { stack in
+            let http = try await stack.gateway.waitUntilHTTPListening().port!
+            let client = try await stack.connect()
+            try await withInjectedJobs(stack, client) { queued, running, failed, finish in
+                let url = { (id: GatewayJobID) in "http://127.0.0.1:\(http)/jobs/\(id)" }
+                // Loaded while the job runs: the message as served; the result comes through the event stream.
+                let liveURL = url(running)
+                // Chromium logs each CSP violation: none means the page's own script and style match their hashes,
+                // and nothing injected tried to run or load.
+                let logging = ["--enable-logging=stderr", "--log-level=0", "--dump-dom"]
+                async let live = chromium(logging + [liveURL], folder: folder)
+                try await eventually("the page's event stream", timeout: .seconds(30)) {
+                    try await statistic(client, "event_streams_open") != "0"
+                }
+                finish.open()
+                var runs = [("live", try await live)]
+                // The queued job's page keeps its stream open, which holds virtual time: dump it at the load event.
+                for (name, id) in [("queued", queued), ("done", running), ("failed", failed)] {
+                    runs.append((name, try await chromium(logging + [url(id)], folder: folder, virtualTime: name != "queued")))
+                }
+                let dumps = runs.map { ($0.0, $0.1.outputText) }
+                for (name, run) in runs {
+                    let violations = run.errors.split(separator: "\n").filter { $0.contains("Content Security Policy") }
+                    #expect(violations.isEmpty, "\(name): \(violations)")
+                }
+                for (name, dump) in dumps {
+                    #expect(dump.contains("<body data-state="), "\(name): \(dump)")
+                    #expect(!dump.contains("data-pwned"), "\(name): injected markup ran: \(dump)")
+                    #expect(!dump.contains("<img") && !dump.contains("<svg"), "\(name): \(dump)")
+                }
+                #expect(dumps[0].1.contains(#"<body data-state="done">"#), "the page's own script followed the job: \(dumps[0].1)")
+                #expect(dumps[0].1.contains("&lt;script \u{0600}&gt;document"), "the streamed result shows as text: \(dumps[0].1)")
+                #expect(dumps[1].1.contains("&lt;svg/onload="), "the function name shows as text: \(dumps[1].1)")
+                #expect(dumps[3].1.contains(#"<body data-state="failed">"#) && dumps[3].1.contains("&lt;img src=x"), "\(dumps[3].1)")
+            }
+        }
+    }
+
     private func chromium(_ arguments: [String], folder: URL, virtualTime: Bool = true) async throws -> ProgramRun {
         try await runProgram(
             "/usr/bin/chromium",

@@ -130,8 +130,8 @@ final class GatewayHTTPServer: Sendable {
             guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }
             switch try await lookUp(id, head: head, outbound: outbound) {
             case nil, .notFound?: return
-            case .expired?: try await send(.ok, "text/html; charset=utf-8", JobPage.html(id: id, record: nil), head: head, outbound: outbound)
-            case .found(let record)?: try await send(.ok, "text/html; charset=utf-8", JobPage.html(id: id, record: record), head: head, outbound: outbound)
+            case .expired?: try await sendPage(JobPage.page(id: id, record: nil), head: head, outbound: outbound)
+            case .found(let record)?: try await sendPage(JobPage.page(id: id, record: record), head: head, outbound: outbound)
             }
         case let route where route.count == 3 && route[0] == "jobs" && route[2] == "events":
             guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }
@@ -161,13 +161,18 @@ final class GatewayHTTPServer: Sendable {
         try await send(.notFound, "text/plain; charset=utf-8", "not found\n", head: head, outbound: outbound)
     }
 
-    /// Headers every response carries: ids in URLs must not leak through caches or the Referer header.
+    /// Headers every response carries: ids in URLs must not leak through caches or the Referer header, and nothing
+    /// but a job page (which sets its own policy) may run or load anything.
     private static let commonHeaders: [(String, String)] = [
         ("Cache-Control", "no-store"),
         ("Referrer-Policy", "no-referrer"),
         ("X-Content-Type-Options", "nosniff"),
-        ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'"),
     ]
+    private static let strictestPolicy = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+    private func sendPage(_ page: (html: String, contentSecurityPolicy: String), head: HTTPRequestHead, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        try await send(.ok, "text/html; charset=utf-8", page.html, head: head, outbound: outbound, policy: page.contentSecurityPolicy)
+    }
 
     private func send(
         _ status: HTTPResponseStatus,
@@ -175,10 +180,12 @@ final class GatewayHTTPServer: Sendable {
         _ body: String,
         head: HTTPRequestHead,
         outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>,
-        extra: [(String, String)] = []
+        extra: [(String, String)] = [],
+        policy: String = strictestPolicy
     ) async throws {
         let bytes = ByteBuffer(string: body)
         var headers = HTTPHeaders(Self.commonHeaders + extra)
+        headers.add(name: "Content-Security-Policy", value: policy)
         headers.add(name: "Content-Type", value: contentType)
         headers.add(name: "Content-Length", value: String(bytes.readableBytes))
         headers.add(name: "Connection", value: "close")
@@ -192,12 +199,13 @@ final class GatewayHTTPServer: Sendable {
     /// The job's state now, then each change as it happens, until its end; the page closes the stream then.
     /// A watcher in the push hub, as for `WATCH`: registered before the read, so no change falls in between.
     private func streamEvents(of gatewayID: GatewayJobID, head: HTTPRequestHead, channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
-        guard let id = JobID(rawValue: gatewayID.rawValue) else { return try await notFound(head, outbound) }
+        guard let id = backend.issuedID(gatewayID) else { return try await notFound(head, outbound) }
         let outbox = SessionOutbox(limit: 1024 * 1024)
         guard let token = hub.addWatcher(id, as: gatewayID, outbox: outbox, tag: nil, limit: 1) else { return try await notFound(head, outbound) }
         defer { hub.removeAll(for: outbox) }
         guard let found = try await lookUp(gatewayID, head: head, outbound: outbound) else { return }
         var headers = HTTPHeaders(Self.commonHeaders)
+        headers.add(name: "Content-Security-Policy", value: Self.strictestPolicy)
         headers.add(name: "Content-Type", value: "text/event-stream; charset=utf-8")
         try await outbound.write(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers)))
         guard head.method == .GET else { return try await outbound.write(.end(nil)) }
