@@ -23,11 +23,8 @@ struct ProcessLifecycle: Service {
         // Trapped first: a SIGHUP's default action ends the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         await withGracefulShutdownHandler {
-            do {
-                try await cancelWhenGracefulShutdown { try await ready() }
-            } catch {
-                return  // stopping before it was ready, or it could not start (the service says why)
-            }
+            // Not ready: stopping first, or it could not start (the service says why).
+            guard await untilReady() else { return }
             SystemdNotifier.notify("READY=1")
             for await _ in hangups.cancelOnGracefulShutdown() {
                 SystemdNotifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
@@ -37,6 +34,21 @@ struct ProcessLifecycle: Service {
         } onGracefulShutdown: {
             SystemdNotifier.notify("STOPPING=1")
         }
+    }
+}
+
+extension ProcessLifecycle {
+    /// Whether `ready` returned before a graceful shutdown began. `ready` need not heed cancellation: this must not
+    /// hold up the shutdown, as the services listed before it (the one it waits for) stop only after it.
+    private func untilReady() async -> Bool {
+        let (outcome, report) = AsyncStream<Bool>.makeStream()
+        let waiting = Task {
+            report.yield((try? await ready()) != nil)
+            report.finish()
+        }
+        defer { waiting.cancel() }
+        for await isReady in outcome.cancelOnGracefulShutdown() { return isReady }
+        return false
     }
 }
 

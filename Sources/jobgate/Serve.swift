@@ -116,7 +116,7 @@ struct Serve: AsyncParsableCommand {
     var lostGrace: Int?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (default: info)")
-    var logLevel: String?
+    var logLevel: LogLevel?
 
     @Flag(
         name: .customLong("check-config"),
@@ -157,10 +157,7 @@ struct Serve: AsyncParsableCommand {
     func loadConfiguration() throws -> Loaded {
         let settings = try Settings(file: config)
         let gateway = try makeConfiguration(settings)
-        let levelName = settings.value("log-level", logLevel) ?? "info"
-        guard let level = Logger.Level(rawValue: levelName) else {
-            throw ConfigurationError("\(settings.source("log-level", commandLine: logLevel != nil)): not a log level: \(levelName) (trace, debug, info, notice, warning, error or critical)")
-        }
+        let level = try settings.parse("log-level", logLevel, expected: "trace, debug, info, notice, warning, error or critical")?.level ?? .info
         try settings.checkAllKnown()
         return Loaded(gateway: gateway, logLevel: level)
     }
@@ -186,7 +183,7 @@ struct Serve: AsyncParsableCommand {
             metadata: ["config.changed": "\(changed.isEmpty ? "nothing" : changed.joined(separator: ","))"]
         )
         if !needsRestart.isEmpty {
-            logger.warning("configuration changes that need a restart", metadata: ["config.unchanged": "\(needsRestart.joined(separator: ","))"])
+            logger.warning("configuration changes that need a restart", metadata: ["config.needs-restart": "\(needsRestart.joined(separator: ","))"])
         }
     }
 
