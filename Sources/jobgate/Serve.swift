@@ -224,12 +224,12 @@ struct Serve: AsyncParsableCommand {
     func makeConfiguration(_ settings: Settings) throws -> GatewayConfiguration {
         var configuration = GatewayConfiguration()
         if let listen = settings.value("listen", listen) {
-            let (host, port) = try Settings.hostPort(listen, option: "listen")
+            let (host, port) = try settings.hostPort(listen, of: "listen", commandLine: self.listen != nil)
             configuration.host = host
             configuration.port = port
         }
         if let http = settings.value("http", http), !http.isEmpty, http != "off" {
-            let (host, port) = try Settings.hostPort(http, option: "http")
+            let (host, port) = try settings.hostPort(http, of: "http", commandLine: self.http != nil)
             configuration.httpHost = host
             configuration.httpPort = port
         }
@@ -240,7 +240,7 @@ struct Serve: AsyncParsableCommand {
             }
         }
         if let redis = settings.value("redis", redis) {
-            let (host, port) = try Settings.hostPort(redis, option: "redis")
+            let (host, port) = try settings.hostPort(redis, of: "redis", commandLine: self.redis != nil)
             configuration.redis.host = host
             configuration.redis.port = port
         }

@@ -87,9 +87,9 @@ final class Settings {
         }
     }
 
-    static func hostPort(_ text: String, option: String) throws(ConfigurationError) -> (String, Int) {
+    func hostPort(_ text: String, of name: String, commandLine: Bool) throws(ConfigurationError) -> (String, Int) {
         guard let address = GearmanServerAddress(text), text.contains(":") else {
-            throw ConfigurationError("--\(option): expected host:port, got \(text)")
+            throw ConfigurationError("\(source(name, commandLine: commandLine)): expected host:port, got \(text)")
         }
         return (address.host, address.port)
     }

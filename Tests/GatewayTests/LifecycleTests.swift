@@ -133,6 +133,9 @@ struct LifecycleTests {
         )
         #expect(run.status == 78 && run.errors.contains("unknown environment variable JOBGATE_MAX_PAYLOD; did you mean `JOBGATE_MAX_PAYLOAD`?"), "\(run.errors)")
 
+        run = try await runProgram(jobgateExecutable(), ["serve"], environment: ["JOBGATE_LISTEN": "nowhere"], timeout: .seconds(10))
+        #expect(run.status == 78 && run.errors.contains("JOBGATE_LISTEN: expected host:port, got nowhere"), "\(run.errors)")
+
         let badValue = try ConfigFile("max-line = lots\n")
         run = try await runProgram(jobgateExecutable(), ["serve", "--config", badValue.path], timeout: .seconds(10))
         #expect(run.status == 78 && run.errors.contains("max-line (\(badValue.path):1): not a non-negative number: lots"), "\(run.errors)")
