@@ -203,39 +203,3 @@ final class ConfigFile {
         try text.write(toFile: path, atomically: true, encoding: .utf8)
     }
 }
-
-/// A unix datagram socket standing in for systemd's notification socket.
-final class NotifySocket: @unchecked Sendable {
-    let path: String
-    private let descriptor: Int32
-
-    init() throws {
-        path = "/tmp/jobgate-notify-\(UUID().uuidString.prefix(8)).sock"
-        descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-        guard descriptor >= 0 else { throw DeployTestFailure(description: "socket: errno \(errno)") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0 else { throw DeployTestFailure(description: "bind \(path): errno \(errno)") }
-        var timeout = timeval(tv_sec: 15, tv_usec: 0)
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    deinit {
-        close(descriptor)
-        unlink(path)
-    }
-
-    /// The next datagram; throws if none arrives within 15 s.
-    func receive() async throws -> String {
-        try await onOwnThread { [descriptor] in
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            let count = recv(descriptor, &buffer, buffer.count, 0)
-            guard count >= 0 else { throw DeployTestFailure(description: "no notification (errno \(errno))") }
-            return String(decoding: buffer[..<count], as: UTF8.self)
-        }
-    }
-}

@@ -99,6 +99,26 @@ struct WorkerLifecycleTests {
             #expect(try await worker.waitForExit() == 0, "\(worker.log)")
         }
     }
+
+    /// Under systemd the worker says READY=1 once Redis answers, RELOADING=1 then READY=1 around a reload and
+    /// STOPPING=1 on stop, as the gateway does.
+    @Test func notifiesSystemd() async throws {
+        try await withWorkerServers { redis, gearmand, _, _ in
+            let socket = try NotifySocket()
+            let worker = try LocalProcess(
+                jobgateExecutable(), ["worker", "--function", "upper", "--gearman", gearmand.address, "--redis", redis.address, "--", "tr", "a-z", "A-Z"],
+                environment: ["NOTIFY_SOCKET": socket.path]
+            )
+            defer { worker.stop() }
+            #expect(try await socket.receive() == "READY=1")
+            worker.signal(SIGHUP)
+            #expect(try await socket.receive().hasPrefix("RELOADING=1\nMONOTONIC_USEC="))
+            #expect(try await socket.receive() == "READY=1")
+            worker.signal(SIGTERM)
+            #expect(try await socket.receive() == "STOPPING=1")
+            #expect(try await worker.waitForExit() == 0, "\(worker.log)")
+        }
+    }
 }
 
 /// A file in the temporary folder, removed when the test is done with it.
