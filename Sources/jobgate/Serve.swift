@@ -162,7 +162,7 @@ struct Serve: AsyncParsableCommand {
         return Loaded(gateway: gateway, logLevel: level)
     }
 
-    /// SIGHUP: reads the configuration again (command-line options still win) and takes what can change while
+    /// SIGHUP: reads the file again (the environment and the options still win) and takes what can change while
     /// running; logs what changed and what would need a restart. A configuration with a mistake changes nothing.
     func reload(_ server: GatewayServer, logger: Logger) {
         let new: Loaded
