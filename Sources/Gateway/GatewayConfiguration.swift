@@ -1,6 +1,7 @@
 public import Gearman
 public import Memcache
 public import Redis
+import Synchronization
 
 /// Everything `jobgate serve` can be told. Defaults suit one machine: loopback only, local servers.
 public struct GatewayConfiguration: Sendable {
@@ -65,4 +66,39 @@ public struct GatewayConfiguration: Sendable {
     public var sweepInterval: Duration = .seconds(30)
 
     public init() {}
+
+    /// This configuration with what a running gateway takes from `new` on reload (SIGHUP): the secrets (for new
+    /// `AUTH`s), the limits and the timeouts. The rest (addresses, servers, key prefix, legacy bridge, job timing)
+    /// is built into the running parts and needs a restart.
+    public func applyingReloadable(from new: GatewayConfiguration) -> GatewayConfiguration {
+        var result = self
+        result.secrets = new.secrets
+        result.maximumLineLength = new.maximumLineLength
+        result.maximumPayloadSize = new.maximumPayloadSize
+        result.maximumWatchesPerConnection = new.maximumWatchesPerConnection
+        result.maximumConnections = new.maximumConnections
+        result.idleTimeout = new.idleTimeout
+        result.outputBufferLimit = new.outputBufferLimit
+        result.maximumWaitTimeout = new.maximumWaitTimeout
+        return result
+    }
+}
+
+/// The configuration of a running gateway: one owner, read by every session, swapped on reload.
+final class LiveConfiguration: Sendable {
+    private let current: Mutex<GatewayConfiguration>
+
+    init(_ configuration: GatewayConfiguration) {
+        current = Mutex(configuration)
+    }
+
+    var value: GatewayConfiguration { current.withLock { $0 } }
+
+    /// Takes what may change while running from `new`; returns the configuration now in effect.
+    func reload(from new: GatewayConfiguration) -> GatewayConfiguration {
+        current.withLock { configuration in
+            configuration = configuration.applyingReloadable(from: new)
+            return configuration
+        }
+    }
 }

@@ -16,7 +16,7 @@ import Synchronization
 /// then listens. On graceful shutdown it stops accepting, stops reading requests, answers what is in
 /// flight and closes each connection.
 public final class GatewayServer: Service {
-    public let configuration: GatewayConfiguration
+    private let live: LiveConfiguration
     /// Where the gateway's metrics live (`/metrics`, `STATS`): its own unless given one, so that several gateways
     /// can run in one process. `jobgate serve` passes the one it bootstraps swift-metrics' `MetricsSystem` with.
     public let metrics: PrometheusCollectorRegistry
@@ -35,9 +35,19 @@ public final class GatewayServer: Service {
         metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
         logger: Logger = Logger(label: "jobgate.gateway")
     ) {
-        self.configuration = configuration
+        self.live = LiveConfiguration(configuration)
         self.metrics = metrics
         self.logger = logger
+    }
+
+    /// The configuration in effect (reloads change part of it).
+    public var configuration: GatewayConfiguration { live.value }
+
+    /// Takes the secrets, limits and timeouts of `new` for what follows (new `AUTH`s, new requests, new
+    /// connections); the rest of `new` needs a restart. Returns the configuration now in effect.
+    @discardableResult
+    public func reload(_ new: GatewayConfiguration) -> GatewayConfiguration {
+        live.reload(from: new)
     }
 
     /// The address the server listens on, once it does (port 0 in the configuration picks a free port).
@@ -70,11 +80,14 @@ public final class GatewayServer: Service {
                 return state.waiters
             }
             for waiter in waiters { waiter.resume(throwing: error) }
+            // Stopped while it waited for Redis: a stop as asked, not a failure.
+            if error is CancellationError && Task.isShuttingDownGracefully { return }
             throw error
         }
     }
 
     private func serve() async throws {
+        let configuration = self.configuration
         let backends = BackendStatus(
             redisServer: "\(configuration.redis.host):\(configuration.redis.port)",
             gearmandServers: configuration.gearmanServers.map { "\($0)" },
@@ -87,9 +100,12 @@ public final class GatewayServer: Service {
         storeConfiguration.resultTTL = configuration.resultTTL
         storeConfiguration.acceptanceGrace = configuration.lostJobGrace
         let store = RedisJobStore(redis: redis, configuration: storeConfiguration)
-        let ids = try await untilRedisAnswers {
-            try await KeyspaceNotifications.ensureEnabled(on: redis)
-            return try await JobIDMinter.load(from: redis, prefix: configuration.keyPrefix)
+        let logger = self.logger
+        let ids = try await cancelWhenGracefulShutdown {
+            try await untilRedisAnswers(at: "\(configuration.redis.host):\(configuration.redis.port)", logger: logger) {
+                try await KeyspaceNotifications.ensureEnabled(on: redis)
+                return try await JobIDMinter.load(from: redis, prefix: configuration.keyPrefix)
+            }
         }
         let feed = JobChangeFeed(store: store, sweepInterval: configuration.sweepInterval, logger: logger)
         feed.onLinkChange { link, error in backends.redisChanged(link, error: error) }
@@ -116,7 +132,10 @@ public final class GatewayServer: Service {
                         host: configuration.httpHost, port: httpPort, backend: backend, hub: hub, statistics: statistics,
                         maximumConnections: configuration.maximumConnections, logger: logger
                     )
-                    group.addTask { try await http.run { address in self.httpAddress.resolve(.success(address)) } }
+                    group.addTask {
+                        // Cancelled below once the line protocol has drained: the HTTP port's normal end, not a failure.
+                        do { try await http.run { address in self.httpAddress.resolve(.success(address)) } } catch is CancellationError {}
+                    }
                 }
                 try await acceptConnections(backend: backend, hub: hub, statistics: statistics)
                 group.cancelAll()
@@ -132,31 +151,8 @@ public final class GatewayServer: Service {
         await legacy?.memcache.shutdown()
     }
 
-    /// Redis may come up after the gateway (boot order, a restart at the same moment): wait for it, not listening
-    /// meanwhile, rather than exit. What waiting cannot fix (a refused password, notifications that cannot be
-    /// enabled) still ends the start.
-    private func untilRedisAnswers<T>(_ body: () async throws -> T) async throws -> T {
-        var attempt = 0
-        while true {
-            do {
-                return try await body()
-            } catch let error where Self.isUnreachable(error) {
-                attempt += 1
-                if attempt == 1 || attempt % 30 == 0 {
-                    logger.warning("waiting for Redis", metadata: ["redis.error": "\(error)", "redis.attempts": "\(attempt)"])
-                }
-                try await Task.sleep(for: .milliseconds(min(1_000, 50 << min(attempt, 5))))
-            }
-        }
-    }
-
-    private static func isUnreachable(_ error: any Error) -> Bool {
-        if let error = error as? JobStoreError { return error.code == .backendDown }
-        if let error = error as? RedisError { return ![.serverError, .authenticationFailed].contains(error.code) }
-        return false
-    }
-
     private func makeLegacyBridge(store: RedisJobStore, gearman: GearmanServerPool, statistics: GatewayStatistics) throws -> LegacyBridge? {
+        let configuration = self.configuration
         guard !configuration.legacyFunctions.isEmpty else { return nil }
         guard !configuration.memcachedServers.isEmpty else {
             throw GatewayConfigurationError("legacy functions need the memcached servers their workers store results in")
@@ -178,8 +174,8 @@ public final class GatewayServer: Service {
 
     private func acceptConnections(backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics) async throws {
         let configuration = self.configuration
-        let services = SessionServices(backend: backend, hub: hub, configuration: configuration, statistics: statistics, logger: logger)
-        let connections = GatewayConnections(limit: configuration.maximumConnections, statistics: statistics)
+        let services = SessionServices(backend: backend, hub: hub, configuration: live, statistics: statistics, logger: logger)
+        let connections = GatewayConnections(configuration: live, statistics: statistics)
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -235,11 +231,11 @@ final class GatewayConnections: Sendable {
     }
 
     private let state = Mutex(State())
-    private let limit: Int
+    private let configuration: LiveConfiguration
     private let statistics: GatewayStatistics
 
-    init(limit: Int, statistics: GatewayStatistics) {
-        self.limit = limit
+    init(configuration: LiveConfiguration, statistics: GatewayStatistics) {
+        self.configuration = configuration
         self.statistics = statistics
     }
 
@@ -247,6 +243,7 @@ final class GatewayConnections: Sendable {
     func admit(_ channel: any Channel) -> String? {
         statistics.connectionsAccepted.add(1, ordering: .relaxed)
         let key = ObjectIdentifier(channel)
+        let limit = configuration.value.maximumConnections
         let refusal = state.withLock { state -> String? in
             // One accepted just as shutdown began (the listener closes meanwhile) would never be asked to close.
             if state.isShuttingDown { return "the gateway is shutting down; try another or again later" }

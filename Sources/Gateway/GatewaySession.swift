@@ -11,16 +11,19 @@ final class SessionServices: Sendable {
     let hub: PushHub
     let submits: BackendBatcher<GatewaySubmission, GatewayBackend.Submitted>
     let lookups: BackendBatcher<GatewayJobID, JobLookup>
-    let configuration: GatewayConfiguration
+    let live: LiveConfiguration
     let statistics: GatewayStatistics
     let logger: Logger
 
-    init(backend: GatewayBackend, hub: PushHub, configuration: GatewayConfiguration, statistics: GatewayStatistics, logger: Logger) {
+    /// What is in effect now: a reload (SIGHUP) changes the secrets, limits and timeouts for what follows.
+    var configuration: GatewayConfiguration { live.value }
+
+    init(backend: GatewayBackend, hub: PushHub, configuration: LiveConfiguration, statistics: GatewayStatistics, logger: Logger) {
         self.backend = backend
         self.hub = hub
         self.submits = BackendBatcher { submissions, turn in await backend.submit(submissions, turn: turn) }
         self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids) }
-        self.configuration = configuration
+        self.live = configuration
         self.statistics = statistics
         self.logger = logger
     }

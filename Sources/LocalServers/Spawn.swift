@@ -73,6 +73,7 @@ public func runProgram(
     _ executable: String,
     _ arguments: [String],
     input: [UInt8]? = nil,
+    environment: [String: String] = [:],
     timeout: Duration = .seconds(60)
 ) async throws -> ProgramRun {
     guard FileManager.default.isExecutableFile(atPath: executable) else {
@@ -82,7 +83,9 @@ public func runProgram(
     let (inputPath, outputPath, errorPath) = (base + ".in", base + ".out", base + ".err")
     defer { for path in [inputPath, outputPath, errorPath] { unlink(path) } }
     if let input { try Data(input).write(to: URL(fileURLWithPath: inputPath)) }
-    let pid = try spawnProcess(executable, arguments, stdin: input == nil ? nil : inputPath, stdout: outputPath, stderr: errorPath)
+    let pid = try spawnProcess(
+        executable, arguments, stdin: input == nil ? nil : inputPath, stdout: outputPath, stderr: errorPath, environment: environment
+    )
     let deadline = ContinuousClock.now + timeout
     var status: Int32? = nil
     while status == nil {

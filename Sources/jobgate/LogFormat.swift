@@ -9,28 +9,14 @@ enum LogFormat: String, ExpressibleByArgument, CaseIterable {
     /// One JSON object per line (time, level, label, message, metadata as fields), for log shippers.
     case json
 
-    init(option value: String) throws {
-        guard let format = LogFormat(rawValue: value) else {
-            throw ValidationError("--log-format must be text or json, not \(value)")
-        }
-        self = format
-    }
-
-    /// The process's logging: called once, by the command, never by a library.
-    func bootstrap(level: Logger.Level) {
+    /// The process's logging: called once, by the command, never by a library. The level is the process's
+    /// (`ProcessLogLevel`), so that a reload changes it for every logger.
+    func bootstrap() {
         switch self {
         case .text:
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
-            }
+            LoggingSystem.bootstrap { label in ProcessLevelLogHandler(StreamLogHandler.standardError(label: label)) }
         case .json:
-            LoggingSystem.bootstrap { label in
-                var handler = JSONLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
-            }
+            LoggingSystem.bootstrap { label in ProcessLevelLogHandler(JSONLogHandler.standardError(label: label)) }
         }
     }
 }

@@ -22,7 +22,10 @@ struct Serve: AsyncParsableCommand {
             Every option can also come from the environment (JOBGATE_ plus the option name in capitals with
             underscores, e.g. JOBGATE_MAX_PAYLOAD=1048576) or from a config file (--config FILE, lines
             `name = value` with the option names, e.g. `redis = 127.0.0.1:6379`; `#` starts a comment).
-            Command-line options win over the environment, which wins over the file.
+            Command-line options win over the environment, which wins over the file. An unknown name in the
+            file, an unknown JOBGATE_ variable or a bad value stops the start (exit 78) naming it;
+            --check-config checks and prints the effective configuration without starting.
+            SIGHUP reloads the secrets, limits, timeouts and log level; SIGTERM or SIGINT stop gracefully.
 
             Example (everything on this machine, the defaults):
               jobgate serve --listen 127.0.0.1:4740 --gearman 127.0.0.1:4730 --redis 127.0.0.1:6379
@@ -139,37 +142,127 @@ struct Serve: AsyncParsableCommand {
     var lostGrace: Int?
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (default: info)")
-    var logLevel: String?
+    var logLevel: LogLevel?
+
+    @Flag(
+        name: .customLong("check-config"),
+        help: "Check the configuration (options, JOBGATE_ variables, config file), print the effective one (secrets masked) and exit: 0 if valid, 78 if not."
+    )
+    var checkConfig = false
 
     @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line. (default: text)")
-    var logFormat: String?
+    var logFormat: LogFormat?
 
     func run() async throws {
         GlibcMalloc.limitArenas()
-        let settings = try Settings(file: config)
-        let configuration = try makeConfiguration(settings)
-        let level = Logger.Level(rawValue: settings.value("log-level", logLevel) ?? "info") ?? .info
-        try LogFormat(option: settings.value("log-format", logFormat) ?? "text").bootstrap(level: level)
+        let loaded = try checkingConfiguration { try loadConfiguration() }
+        if checkConfig {
+            print(Settings.describe(Self.entries(loaded), secrets: ["secrets", "redis-password"]))
+            return
+        }
+        ProcessLogLevel.level = loaded.logLevel
+        loaded.logFormat.bootstrap()
         let logger = Logger(label: "jobgate.gateway")
         // One registry for the process: the gateway's own metrics, and whatever a library reports through swift-metrics.
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
-        let server = GatewayServer(configuration: configuration, metrics: registry, logger: logger)
+        let server = GatewayServer(configuration: loaded.gateway, metrics: registry, logger: logger)
+        let lifecycle = ProcessLifecycle(
+            ready: { _ = try await server.waitUntilListening() },
+            reload: { reload(server, logger: logger) }
+        )
         let group = ServiceGroup(
-            configuration: .init(services: [server, GlibcMalloc.Trimmer()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: [server, lifecycle, GlibcMalloc.Trimmer()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         try await group.run()
+    }
+
+    /// What `jobgate serve` runs with: the gateway's configuration and the log level.
+    struct Loaded {
+        var gateway: GatewayConfiguration
+        var logLevel: Logger.Level
+        var logFormat = LogFormat.text
+    }
+
+    /// Reads the options, the environment and the config file, refusing bad values and unknown names.
+    func loadConfiguration() throws -> Loaded {
+        let settings = try Settings(file: config)
+        let gateway = try makeConfiguration(settings)
+        let level = try settings.parse("log-level", logLevel, expected: "trace, debug, info, notice, warning, error or critical")?.level ?? .info
+        let format = try settings.parse("log-format", logFormat, expected: "text or json") ?? .text
+        try settings.checkAllKnown()
+        return Loaded(gateway: gateway, logLevel: level, logFormat: format)
+    }
+
+    /// SIGHUP: reads the file again (the environment and the options still win) and takes what can change while
+    /// running; logs what changed and what would need a restart. A configuration with a mistake changes nothing.
+    func reload(_ server: GatewayServer, logger: Logger) {
+        let new: Loaded
+        do {
+            new = try loadConfiguration()
+        } catch {
+            logger.error("configuration not reloaded: keeping the running one", metadata: ["config.error": "\(error)"])
+            return
+        }
+        let before = Self.entries(Loaded(gateway: server.configuration, logLevel: ProcessLogLevel.level))
+        let after = Self.entries(Loaded(gateway: server.reload(new.gateway), logLevel: new.logLevel))
+        ProcessLogLevel.level = new.logLevel
+        let wanted = Self.entries(new)
+        let changed = zip(before, after).filter { $0.value != $1.value }.map(\.0.name)
+        let needsRestart = zip(after, wanted).filter { $0.value != $1.value }.map(\.0.name)
+        logger.notice(
+            "configuration reloaded",
+            metadata: ["config.changed": "\(changed.isEmpty ? "nothing" : changed.joined(separator: ","))"]
+        )
+        if !needsRestart.isEmpty {
+            logger.warning("configuration changes that need a restart", metadata: ["config.needs-restart": "\(needsRestart.joined(separator: ","))"])
+        }
+    }
+
+    /// The effective configuration by option name: `--check-config` prints it, a reload compares it.
+    static func entries(_ loaded: Loaded) -> [(name: String, value: String)] {
+        let gateway = loaded.gateway
+        func seconds(_ duration: Duration) -> String { "\(duration.components.seconds)" }
+        func milliseconds(_ duration: Duration) -> String { "\(Int(duration / .milliseconds(1)))" }
+        let legacy = gateway.legacyFunctions.sorted { $0.key < $1.key }.map { "\($0.key):\($0.value == .phpMemcached ? "php-memcached" : "pecl-memcache")" }
+        return [
+            ("listen", "\(gateway.host):\(gateway.port)"),
+            ("http", gateway.httpPort.map { "\(gateway.httpHost):\($0)" } ?? "off"),
+            ("gearman", gateway.gearmanServers.map(\.description).joined(separator: ",")),
+            ("redis", "\(gateway.redis.host):\(gateway.redis.port)"),
+            ("redis-user", gateway.redis.authentication?.username ?? ""),
+            ("redis-password", gateway.redis.authentication?.password ?? ""),
+            ("redis-db", "\(gateway.redis.database ?? 0)"),
+            ("key-prefix", gateway.keyPrefix),
+            ("secrets", gateway.secrets.isEmpty ? "none" : gateway.secrets.joined(separator: ",")),
+            ("legacy-functions", legacy.joined(separator: ",")),
+            ("memcached", gateway.memcachedServers.map { "\($0.host):\($0.port)" }.joined(separator: ",")),
+            ("memcached-distribution", Distribution.allCases.first { $0.value == gateway.memcachedDistribution }?.rawValue ?? ""),
+            ("legacy-poll-min", milliseconds(gateway.legacyMinimumPollInterval)),
+            ("legacy-poll-max", milliseconds(gateway.legacyMaximumPollInterval)),
+            ("max-line", "\(gateway.maximumLineLength)"),
+            ("max-payload", "\(gateway.maximumPayloadSize)"),
+            ("max-watches", "\(gateway.maximumWatchesPerConnection)"),
+            ("max-connections", "\(gateway.maximumConnections)"),
+            ("idle-timeout", seconds(gateway.idleTimeout)),
+            ("output-buffer", "\(gateway.outputBufferLimit)"),
+            ("max-wait", seconds(gateway.maximumWaitTimeout)),
+            ("result-ttl", "\(gateway.resultTTL)"),
+            ("lost-grace", seconds(gateway.lostJobGrace)),
+            ("log-level", loaded.logLevel.rawValue),
+            ("log-format", loaded.logFormat.rawValue),
+        ]
     }
 
     func makeConfiguration(_ settings: Settings) throws -> GatewayConfiguration {
         var configuration = GatewayConfiguration()
         if let listen = settings.value("listen", listen) {
-            let (host, port) = try Settings.hostPort(listen, option: "listen")
+            let (host, port) = try settings.hostPort(listen, of: "listen", commandLine: self.listen != nil)
             configuration.host = host
             configuration.port = port
         }
         if let http = settings.value("http", http), !http.isEmpty, http != "off" {
-            let (host, port) = try Settings.hostPort(http, option: "http")
+            let (host, port) = try settings.hostPort(http, of: "http", commandLine: self.http != nil)
             configuration.httpHost = host
             configuration.httpPort = port
         }
@@ -180,12 +273,13 @@ struct Serve: AsyncParsableCommand {
             }
         }
         if let redis = settings.value("redis", redis) {
-            let (host, port) = try Settings.hostPort(redis, option: "redis")
+            let (host, port) = try settings.hostPort(redis, of: "redis", commandLine: self.redis != nil)
             configuration.redis.host = host
             configuration.redis.port = port
         }
+        let user = settings.value("redis-user", redisUser)
         if let password = settings.value("redis-password", redisPassword) {
-            configuration.redis.authentication = .init(username: settings.value("redis-user", redisUser), password: password)
+            configuration.redis.authentication = .init(username: user, password: password)
         }
         configuration.redis.database = try settings.int("redis-db", redisDB)
         configuration.keyPrefix = settings.value("key-prefix", keyPrefix) ?? configuration.keyPrefix
@@ -244,51 +338,5 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--legacy-poll-min must be positive and at most --legacy-poll-max")
         }
         return configuration
-    }
-}
-
-/// Option values from the command line, then the environment (`JOBGATE_…`), then a config file.
-struct Settings {
-    let file: [String: String]
-    let environment: [String: String]
-
-    init(file path: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
-        self.environment = environment
-        guard let path else {
-            self.file = [:]
-            return
-        }
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw ValidationError("cannot read config file \(path): \(error.localizedDescription)")
-        }
-        var values: [String: String] = [:]
-        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
-            let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0].trimmingCharacters(in: .whitespaces)
-            guard !line.isEmpty else { continue }
-            let parts = line.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2 else { throw ValidationError("\(path):\(number + 1): expected `name = value`") }
-            values[parts[0].trimmingCharacters(in: .whitespaces)] = parts[1].trimmingCharacters(in: .whitespaces)
-        }
-        self.file = values
-    }
-
-    func value(_ name: String, _ commandLine: String?) -> String? {
-        commandLine ?? environment["JOBGATE_" + name.uppercased().replacingOccurrences(of: "-", with: "_")] ?? file[name]
-    }
-
-    func int(_ name: String, _ commandLine: Int?) throws -> Int? {
-        guard let text = value(name, commandLine.map(String.init)) else { return nil }
-        guard let number = Int(text), number >= 0 else { throw ValidationError("\(name): not a non-negative number: \(text)") }
-        return number
-    }
-
-    static func hostPort(_ text: String, option: String) throws -> (String, Int) {
-        guard let address = GearmanServerAddress(text), text.contains(":") else {
-            throw ValidationError("--\(option): expected host:port, got \(text)")
-        }
-        return (address.host, address.port)
     }
 }

@@ -32,7 +32,13 @@ struct Worker: AsyncParsableCommand {
             gearmand and Redis, writes the outcome to Redis in one MULTI/EXEC
             (retrying while Redis is down), then reports WORK_COMPLETE or
             WORK_FAIL to gearmand. On SIGTERM or SIGINT it takes no new job,
-            lets the running ones finish and publish, then exits.
+            lets the running ones finish and publish, then exits. Started
+            before Redis, it waits for it. SIGHUP re-reads the log level.
+
+            Options can also come from the environment (JOBGATE_ plus the
+            option name in capitals, e.g. JOBGATE_CONCURRENCY=4) or a config
+            file (--config FILE, `name = value` lines), as for `jobgate serve`;
+            unknown names and bad values stop the start (exit 78).
 
             Examples:
               jobgate worker --function upper -- tr a-z A-Z
@@ -44,44 +50,53 @@ struct Worker: AsyncParsableCommand {
             """
     )
 
+    @Option(help: "Config file with `name = value` lines (same names as the options; `function = a,b` for several).")
+    var config: String?
+
+    @Flag(
+        name: .customLong("check-config"),
+        help: "Check the configuration (options, JOBGATE_ variables, config file), print the effective one (secrets masked) and exit: 0 if valid, 78 if not."
+    )
+    var checkConfig = false
+
     @Option(name: .long, help: ArgumentHelp("A Gearman function to serve; repeat it for several.", valueName: "name"))
     var function: [String] = []
 
-    @Option(name: .long, help: "Jobs run at once, over all functions.")
-    var concurrency: Int = 1
+    @Option(name: .long, help: "Jobs run at once, over all functions. (default: 1)")
+    var concurrency: Int?
 
     @Option(name: .long, help: ArgumentHelp("Seconds a job may run before it is killed and failed (default: no limit).", valueName: "seconds"))
     var timeout: Double?
 
-    @Option(name: .customLong("max-output"), help: ArgumentHelp("Largest result accepted, in bytes (suffix k or m allowed).", valueName: "size"))
-    var maximumOutput: ByteSize = ByteSize(JobCommand.defaultMaximumOutputSize)
+    @Option(name: .customLong("max-output"), help: ArgumentHelp("Largest result accepted, in bytes (suffix k or m allowed). (default: 16m)", valueName: "size"))
+    var maximumOutput: ByteSize?
 
-    @Option(name: .long, help: ArgumentHelp("gearmand servers, comma-separated host:port.", valueName: "host:port,…"))
-    var gearman: GearmanServers = GearmanServers([GearmanServerAddress(host: "127.0.0.1")])
+    @Option(name: .long, help: ArgumentHelp("gearmand servers, comma-separated host:port. (default: 127.0.0.1:4730)", valueName: "host:port,…"))
+    var gearman: GearmanServers?
 
-    @Option(name: .long, help: ArgumentHelp("The Redis server holding the job records.", valueName: "host:port"))
-    var redis: HostPort = HostPort(host: "127.0.0.1", port: 6379)
+    @Option(name: .long, help: ArgumentHelp("The Redis server holding the job records. (default: 127.0.0.1:6379)", valueName: "host:port"))
+    var redis: HostPort?
 
     @Option(name: .customLong("redis-user"), help: "Redis ACL user name (with --redis-password).")
     var redisUser: String?
 
     @Option(
         name: .customLong("redis-password"),
-        help: "Redis password (AUTH). Prefer the JOBGATE_REDIS_PASSWORD environment variable: options show in `ps`."
+        help: "Redis password (AUTH). Prefer the JOBGATE_REDIS_PASSWORD environment variable or the config file: options show in `ps`."
     )
     var redisPassword: String?
 
-    @Option(name: .customLong("redis-db"), help: "Redis database number.")
-    var redisDatabase: Int = 0
+    @Option(name: .customLong("redis-db"), help: "Redis database number. (default: 0)")
+    var redisDatabase: Int?
 
-    @Option(name: .customLong("key-prefix"), help: "Prefix of every Redis key (as the gateway uses).")
-    var keyPrefix: String = "jobgate:"
+    @Option(name: .customLong("key-prefix"), help: "Prefix of every Redis key (as the gateway uses). (default: jobgate:)")
+    var keyPrefix: String?
 
     @Option(
         name: .customLong("result-ttl"),
-        help: ArgumentHelp("Seconds a finished job's record is kept, when its submitter did not choose.", valueName: "seconds")
+        help: ArgumentHelp("Seconds a finished job's record is kept, when its submitter did not choose. (default: 86400)", valueName: "seconds")
     )
-    var resultTTL: Int = 86_400
+    var resultTTL: Int?
 
     @Option(
         name: .long,
@@ -92,103 +107,226 @@ struct Worker: AsyncParsableCommand {
     @Option(
         name: .customLong("memcached-distribution"),
         help: ArgumentHelp(
-            "How the legacy readers spread keys over several memcached servers.",
+            "How the legacy readers spread keys over several memcached servers. (default: pecl-consistent)",
             valueName: "name"
         )
     )
-    var distribution: Distribution = .peclConsistent
+    var distribution: Distribution?
 
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: LogLevel = LogLevel(.info)
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (default: info)")
+    var logLevel: LogLevel?
 
-    @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line.")
-    var logFormat: LogFormat = .text
+    @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line. (default: text)")
+    var logFormat: LogFormat?
 
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The program to run for each job, after `--`.", valueName: "command"))
     var command: [String] = []
 
     func validate() throws {
-        guard !function.isEmpty else { throw ValidationError("give at least one --function") }
-        for name in function {
-            do { try GearmanValidation.function(name) } catch { throw ValidationError("--function \(name): \(error.message)") }
+        guard checkConfig || !command.isEmpty else { throw ValidationError("give the command to run after `--`, e.g. `-- tr a-z A-Z`") }
+    }
+
+    /// Everything `jobgate worker` runs with, from the options, the environment (`JOBGATE_…`) and the config file.
+    struct Loaded {
+        var functions: [String]
+        var concurrency = 1
+        var timeout: Double?
+        var maximumOutput = JobCommand.defaultMaximumOutputSize
+        var gearman = [GearmanServerAddress(host: "127.0.0.1")]
+        var redis = HostPort(host: "127.0.0.1", port: 6379)
+        var redisUser: String?
+        var redisPassword: String?
+        var redisDatabase = 0
+        var keyPrefix = "jobgate:"
+        var resultTTL = 86_400
+        var memcached: [MemcacheServer] = []
+        var distribution = Distribution.peclConsistent
+        var logLevel = Logger.Level.info
+        var logFormat = LogFormat.text
+    }
+
+    /// Reads the options, the environment and the config file, refusing bad values and unknown names (the same
+    /// `Settings` as `jobgate serve`).
+    func loadConfiguration() throws -> Loaded {
+        let settings = try Settings(file: config)
+        let functionList = settings.value("function", function.isEmpty ? nil : function.joined(separator: ","))
+        var loaded = Loaded(functions: functionList.map { $0.split(separator: ",").map(String.init) } ?? [])
+        guard !loaded.functions.isEmpty else { throw ConfigurationError("give at least one --function (or `function = name,…`)") }
+        for name in loaded.functions {
+            do { try GearmanValidation.function(name) } catch { throw ConfigurationError("function \(name): \(error.message)") }
         }
-        guard !command.isEmpty else { throw ValidationError("give the command to run after `--`, e.g. `-- tr a-z A-Z`") }
-        guard concurrency >= 1 else { throw ValidationError("--concurrency must be at least 1") }
-        if let timeout, !(timeout > 0) { throw ValidationError("--timeout must be a positive number of seconds") }
-        guard resultTTL >= 1 else { throw ValidationError("--result-ttl must be at least 1 second") }
-        guard redisDatabase >= 0 else { throw ValidationError("--redis-db must not be negative") }
-        if distribution == .single, let memcached, memcached.servers.count > 1 {
-            throw ValidationError("--memcached-distribution single takes one server; pick how your readers hash keys")
+        loaded.concurrency = try settings.parse("concurrency", concurrency, expected: "a number") ?? loaded.concurrency
+        guard loaded.concurrency >= 1 else { throw ConfigurationError("\(settings.source("concurrency", commandLine: concurrency != nil)) must be at least 1") }
+        loaded.timeout = try settings.parse("timeout", timeout, expected: "seconds")
+        if let timeout = loaded.timeout, !(timeout > 0) {
+            throw ConfigurationError("\(settings.source("timeout", commandLine: self.timeout != nil)) must be a positive number of seconds")
         }
+        loaded.maximumOutput = try settings.parse("max-output", maximumOutput, expected: "a size in bytes (suffix k or m allowed)")?.bytes ?? loaded.maximumOutput
+        loaded.gearman = try settings.parse("gearman", gearman, expected: "host:port,…")?.servers ?? loaded.gearman
+        loaded.redis = try settings.parse("redis", redis, expected: "host:port") ?? loaded.redis
+        loaded.redisUser = settings.value("redis-user", redisUser)
+        loaded.redisPassword = settings.value("redis-password", redisPassword)
+        loaded.redisDatabase = try settings.int("redis-db", redisDatabase) ?? loaded.redisDatabase
+        loaded.keyPrefix = settings.value("key-prefix", keyPrefix) ?? loaded.keyPrefix
+        loaded.resultTTL = try settings.int("result-ttl", resultTTL) ?? loaded.resultTTL
+        guard loaded.resultTTL >= 1 else { throw ConfigurationError("\(settings.source("result-ttl", commandLine: resultTTL != nil)) must be at least 1 second") }
+        loaded.memcached = try settings.parse("memcached", memcached, expected: "host:port,…")?.servers ?? []
+        loaded.distribution = try settings.parse("memcached-distribution", distribution, expected: Distribution.allCases.map(\.rawValue).joined(separator: ", ")) ?? loaded.distribution
+        if loaded.distribution == .single, loaded.memcached.count > 1 {
+            throw ConfigurationError("--memcached-distribution single takes one server; pick how your readers hash keys")
+        }
+        loaded.logLevel = try settings.parse("log-level", logLevel, expected: "trace, debug, info, notice, warning, error or critical")?.level ?? loaded.logLevel
+        loaded.logFormat = try settings.parse("log-format", logFormat, expected: "text or json") ?? loaded.logFormat
+        try settings.checkAllKnown()
+        return loaded
+    }
+
+    /// The effective configuration by option name, as `--check-config` prints it.
+    static func entries(_ loaded: Loaded) -> [(name: String, value: String)] {
+        [
+            ("function", loaded.functions.joined(separator: ",")),
+            ("concurrency", "\(loaded.concurrency)"),
+            ("timeout", loaded.timeout.map { "\($0)" } ?? "none"),
+            ("max-output", "\(loaded.maximumOutput)"),
+            ("gearman", loaded.gearman.map(\.description).joined(separator: ",")),
+            ("redis", "\(loaded.redis)"),
+            ("redis-user", loaded.redisUser ?? ""),
+            ("redis-password", loaded.redisPassword ?? ""),
+            ("redis-db", "\(loaded.redisDatabase)"),
+            ("key-prefix", loaded.keyPrefix),
+            ("result-ttl", "\(loaded.resultTTL)"),
+            ("memcached", loaded.memcached.map { "\($0.host):\($0.port)" }.joined(separator: ",")),
+            ("memcached-distribution", loaded.distribution.rawValue),
+            ("log-level", loaded.logLevel.rawValue),
+            ("log-format", loaded.logFormat.rawValue),
+        ]
     }
 
     func run() async throws {
-        logFormat.bootstrap(level: logLevel.level)
+        let loaded = try checkingConfiguration { try loadConfiguration() }
+        if checkConfig {
+            print(Settings.describe(Self.entries(loaded), secrets: ["redis-password"]))
+            return
+        }
+        ProcessLogLevel.level = loaded.logLevel
+        loaded.logFormat.bootstrap()
         let logger = Logger(label: "jobgate.worker")
 
-        let password = redisPassword ?? ProcessInfo.processInfo.environment["JOBGATE_REDIS_PASSWORD"]
         unsetenv("JOBGATE_REDIS_PASSWORD")  // the job programs inherit the environment: keep the password out of it
         let pool = RedisConnectionPool(
             configuration: RedisConnectionConfiguration(
-                host: redis.host,
-                port: redis.port,
-                authentication: password.map { .init(username: redisUser, password: $0) },
-                database: redisDatabase == 0 ? nil : redisDatabase,
+                host: loaded.redis.host,
+                port: loaded.redis.port,
+                authentication: loaded.redisPassword.map { .init(username: loaded.redisUser, password: $0) },
+                database: loaded.redisDatabase == 0 ? nil : loaded.redisDatabase,
                 commandTimeout: .seconds(10)
             ),
-            size: min(max(concurrency, 2), 16),
+            size: min(max(loaded.concurrency, 2), 16),
             logger: logger
         )
         var storeConfiguration = JobStoreConfiguration()
-        storeConfiguration.schema = JobKeySchema(prefix: keyPrefix, database: redisDatabase)
-        storeConfiguration.resultTTL = resultTTL
+        storeConfiguration.schema = JobKeySchema(prefix: loaded.keyPrefix, database: loaded.redisDatabase)
+        storeConfiguration.resultTTL = loaded.resultTTL
         let store = RedisJobStore(redis: pool, configuration: storeConfiguration)
-        do {
-            _ = try await pool.send(["PING"])
-        } catch {
-            await pool.close()
-            logger.critical("cannot reach Redis", metadata: ["redis.server": "\(redis)", "redis.error": "\(error)"])
-            throw ExitCode.failure
-        }
 
         var memcache: MemcacheClient?
-        if let memcached {
-            memcache = try MemcacheClient(servers: memcached.servers, distribution: memcached.servers.count == 1 ? .single : distribution.value, logger: logger)
+        if !loaded.memcached.isEmpty {
+            memcache = try MemcacheClient(
+                servers: loaded.memcached, distribution: loaded.memcached.count == 1 ? .single : loaded.distribution.value, logger: logger
+            )
         }
-        let legacy = memcache.map { LegacyResultStore(memcache: $0, writtenBy: .peclMemcache, expiration: resultTTL) }
+        let legacy = memcache.map { LegacyResultStore(memcache: $0, writtenBy: .peclMemcache, expiration: loaded.resultTTL) }
 
         var registry = JobRegistry()
         let program = JobCommand(
             command[0],
             Array(command.dropFirst()),
-            timeout: timeout.map { .milliseconds(Int64($0 * 1000)) },
-            maximumOutputSize: maximumOutput.bytes
+            timeout: loaded.timeout.map { .milliseconds(Int64($0 * 1000)) },
+            maximumOutputSize: loaded.maximumOutput
         )
-        for name in function { registry.register(name, command: program) }
+        for name in loaded.functions { registry.register(name, command: program) }
         var configuration = JobWorkerConfiguration()
-        configuration.concurrency = concurrency
+        configuration.concurrency = loaded.concurrency
         configuration.gearman.clientID = "jobgate-worker-\(ProcessInfo.processInfo.processIdentifier)"
-        let worker = try JobWorker(servers: gearman.servers, registry: registry, store: store, legacy: legacy, configuration: configuration, logger: logger)
+        let worker = try JobWorker(servers: loaded.gearman, registry: registry, store: store, legacy: legacy, configuration: configuration, logger: logger)
 
         logger.info(
             "worker started",
             metadata: [
-                "worker.functions": "\(function.joined(separator: ","))", "worker.command": "\(command.joined(separator: " "))",
-                "worker.concurrency": "\(concurrency)", "gearman.servers": "\(gearman.servers.map(\.description).joined(separator: ","))",
-                "redis.server": "\(redis)",
+                "worker.functions": "\(loaded.functions.joined(separator: ","))", "worker.command": "\(command.joined(separator: " "))",
+                "worker.concurrency": "\(loaded.concurrency)", "gearman.servers": "\(loaded.gearman.map(\.description).joined(separator: ","))",
+                "redis.server": "\(loaded.redis)",
             ]
         )
-        let group = ServiceGroup(
-            configuration: .init(services: [worker], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        // Redis first, as the gateway does: a job taken while Redis is down could not be published.
+        let service = WorkerService(redis: "\(loaded.redis)", pool: pool, worker: worker, logger: logger)
+        let lifecycle = ProcessLifecycle(
+            ready: { await service.waitUntilRedisAnswered() },
+            reload: { reloadLogLevel(logger: logger) }
         )
+        let group = ServiceGroup(
+            configuration: .init(services: [service, lifecycle], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        )
+        var failed = false
         do {
             try await group.run()
         } catch {
-            logger.error("worker stopped", metadata: ["worker.error": "\(error)"])
+            failed = true
+            logger.critical("worker failed", metadata: ["worker.error": "\(error)"])
         }
         await memcache?.shutdown()
         await pool.close()
         logger.info("worker stopped")
+        if failed { throw ExitCode.failure }
+    }
+
+    /// SIGHUP: the worker takes only a new log level (the rest needs a restart); a configuration with a mistake
+    /// changes nothing.
+    func reloadLogLevel(logger: Logger) {
+        do {
+            let level = try loadConfiguration().logLevel
+            let before = ProcessLogLevel.level
+            ProcessLogLevel.level = level
+            logger.notice(
+                "configuration reloaded: only the log level changes without a restart",
+                metadata: ["config.changed": "\(before == level ? "nothing" : "log-level")", "log.level": "\(level)"]
+            )
+        } catch {
+            logger.error("configuration not reloaded: keeping the running one", metadata: ["config.error": "\(error)"])
+        }
+    }
+}
+
+/// The worker as a service: waits for Redis (logging once, like the gateway), then serves jobs.
+private final class WorkerService: Service {
+    let redis: String
+    let pool: RedisConnectionPool
+    let worker: JobWorker
+    let logger: Logger
+    private let answered = AsyncStream<Void>.makeStream()
+
+    init(redis: String, pool: RedisConnectionPool, worker: JobWorker, logger: Logger) {
+        self.redis = redis
+        self.pool = pool
+        self.worker = worker
+        self.logger = logger
+    }
+
+    func run() async throws {
+        let pool = self.pool
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await untilRedisAnswers(at: self.redis, logger: self.logger) { _ = try await pool.send(["PING"]) }
+            }
+        } catch is CancellationError where Task.isShuttingDownGracefully {
+            return  // stopped while it waited
+        }
+        answered.continuation.finish()
+        try await worker.run()
+    }
+
+    func waitUntilRedisAnswered() async {
+        for await _ in answered.stream {}
     }
 }
 

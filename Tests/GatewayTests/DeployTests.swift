@@ -35,12 +35,41 @@ struct DeployTests {
     @Test func exampleConfigurationNamesEveryOption() async throws {
         let help = try await runProgram(jobgateExecutable(), ["serve", "--help"])
         #expect(help.status == 0)
-        let options = Set(help.outputText.matches(of: /--([a-z][a-z-]+)/).map { String($0.1) }).subtracting(["config", "help", "version"])
+        let options = Set(help.outputText.matches(of: /--([a-z][a-z-]+)/).map { String($0.1) }).subtracting(["config", "check-config", "help", "version"])
         #expect(options.count >= 18, "\(options.sorted())")
         let example = try String(contentsOf: Self.deploy.appendingPathComponent("jobgate.conf.example"), encoding: .utf8)
         for option in options.sorted() {
             #expect(example.contains("\n\(option) = ") || example.contains("\n# \(option) = "), "Deploy/jobgate.conf.example lacks \(option)")
         }
+    }
+
+    /// The units run as `Type=notify` services that reload on SIGHUP; their headers install the config readable by the
+    /// `jobgate` group and not by others, and the file `Documentation=` points at.
+    @Test func systemdUnitsAreNotifyServicesWithWhatTheyNeedInstalled() throws {
+        for name in ["jobgate.service", "jobgate-worker@.service"] {
+            let unit = try String(contentsOf: Self.deploy.appendingPathComponent(name), encoding: .utf8)
+            let lines = unit.split(separator: "\n").map(String.init)
+            #expect(lines.contains("Type=notify"), "\(name)")
+            #expect(lines.contains("ExecReload=/bin/kill -HUP $MAINPID"), "\(name)")
+            #expect(lines.contains { $0.hasPrefix("RestartPreventExitStatus=") && $0.contains("78") }, "\(name)")
+            let documentation = try #require(lines.first { $0.hasPrefix("Documentation=file://") }, "\(name)").dropFirst("Documentation=file://".count)
+            let gateway = try String(contentsOf: Self.deploy.appendingPathComponent("jobgate.service"), encoding: .utf8)
+            #expect(gateway.contains("install -Dm 644 README.md \(documentation)"), "\(name): nothing installs \(documentation)")
+        }
+        let gateway = try String(contentsOf: Self.deploy.appendingPathComponent("jobgate.service"), encoding: .utf8)
+        #expect(gateway.contains("useradd --system"))
+        #expect(gateway.contains("install -m 640 -g jobgate Deploy/jobgate.conf.example /etc/jobgate/jobgate.conf"), "the service's group reads the config")
+        #expect(gateway.contains("install -d -m 750 -g jobgate /etc/jobgate"))
+    }
+
+    /// The example configuration passes `--check-config` as it is.
+    @Test func exampleConfigurationPassesTheCheck() async throws {
+        let run = try await runProgram(
+            jobgateExecutable(), ["serve", "--config", Self.deploy.appendingPathComponent("jobgate.conf.example").path, "--check-config"],
+            timeout: .seconds(10)
+        )
+        #expect(run.status == 0, "\(run.errors)")
+        #expect(run.outputText.contains("listen = "))
     }
 
     /// Poll intervals that make no sense are refused before anything starts.

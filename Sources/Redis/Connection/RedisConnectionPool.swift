@@ -136,7 +136,8 @@ public final class RedisConnectionPool: Sendable {
                 state.withLock { state in
                     state.slots[index] = .idle(failures: failures + 1, retryAt: .now + delay, lastError: error)
                 }
-                // Each attempt, at debug: whoever follows Redis's state logs the outage once.
+                // Debug: every slot retries on its own, and the callers say what an outage means to them, once
+                // ("waiting for Redis at …", a job's store retried).
                 logger.debug("Redis pool could not connect", metadata: ["redis.error": "\(error)", "redis.retry_in": "\(delay)"])
                 throw error
             }
