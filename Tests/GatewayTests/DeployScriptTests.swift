@@ -12,6 +12,9 @@ struct DeployScriptTests {
             let folder = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-pids-\(UUID().uuidString.prefix(8))")
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(at: folder) }
+            // Whatever happens below, nothing this test's crashed run started outlives it.
+            var left: [(pid: pid_t, started: String)] = []
+            defer { for record in left + ((try? Self.records(folder)) ?? []) where Self.isRunning(record) { kill(record.pid, SIGKILL) } }
 
             // `jobgate bench` starts gearmand, redis-server and a gateway with LocalServers, like the tests do.
             let run = try LocalProcess(jobgateExecutable(), ["bench", "--quick"], environment: [StartedProcesses.variable: folder.path])
@@ -19,7 +22,7 @@ struct DeployScriptTests {
             try await eventually("the run to record the servers it starts", timeout: .seconds(30)) { try Self.records(folder).count >= 2 }
             run.signal(SIGKILL)
             _ = try await run.waitForExit()
-            let left = try Self.records(folder)
+            left = try Self.records(folder)
             #expect(!left.isEmpty && left.allSatisfy(Self.isRunning), "the crashed run's servers still run: \(left)")
             #expect(left.allSatisfy { $0.pid != run.pid })
 
