@@ -7,14 +7,15 @@ import Testing
 @Suite("jobgate client in a terminal", .timeLimit(.minutes(3)))
 struct ClientTerminalTests {
     /// The bar fits the terminal it starts in, leaves no wrapped line behind, is redrawn at the new width when the
-    /// terminal is resized (narrower: tmux reflows the old bar onto two rows), and goes away when the job ends.
-    @Test(arguments: [(60, 100), (100, 60)])
-    func progressBarFollowsTheTerminalWidth(width: Int, resizedTo newWidth: Int) async throws {
+    /// terminal is resized (narrower: tmux reflows the old bar onto two rows), and goes away when the job ends; also
+    /// with a message of characters two columns wide.
+    @Test(arguments: [(60, 100, false), (100, 60, false), (100, 60, true)])
+    func progressBarFollowsTheTerminalWidth(width: Int, resizedTo newWidth: Int, wideCharacters: Bool) async throws {
         try await withGatewayStack { stack in
             let watched = Gate()
             let proceed = Gate()
             // Longer than any line: the bar is cut to the terminal's width, so its length shows the width it was drawn for.
-            let message = String(repeating: "resizing the photo, ", count: 8)
+            let message = String(repeating: wideCharacters ? "写真を縮小しています、" : "resizing the photo, ", count: 8)
             try await withTestWorker(stack, [
                 "reverse": { payload, progress in
                     await watched.wait()  // WATCHING carries no message: progress must come as an event
@@ -30,12 +31,15 @@ struct ClientTerminalTests {
 
                 _ = try await terminal.waitForScreen("the watch to start") { $0.last?.hasPrefix("[░") == true }
                 watched.open()
-                var screen = try await terminal.waitForScreen("the bar at 1/2") { $0.last?.contains("1/2 resizing") == true }
-                Self.expectBarOnly(screen, fitting: width)
+                let shown = "░]  50% 1/2 " + message.prefix(5)
+                var screen = try await terminal.waitForScreen("the bar at 1/2") { $0.last?.contains(shown) == true }
+                Self.expectBarOnly(screen, showing: shown, fitting: width)
 
                 try await terminal.resize(width: newWidth)
-                screen = try await terminal.waitForScreen("the bar redrawn at \(newWidth) columns") { $0.last?.count == newWidth - 1 }
-                Self.expectBarOnly(screen, fitting: newWidth)
+                screen = try await terminal.waitForScreen("the bar redrawn at \(newWidth) columns") {
+                    Self.fills($0.last ?? "", width: newWidth)
+                }
+                Self.expectBarOnly(screen, showing: shown, fitting: newWidth)
 
                 proceed.open()
                 screen = try await terminal.waitForScreen("the result") { $0.last?.hasPrefix("exit=") == true }
@@ -45,12 +49,22 @@ struct ClientTerminalTests {
         }
     }
 
-    /// Only the `created` note and one bar, one column short of the width (the bar never writes the last column).
-    private static func expectBarOnly(_ screen: [String], fitting width: Int) {
+    /// Only the `created` note and one bar that fills the width.
+    private static func expectBarOnly(_ screen: [String], showing shown: String, fitting width: Int) {
         #expect(screen.count == 2 && screen[0].hasSuffix(" created"), "no line left behind: \(screen)")
         let bar = screen.last ?? ""
-        #expect(bar.hasPrefix("[█") && bar.contains("░]  50% 1/2 resizing the photo"), "\(bar)")
-        #expect(bar.count == width - 1, "the bar fills \(width) columns less one: \(bar.count)")
+        #expect(bar.hasPrefix("[█") && bar.contains(shown), "\(bar)")
+        #expect(fills(bar, width: width), "the bar fills \(width) columns less one: \(columns(bar))")
+    }
+
+    /// The bar never writes the last column; a character two columns wide that would reach it is left out too.
+    private static func fills(_ line: String, width: Int) -> Bool {
+        (width - 2...width - 1).contains(columns(line))
+    }
+
+    /// Columns of the bar's characters: the kana and kanji of the test's message take two.
+    private static func columns(_ line: String) -> Int {
+        line.unicodeScalars.reduce(0) { $0 + ((0x3000..<0xA000).contains($1.value) ? 2 : 1) }
     }
 
     /// Every subcommand's help fits 80 columns, each paragraph wrapped once, and offers only the options that apply.
