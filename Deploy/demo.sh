@@ -9,22 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH="/opt/swift/usr/bin:$PATH"
 
-state="${JOBGATE_DEMO_DIR:-/tmp/jobgate-demo}"
+state="${JOBGATE_DEMO_DIR:-${TMPDIR:-/tmp}/jobgate-demo-$(id -un)}"
 gateway_port=4740
 # The backends get ports of their own, so that system services on the default ports are left alone.
 gearman_port=47300
 redis_port=47301
 memcached_port=47302
 
+# Each process it started has `<pid> <start time>` in $state/<name>.pid: a pid the system has given to another
+# process since (after a reboot, say) is left alone.
 stop() {
-    for name in worker gateway memcached redis gearmand; do
-        if [ -f "$state/$name.pid" ]; then
-            pid=$(cat "$state/$name.pid")
-            kill "$pid" 2>/dev/null || true
-            for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-            rm -f "$state/$name.pid"
-        fi
-    done
+    Deploy/stop-recorded.sh "$state"/{worker,gateway,memcached,redis,gearmand}.pid
 }
 
 wait_for_port() {
@@ -40,7 +35,10 @@ start() {
     local name=$1
     shift
     "$@" >"$state/$name.log" 2>&1 &
-    echo $! >"$state/$name.pid"
+    local stat fields
+    stat=$(cat "/proc/$!/stat")
+    read -ra fields <<<"${stat##*) }"  # from field 3 on: the start time (field 22) is the 20th
+    echo "$! ${fields[19]}" >"$state/$name.pid"
 }
 
 if [ "${1:-}" = "stop" ]; then
@@ -50,11 +48,11 @@ if [ "${1:-}" = "stop" ]; then
 fi
 
 Deploy/install-dependencies.sh
+mkdir -p "$state"
 echo "building jobgate…"
-swift build --product jobgate >"/tmp/jobgate-demo-build.log" 2>&1 || { cat /tmp/jobgate-demo-build.log; exit 1; }
+swift build --product jobgate >"$state/build.log" 2>&1 || { cat "$state/build.log"; exit 1; }
 bin="$(swift build --show-bin-path)/jobgate"
 
-mkdir -p "$state"
 stop
 for port in $gearman_port $redis_port $memcached_port $gateway_port; do
     if nc -z 127.0.0.1 "$port" 2>/dev/null; then

@@ -12,6 +12,8 @@ packages=(
     php-cli php-gearman php-memcache php-memcached php-redis python3-redis
     # examples and tests (chromium: the job page tests load it headless)
     netcat-openbsd procps chromium fonts-dejavu-core
+    # the command-line client's terminal tests run it in tmux
+    tmux
 )
 
 missing=()

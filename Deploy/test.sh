@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 
 Deploy/install-dependencies.sh
 
-# Servers are stopped by the tests themselves; this only catches leftovers of a crashed run.
-trap 'pkill -f "jobgate-localserver-" 2>/dev/null || true' EXIT
+# The tests stop the servers and programs they start. For a run that crashes, each records the pid of every
+# process it starts in this folder until it ends, and the trap stops exactly those: never, by name, the servers of
+# someone else's run on the same machine.
+JOBGATE_TEST_PID_DIR=$(mktemp -d "${TMPDIR:-/tmp}/jobgate-test-pids.XXXXXX")
+export JOBGATE_TEST_PID_DIR
+trap 'Deploy/stop-recorded.sh "$JOBGATE_TEST_PID_DIR"/*; rm -rf "$JOBGATE_TEST_PID_DIR"' EXIT
 
 swift build --build-tests
 # One test at a time: the tests start real servers and some measure timeouts; on a small, shared machine

@@ -165,8 +165,7 @@ public final class LocalServer: Sendable {
             usleep(5_000)
         }
         Glibc.kill(pid, SIGKILL)
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
+        reap(pid)
     }
 
     /// Sends the kind's cheapest request and checks the answer.
@@ -187,6 +186,8 @@ public final class LocalServer: Sendable {
 public struct LocalServerError: Error, CustomStringConvertible {
     public let message: String
     public var description: String { message }
+
+    public init(message: String) { self.message = message }
 }
 
 /// Runs `body` with a fresh server and always stops it; a thrown error carries the server's log.

@@ -47,6 +47,7 @@ func spawnProcess(
     var pid: pid_t = 0
     let result = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
     guard result == 0 else { throw LocalServerError(message: "cannot start \(executable): error \(result)") }
+    StartedProcesses.record(pid)
     return pid
 }
 
@@ -54,7 +55,51 @@ func spawnProcess(
 func exitStatus(_ pid: pid_t) -> Int32? {
     var status: Int32 = 0
     let result = waitpid(pid, &status, WNOHANG)
-    return result == 0 ? nil : status
+    guard result != 0 else { return nil }
+    StartedProcesses.forget(pid)
+    return status
+}
+
+/// Waits for the process to end and reaps it; returns the raw wait status.
+@discardableResult
+func reap(_ pid: pid_t) -> Int32 {
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    StartedProcesses.forget(pid)
+    return status
+}
+
+/// The processes started here that still run, as files in the folder `JOBGATE_TEST_PID_DIR` names (when it is
+/// set; `Deploy/test.sh` makes one): if the test run crashes, the script stops exactly these (with
+/// `Deploy/stop-recorded.sh`), and never the servers of someone else's run on the same machine.
+///
+/// Each file is named by the pid and holds `<pid> <start time>`, the start time from `/proc/<pid>/stat`, so that
+/// a pid the system handed to another process since is left alone. A record goes when its process is reaped.
+public enum StartedProcesses {
+    public static let variable = "JOBGATE_TEST_PID_DIR"
+
+    static let directory: String? = ProcessInfo.processInfo.environment[variable].flatMap { $0.isEmpty ? nil : $0 }
+
+    /// Records a process started some other way (a daemon that one of these started, say).
+    public static func record(_ pid: pid_t) {
+        guard let directory, let started = startTime(pid) else { return }
+        try? "\(pid) \(started)\n".write(toFile: "\(directory)/\(pid)", atomically: true, encoding: .utf8)
+    }
+
+    public static func forget(_ pid: pid_t) {
+        guard let directory else { return }
+        unlink("\(directory)/\(pid)")
+    }
+
+    /// Field 22 of `/proc/<pid>/stat`, the process's start in clock ticks after boot. The name in field 2 may
+    /// hold spaces and parentheses, so the fields are counted after its closing parenthesis.
+    public static func startTime(_ pid: pid_t) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let nameEnd = stat.lastIndex(of: ")")
+        else { return nil }
+        let fields = stat[stat.index(after: nameEnd)...].split(separator: " ")
+        return fields.count > 19 ? String(fields[19]) : nil
+    }
 }
 
 /// A program run to completion.
@@ -83,9 +128,7 @@ public func runProgram(
     let (inputPath, outputPath, errorPath) = (base + ".in", base + ".out", base + ".err")
     defer { for path in [inputPath, outputPath, errorPath] { unlink(path) } }
     if let input { try Data(input).write(to: URL(fileURLWithPath: inputPath)) }
-    let pid = try spawnProcess(
-        executable, arguments, stdin: input == nil ? nil : inputPath, stdout: outputPath, stderr: errorPath, environment: environment
-    )
+    let pid = try spawnProcess(executable, arguments, stdin: input == nil ? nil : inputPath, stdout: outputPath, stderr: errorPath, environment: environment)
     let deadline = ContinuousClock.now + timeout
     var status: Int32? = nil
     while status == nil {
@@ -93,8 +136,7 @@ public func runProgram(
         if status == nil {
             if ContinuousClock.now > deadline {
                 kill(pid, SIGKILL)
-                var ignored: Int32 = 0
-                waitpid(pid, &ignored, 0)
+                reap(pid)
                 throw LocalServerError(message: "\(executable) did not finish within \(timeout)")
             }
             try await Task.sleep(for: .milliseconds(10))
@@ -154,8 +196,7 @@ public final class LocalProcess: Sendable {
     public func stop() {
         guard exitStatus == nil else { return }
         kill(pid, SIGKILL)
-        var status: Int32 = 0
-        waitpid(pid, &status, 0)
+        let status = reap(pid)
         exit.withLock { $0 = status }
     }
 }

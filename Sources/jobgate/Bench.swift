@@ -8,15 +8,17 @@ import Logging
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure the gateway against gearmand alone and against polling, on a stack on loopback.",
+        usage: "jobgate bench [--quick] [<options>]",
         discussion: """
-            Starts gearmand and redis-server on free loopback ports (or uses --gearman/--redis), runs
-            this executable as `jobgate serve` in its own process, and measures, each side by side in the
-            same run: submit throughput (gateway vs SUBMIT_JOB_BG straight to gearmand), end to end
-            (SUBMIT + WATCH through a no-op in-process JobWorker and Redis vs foreground jobs straight to
-            gearmand), push latency vs STATUS polling every 1 s and 100 ms, and many idle watchers (gateway
-            RSS, time to deliver every DONE), and memcached-backed legacy jobs watched through a gateway
-            bridging them vs each polled with GET_STATUS every 1 s (latency, status requests per job-second,
+            Starts gearmand and redis-server on free loopback ports (or uses --gearman/--redis), runs \
+            this executable as `jobgate serve` in its own process, and measures, each side by side in the \
+            same run: submit throughput (gateway vs SUBMIT_JOB_BG straight to gearmand), end to end \
+            (SUBMIT + WATCH through a no-op in-process JobWorker and Redis vs foreground jobs straight to \
+            gearmand), push latency vs STATUS polling every 1 s and 100 ms, and many idle watchers (gateway \
+            RSS, time to deliver every DONE), and memcached-backed legacy jobs watched through a gateway \
+            bridging them vs each polled with GET_STATUS every 1 s (latency, status requests per job-second, \
             counted by a proxy in front of gearmand; needs memcached). Raises the soft open-files limit to the hard limit.
+
             Build with `swift build -c release` first: debug figures say little.
 
             Examples:

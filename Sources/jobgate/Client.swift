@@ -21,11 +21,9 @@ enum ClientExit: Int32, CaseIterable {
     /// No answer from the gateway, or it refused the request (AUTH, a limit, BACKEND_DOWN, a protocol error).
     case gatewayError = 6
 
-    static let help = """
-        Exit status: 0 done (or, for status, a job that has not failed), 1 failed, 2 lost, 3 expired,
-        4 --wait passed first (the job goes on), 5 unknown id, 6 gateway unreachable or refused the request,
-        64 bad usage.
-        """
+    // One paragraph: the help wraps it to the terminal's width.
+    static let help = "Exit status: 0 done (or, for status, a job that has not failed), 1 failed, 2 lost, 3 expired, "
+        + "4 --wait passed first (the job goes on), 5 unknown id, 6 gateway unreachable or refused the request, 64 bad usage."
 }
 
 /// A failure that ends the command with one of the ``ClientExit`` codes after a line on stderr.
@@ -34,16 +32,13 @@ struct ClientFailure: Error {
     var message: String
 }
 
-/// Options every client subcommand takes.
+/// How every client subcommand reaches the gateway.
 struct GatewayClientOptions: ParsableArguments {
-    @Option(help: "The gateway, host:port (or JOBGATE_GATEWAY). (default: 127.0.0.1:4740)")
+    @Option(help: ArgumentHelp("The gateway, host:port (or JOBGATE_GATEWAY). (default: 127.0.0.1:4740)", valueName: "host:port"))
     var gateway: String?
 
     @Option(help: "Secret to AUTH with (or JOBGATE_SECRET; prefer the variable: a command line is visible to other users).")
     var secret: String?
-
-    @Option(help: "How to show progress on stderr: auto (a bar on a terminal, lines otherwise), bar, lines or none.")
-    var progress: ProgressDisplay.Mode = .auto
 
     func address() throws -> (host: String, port: Int) {
         let text = gateway ?? ProcessInfo.processInfo.environment["JOBGATE_GATEWAY"] ?? "127.0.0.1:4740"

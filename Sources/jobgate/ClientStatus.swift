@@ -7,6 +7,7 @@ struct Status: AsyncParsableCommand {
         abstract: "Print a job's state and progress: `<state> <numerator> <denominator>`.",
         discussion: """
             States: queued, running, done, failed, expired. A failed job's reason goes to stderr.
+
             Example:  read state done total < <(jobgate status "$id")
 
             \(ClientExit.help)
@@ -42,8 +43,10 @@ struct Status: AsyncParsableCommand {
 struct Watch: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Follow a job: progress on stderr, then its result on stdout.",
+        usage: "jobgate watch <id> [--progress <mode>] [<options>]",
         discussion: """
             A job that already ended prints its outcome at once.
+
             Example:  jobgate watch "$id" > result.bin
 
             \(ClientExit.help)
@@ -54,12 +57,15 @@ struct Watch: AsyncParsableCommand {
     var id: GatewayJobID
 
     @OptionGroup var client: GatewayClientOptions
+    @OptionGroup var progress: ProgressOptions
 
     func run() async throws {
         try await runClient {
             try await client.withConnection { connection in
-                var display = ProgressDisplay(mode: client.progress, id: id)
-                return try await JobOutcome.follow(id, connection: &connection, display: &display)
+                let display = ProgressDisplay(mode: progress.mode, id: id)
+                return try await display.redrawingOnResize {
+                    try await JobOutcome.follow(id, connection: &connection, display: display)
+                }
             }
         }
     }

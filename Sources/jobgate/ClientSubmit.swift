@@ -7,16 +7,17 @@ import NIOCore
 struct Submit: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Submit a job to the gateway; print its id, or follow it and print its result.",
+        usage: "jobgate submit <function> [--data <data> | --file <file>] [<options>]",
         discussion: """
-            The payload is --data, the contents of --file, or else stdin. Without --watch or --wait the job's id is
-            printed and the command returns at once. With --watch it shows progress on stderr (a bar on a
-            terminal, lines otherwise) and writes the result, byte for byte, to stdout; --wait does the same
+            The payload is --data, the contents of --file, or else stdin. Without --watch or --wait the job's id is \
+            printed and the command returns at once. With --watch it shows progress on stderr (a bar on a \
+            terminal, lines otherwise) and writes the result, byte for byte, to stdout; --wait does the same \
             without progress, giving up after the given seconds.
 
             Examples:
               jobgate submit resize --file photo.jpg --watch > small.jpg
               echo hello | jobgate submit reverse --wait 30
-              id=$(jobgate submit report --unique daily-2024-06-01 --data '{"day":"2024-06-01"}')
+              id=$(jobgate submit report --unique 2024-06-01 --data '{"day":"2024-06-01"}')
 
             \(ClientExit.help)
             """
@@ -28,7 +29,7 @@ struct Submit: AsyncParsableCommand {
     @Option(help: "Coalescing key: a queued or running job with the same function and key is joined instead.")
     var unique: String?
 
-    @Option(help: "Queue priority: high, normal or low.")
+    @Option(help: "Queue priority.")
     var priority: GatewayPriority = .normal
 
     @Option(help: "The payload, as given.")
@@ -40,10 +41,11 @@ struct Submit: AsyncParsableCommand {
     @Flag(help: "Follow the job: progress on stderr, then the result on stdout.")
     var watch = false
 
-    @Option(help: "Wait up to this many seconds for the result (no progress shown).")
+    @Option(help: ArgumentHelp("Wait up to this many seconds for the result (no progress shown).", valueName: "seconds"))
     var wait: Double?
 
     @OptionGroup var client: GatewayClientOptions
+    @OptionGroup var progress: ProgressOptions
 
     func validate() throws {
         guard GatewayFunctionName(rawValue: function) != nil else {
@@ -54,6 +56,7 @@ struct Submit: AsyncParsableCommand {
         }
         if data != nil && file != nil { throw ValidationError("--data and --file exclude each other") }
         if watch && wait != nil { throw ValidationError("--watch and --wait exclude each other") }
+        if progress.choice != nil && !watch { throw ValidationError("--progress applies only with --watch") }
         if let wait, !(wait >= 0 && wait <= 1e9) { throw ValidationError("--wait: seconds, 0 or more") }
     }
 
@@ -81,9 +84,11 @@ struct Submit: AsyncParsableCommand {
                     StandardStreams.output("\(id)\n")
                     return .done
                 }
-                var display = ProgressDisplay(mode: client.progress, id: id)
+                let display = ProgressDisplay(mode: progress.mode, id: id)
                 display.note(joined ? "joined (a job with this unique key is under way)" : "created")
-                return try await JobOutcome.follow(id, connection: &connection, display: &display)
+                return try await display.redrawingOnResize {
+                    try await JobOutcome.follow(id, connection: &connection, display: display)
+                }
             }
         }
     }
@@ -106,7 +111,7 @@ extension GatewayPriority: ExpressibleByArgument {}
 /// What a finished, failed, expired or waited-for job prints and exits with.
 enum JobOutcome {
     /// `WATCH`es `id` and shows its progress until its terminal event.
-    static func follow(_ id: GatewayJobID, connection: inout GatewayClientConnection, display: inout ProgressDisplay) async throws -> ClientExit {
+    static func follow(_ id: GatewayJobID, connection: inout GatewayClientConnection, display: ProgressDisplay) async throws -> ClientExit {
         switch try await connection.request(.watch(id)) {
         case .watching(_, let status):
             display.show(status.state, numerator: status.numerator, denominator: status.denominator)

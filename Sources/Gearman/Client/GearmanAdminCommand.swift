@@ -78,3 +78,21 @@ public struct GearmanWorkerInfo: Sendable, Hashable {
         self.functions = tokens.dropFirst(4).map(String.init)
     }
 }
+
+/// One row of `show jobs`, a job gearmand holds (queued or running): `handle\tretries\tignore_job\tjob_queued`.
+/// `job_queued` is gearmand's own bookkeeping (it stays 1 while a worker runs the job) and is not kept.
+public struct GearmanQueuedJob: Sendable, Hashable {
+    public var handle: String
+    /// Times a worker took the job and went away without finishing it.
+    public var retries: Int
+    /// Cancelled by `cancel job`: gearmand drops it when a worker next asks for it.
+    public var isCancelled: Bool
+
+    public init?(line: String) {
+        let fields = line.split(separator: "\t", omittingEmptySubsequences: false)
+        guard fields.count == 4, !fields[0].isEmpty, let retries = Int(fields[1]), let ignored = Int(fields[2]) else { return nil }
+        self.handle = String(fields[0])
+        self.retries = retries
+        self.isCancelled = ignored != 0
+    }
+}
