@@ -19,12 +19,12 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the gateway: clients submit, watch and wait for Gearman jobs over a line protocol.",
         discussion: """
-            Every option can also come from the environment (JOBGATE_ plus the option name in capitals with
-            underscores, e.g. JOBGATE_MAX_PAYLOAD=1048576) or from a config file (--config FILE, lines
-            `name = value` with the option names, e.g. `redis = 127.0.0.1:6379`; `#` starts a comment).
-            Command-line options win over the environment, which wins over the file. An unknown name in the
-            file, an unknown JOBGATE_ variable or a bad value stops the start (exit 78) naming it;
-            --check-config checks and prints the effective configuration without starting.
+            Every option can also come from the environment (JOBGATE_ plus the option name in capitals with \
+            underscores, e.g. JOBGATE_MAX_PAYLOAD=1048576) or from a config file (--config FILE, lines \
+            `name = value` with the option names, e.g. `redis = 127.0.0.1:6379`; `#` starts a comment). \
+            Command-line options win over the environment, which wins over the file. An unknown name in the \
+            file, an unknown JOBGATE_ variable or a bad value stops the start (exit 78) naming it; \
+            --check-config checks and prints the effective configuration without starting. \
             SIGHUP reloads the secrets, limits, timeouts and log level; SIGTERM or SIGINT stop gracefully.
 
             Example (everything on this machine, the defaults):

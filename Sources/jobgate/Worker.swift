@@ -14,7 +14,7 @@ import WorkerRuntime
 struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a program for every Gearman job of some functions and publish its progress and result to Redis.",
-        usage: "jobgate worker --function NAME [--function NAME …] [options] -- COMMAND [ARGUMENTS …]",
+        usage: "jobgate worker --function NAME … [options] -- COMMAND [ARGUMENTS …]",
         discussion: """
             For each job the command runs once:
               stdin   the job's payload
@@ -23,30 +23,26 @@ struct Worker: AsyncParsableCommand {
               fd 3    progress, one line at a time:
                         PROGRESS <numerator> <denominator> [message]
                       e.g. in a shell: echo "PROGRESS 3 10 resizing" >&3
-            Exit status 0: the job is done, stdout is its result. A non-zero
-            status, a signal, a timeout or output over --max-output: the job
-            fails. The command also gets JOBGATE_FUNCTION, JOBGATE_HANDLE,
-            JOBGATE_JOB_ID (the Gearman unique key) and JOBGATE_PROGRESS_FD=3.
+            Exit status 0: the job is done, stdout is its result. A non-zero status, a signal, a timeout or output \
+            over --max-output: the job fails. The command also gets JOBGATE_FUNCTION, JOBGATE_HANDLE, JOBGATE_JOB_ID \
+            (the Gearman unique key) and JOBGATE_PROGRESS_FD=3.
 
-            Per job the worker marks it running in Redis, sends progress to
-            gearmand and Redis, writes the outcome to Redis in one MULTI/EXEC
-            (retrying while Redis is down), then reports WORK_COMPLETE or
-            WORK_FAIL to gearmand. On SIGTERM or SIGINT it takes no new job,
-            lets the running ones finish and publish, then exits. Started
-            before Redis, it waits for it. SIGHUP re-reads the log level.
+            Per job the worker marks it running in Redis, sends progress to gearmand and Redis, writes the outcome \
+            to Redis in one MULTI/EXEC (retrying while Redis is down), then reports WORK_COMPLETE or WORK_FAIL to \
+            gearmand. On SIGTERM or SIGINT it takes no new job, lets the running ones finish and publish, then \
+            exits. Started before Redis, it waits for it. SIGHUP re-reads the log level.
 
-            Options can also come from the environment (JOBGATE_ plus the
-            option name in capitals, e.g. JOBGATE_CONCURRENCY=4) or a config
-            file (--config FILE, `name = value` lines), as for `jobgate serve`;
+            Options can also come from the environment (JOBGATE_ plus the option name in capitals, e.g. \
+            JOBGATE_CONCURRENCY=4) or a config file (--config FILE, `name = value` lines), as for `jobgate serve`; \
             unknown names and bad values stop the start (exit 78).
 
             Examples:
               jobgate worker --function upper -- tr a-z A-Z
               jobgate worker --function resize --function thumb \\
-                --concurrency 4 --timeout 300 --redis 10.0.0.7:6379 \\
-                --gearman 10.0.0.5:4730,10.0.0.6:4730 -- ./images.sh
+                --concurrency 4 --timeout 300 --redis 127.0.0.1:6379 \\
+                --gearman 127.0.0.1:4730,127.0.0.1:4731 -- ./images.sh
               jobgate worker --function report \\
-                --memcached 10.0.0.8:11211 -- php report.php
+                --memcached 127.0.0.1:11211 -- php report.php
             """
     )
 

@@ -76,8 +76,7 @@ struct ClientTerminalTests {
             "watch": connection.union(["--progress"]),
             "admin": ["--gearman", "--json", "--help", "--version"],
         ]
-        // `serve` and `worker` are not here yet: their help texts are still wrapped by hand (see the report of issue 12).
-        for subcommand in ["", "submit", "status", "watch", "admin", "bench"] {
+        for subcommand in ["", "submit", "status", "watch", "admin", "bench", "serve", "worker"] {
             let run = try await runProgram(
                 jobgateExecutable(), (subcommand.isEmpty ? [] : [subcommand]) + ["--help"], environment: ["COLUMNS": "80"]
             )
