@@ -50,39 +50,23 @@ public struct JSONLogHandler: LogHandler {
         if let provided = metadataProvider?.get() { fields.merge(provided) { $1 } }
         if let explicit = event.metadata { fields.merge(explicit) { $1 } }
         if let error = event.error { fields["error"] = "\(error)" }
-        var line = "{\"time\":\(Self.quoted(Self.timestamp())),\"level\":\(Self.quoted(event.level.rawValue))"
-        line += ",\"label\":\(Self.quoted(label)),\"message\":\(Self.quoted(event.message.description))"
+        var line = "{\"time\":\(JSONString.quoted(Self.timestamp())),\"level\":\(JSONString.quoted(event.level.rawValue))"
+        line += ",\"label\":\(JSONString.quoted(label)),\"message\":\(JSONString.quoted(event.message.description))"
         for key in fields.keys.sorted() where !["time", "level", "label", "message"].contains(key) {
-            line += ",\(Self.quoted(key)):\(Self.json(fields[key]!))"
+            line += ",\(JSONString.quoted(key)):\(Self.json(fields[key]!))"
         }
         write(line + "}\n")
     }
 
     static func json(_ value: Logger.MetadataValue) -> String {
         switch value {
-        case .string(let string): quoted(string)
-        case .stringConvertible(let convertible): quoted(convertible.description)
+        case .string(let string): JSONString.quoted(string)
+        case .stringConvertible(let convertible): JSONString.quoted(convertible.description)
         case .array(let values): "[" + values.map(json).joined(separator: ",") + "]"
-        case .dictionary(let fields): "{" + fields.keys.sorted().map { "\(quoted($0)):\(json(fields[$0]!))" }.joined(separator: ",") + "}"
+        case .dictionary(let fields): "{" + fields.keys.sorted().map { "\(JSONString.quoted($0)):\(json(fields[$0]!))" }.joined(separator: ",") + "}"
         }
     }
 
-    static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
 
     /// UTC, ISO 8601 with milliseconds.
     static func timestamp() -> String {

@@ -28,8 +28,10 @@ struct Serve: AsyncParsableCommand {
             SIGHUP reloads the secrets, limits, timeouts and log level; SIGTERM or SIGINT stop gracefully.
 
             Example (everything on this machine, the defaults):
-              jobgate serve --listen 127.0.0.1:4740 --gearman 127.0.0.1:4730 --redis 127.0.0.1:6379
-            Then talk to it:  printf 'PING\\n' | nc -q1 127.0.0.1 4740
+              jobgate serve --listen 127.0.0.1:4740 --gearman 127.0.0.1:4730 \\
+                --redis 127.0.0.1:6379
+            Then talk to it:
+              printf 'PING\\n' | nc -q1 127.0.0.1 4740
             """
     )
 

@@ -83,9 +83,20 @@ final class Settings {
         }
         let environmentNames = Dictionary(uniqueKeysWithValues: known.map { (Self.environmentName($0), $0) })
         for name in environment.keys.sorted() where environmentNames[name] == nil {
+            // Another jobgate program's variable is no mistake, unless it is one letter off an unset one of this
+            // command's: `JOBGATE_SECRET` (the client's) with no `JOBGATE_SECRETS` would start a gateway without auth.
+            let nearMiss = environmentNames.keys.contains { environment[$0] == nil && editDistance(name, $0) <= 1 }
+            guard nearMiss || !Self.otherProgramsVariables.contains(name) else { continue }
             throw ConfigurationError("unknown environment variable \(name)\(suggestion(for: name, among: Set(environmentNames.keys)))")
         }
     }
+
+    /// Variables that other jobgate programs read or set: the command-line client's, those the worker gives each job's
+    /// program, the test harness's and the build's. One shell may well hold them beside a command's own.
+    static let otherProgramsVariables: Set = [
+        "JOBGATE_GATEWAY", "JOBGATE_SECRET", "JOBGATE_FUNCTION", "JOBGATE_HANDLE", "JOBGATE_UNIQUE", "JOBGATE_JOB_ID",
+        "JOBGATE_PROGRESS_FD", "JOBGATE_TEST_PID_DIR", "JOBGATE_DEMO_DIR", "JOBGATE_FUZZ",
+    ]
 
     func hostPort(_ text: String, of name: String, commandLine: Bool) throws(ConfigurationError) -> (String, Int) {
         guard let address = GearmanServerAddress(text), text.contains(":") else {

@@ -43,7 +43,7 @@ struct JobPageEscapingTests {
     /// The event stream's JSON: no raw `<` or line break whatever marks precede them, and it parses back to the text.
     @Test(arguments: ["\u{0600}<script \u{0600}>\u{0600}\n\u{0600}\r", "e\u{0301}\"\u{0301}\\", "\u{2028}\u{2029}\u{0}\u{1F}"])
     func eventJSON(_ text: String) throws {
-        let json = JobPage.quoted(text)
+        let json = JSONString.quoted(text)
         #expect(!json.unicodeScalars.contains { $0 == "<" || $0.value < 0x20 || $0 == "\u{2028}" || $0 == "\u{2029}" })
         let parsed = try JSONSerialization.jsonObject(with: Data(json.utf8), options: .fragmentsAllowed) as? String
         #expect(parsed == text)

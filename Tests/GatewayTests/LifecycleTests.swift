@@ -51,7 +51,7 @@ struct LifecycleTests {
     /// SIGHUP re-reads the file: new AUTHs need the new secret while a connection authenticated before keeps its
     /// state; the log level changes; a log line names what changed and what needs a restart.
     @Test func hangupReloads() async throws {
-        let file = try ConfigFile("secrets = old\nlog-level = info\n")
+        let file = try TemporaryFile("secrets = old\nlog-level = info\n")
         try await withServeProcess(arguments: ["--config", file.path]) { gateway, port in
             let before = try await GatewayTestClient.connect(port: port)
             defer { Task { await before.close() } }
@@ -90,7 +90,7 @@ struct LifecycleTests {
 
     /// A configuration with a mistake, on SIGHUP, changes nothing: the error is logged and the old secret still works.
     @Test func hangupWithBadConfigurationKeepsTheRunningOne() async throws {
-        let file = try ConfigFile("secrets = old\n")
+        let file = try TemporaryFile("secrets = old\n")
         try await withServeProcess(arguments: ["--config", file.path]) { gateway, port in
             try file.write("secret = new\n")
             gateway.signal(SIGHUP)
@@ -124,7 +124,7 @@ struct LifecycleTests {
     /// An unknown name in the file, an unknown JOBGATE_ variable or a bad value stops the start with exit status 78
     /// and a message naming it and the nearest valid name.
     @Test func mistakesStopTheStart() async throws {
-        let typo = try ConfigFile("listen = 127.0.0.1:1\n\nsecret = x\n")
+        let typo = try TemporaryFile("listen = 127.0.0.1:1\n\nsecret = x\n")
         var run = try await runProgram(jobgateExecutable(), ["serve", "--config", typo.path], timeout: .seconds(10))
         #expect(run.status == 78 && run.errors.contains("\(typo.path):3: unknown setting `secret`; did you mean `secrets`?"), "\(run.errors)")
 
@@ -136,7 +136,7 @@ struct LifecycleTests {
         run = try await runProgram(jobgateExecutable(), ["serve"], environment: ["JOBGATE_LISTEN": "nowhere"], timeout: .seconds(10))
         #expect(run.status == 78 && run.errors.contains("JOBGATE_LISTEN: expected host:port, got nowhere"), "\(run.errors)")
 
-        let badValue = try ConfigFile("max-line = lots\n")
+        let badValue = try TemporaryFile("max-line = lots\n")
         run = try await runProgram(jobgateExecutable(), ["serve", "--config", badValue.path], timeout: .seconds(10))
         #expect(run.status == 78 && run.errors.contains("max-line (\(badValue.path):1): not a non-negative number: lots"), "\(run.errors)")
 
@@ -144,9 +144,21 @@ struct LifecycleTests {
         #expect(run.status == 78 && run.errors.contains("JOBGATE_LOG_LEVEL: expected trace, debug, info, notice, warning, error or critical, got loud"), "\(run.errors)")
     }
 
+    /// Other jobgate programs' variables (the client's, the test harness's) in the same environment are no mistake;
+    /// the client's `JOBGATE_SECRET` without the gateway's `JOBGATE_SECRETS` is, as it would start without auth.
+    @Test func otherProgramsVariablesAreNoMistakeButANearMissIs() async throws {
+        var run = try await runProgram(
+            jobgateExecutable(), ["serve", "--check-config"],
+            environment: ["JOBGATE_GATEWAY": "127.0.0.1:4740", "JOBGATE_SECRET": "s", "JOBGATE_SECRETS": "s"], timeout: .seconds(10)
+        )
+        #expect(run.status == 0 && run.outputText.contains("secrets = ********"), "\(run.errors)")
+        run = try await runProgram(jobgateExecutable(), ["serve", "--check-config"], environment: ["JOBGATE_SECRET": "s"], timeout: .seconds(10))
+        #expect(run.status == 78 && run.errors.contains("unknown environment variable JOBGATE_SECRET; did you mean `JOBGATE_SECRETS`?"), "\(run.errors)")
+    }
+
     /// `--check-config` validates and prints the effective configuration, secrets masked, without starting.
     @Test func checkConfigPrintsTheEffectiveConfiguration() async throws {
-        let file = try ConfigFile("secrets = hunter2\nmax-watches = 7\nredis = 127.0.0.1:1\n")
+        let file = try TemporaryFile("secrets = hunter2\nmax-watches = 7\nredis = 127.0.0.1:1\n")
         let run = try await runProgram(
             jobgateExecutable(), ["serve", "--config", file.path, "--max-line", "100", "--check-config"],
             environment: ["JOBGATE_REDIS_PASSWORD": "swordfish"], timeout: .seconds(10)
@@ -159,7 +171,7 @@ struct LifecycleTests {
         }
         #expect(!run.outputText.contains("hunter2") && !run.outputText.contains("swordfish"))
 
-        let typo = try ConfigFile("max-watchs = 7\n")
+        let typo = try TemporaryFile("max-watchs = 7\n")
         let bad = try await runProgram(jobgateExecutable(), ["serve", "--config", typo.path, "--check-config"], timeout: .seconds(10))
         #expect(bad.status == 78 && bad.errors.contains("did you mean `max-watches`?"), "\(bad.errors)")
     }
@@ -185,21 +197,5 @@ func withServeProcess(
             }
             try await body(gateway, port)
         }
-    }
-}
-
-/// A config file in a temporary folder, removed when the test is done with it.
-final class ConfigFile {
-    let path: String
-
-    init(_ text: String) throws {
-        path = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString).conf").path
-        try write(text)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    func write(_ text: String) throws {
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
     }
 }

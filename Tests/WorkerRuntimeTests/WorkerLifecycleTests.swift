@@ -120,19 +120,3 @@ struct WorkerLifecycleTests {
         }
     }
 }
-
-/// A file in the temporary folder, removed when the test is done with it.
-final class TemporaryFile {
-    let path: String
-
-    init(_ text: String) throws {
-        path = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-\(UUID().uuidString).conf").path
-        try write(text)
-    }
-
-    deinit { try? FileManager.default.removeItem(atPath: path) }
-
-    func write(_ text: String) throws {
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-    }
-}

@@ -122,33 +122,33 @@ enum JobPage {
 
     static func json(_ record: JobRecord) -> String {
         var fields: [(String, String)] = [
-            ("state", quoted(record.state.rawValue)),
+            ("state", JSONString.quoted(record.state.rawValue)),
             ("numerator", String(record.numerator)),
             ("denominator", String(record.denominator)),
-            ("message", quoted(text(record.message))),
+            ("message", JSONString.quoted(text(record.message))),
         ]
         if record.state == .done {
             let result = shown(record.result ?? ByteBuffer())
-            fields += [("result", quoted(result.text)), ("truncated", String(result.truncated))]
+            fields += [("result", JSONString.quoted(result.text)), ("truncated", String(result.truncated))]
         }
-        if record.state == .failed { fields.append(("reason", quoted(text(record.reason ?? ByteBuffer())))) }
+        if record.state == .failed { fields.append(("reason", JSONString.quoted(text(record.reason ?? ByteBuffer())))) }
         return object(fields)
     }
 
     static func json(state: String, numerator: UInt64, denominator: UInt64, message: ByteBuffer) -> String {
-        object([("state", quoted(state)), ("numerator", String(numerator)), ("denominator", String(denominator)), ("message", quoted(text(message)))])
+        object([("state", JSONString.quoted(state)), ("numerator", String(numerator)), ("denominator", String(denominator)), ("message", JSONString.quoted(text(message)))])
     }
 
     static func json(state: String, result: ByteBuffer) -> String {
         let result = shown(result)
-        return object([("state", quoted(state)), ("result", quoted(result.text)), ("truncated", String(result.truncated))])
+        return object([("state", JSONString.quoted(state)), ("result", JSONString.quoted(result.text)), ("truncated", String(result.truncated))])
     }
 
     static func json(state: String, reason: ByteBuffer) -> String {
-        object([("state", quoted(state)), ("reason", quoted(text(reason)))])
+        object([("state", JSONString.quoted(state)), ("reason", JSONString.quoted(text(reason)))])
     }
 
-    static func json(state: String) -> String { object([("state", quoted(state))]) }
+    static func json(state: String) -> String { object([("state", JSONString.quoted(state))]) }
 
     // MARK: Helpers
 
@@ -169,26 +169,6 @@ enum JobPage {
         "{" + fields.map { "\"\($0.0)\":\($0.1)" }.joined(separator: ",") + "}"
     }
 
-    /// A JSON string; `<` is escaped too, so nothing in it can end a script or style element. Scalar by scalar, never
-    /// by `Character`, so no mark hides a quote, `<` or line break (which would end an event-stream line).
-    static func quoted(_ string: String) -> String {
-        var out = "\""
-        for scalar in string.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "<": out += "\\u003c"
-            case _ where scalar.value < 0x20 || scalar.value == 0x2028 || scalar.value == 0x2029:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
-    }
 
     /// Bytes as HTML text, safe in element content and in quoted attribute values.
     ///
