@@ -38,6 +38,13 @@ public struct GatewayConfiguration: Sendable {
     public var idleTimeout: Duration = .seconds(300)
     /// Replies and events queued for a client that does not read; past it the connection is closed.
     public var outputBufferLimit = 8 * 1024 * 1024
+    /// A client whose socket has taken none of its queued output for this long is closed as a slow consumer (it
+    /// holds replies, and their share of `maximumOutcomeBytes`, that it does not read).
+    public var outputStallTimeout: Duration = .seconds(30)
+    /// Bytes of results and failure reasons that lookups (`RESULT`, `WAIT`, `WATCH`, `SUBMIT wait=`) read and hold
+    /// until written, per connection and in all; past them the gateway pauses lookups until earlier ones are written.
+    public var maximumOutcomeBytesPerConnection = 4 * 1024 * 1024
+    public var maximumOutcomeBytes = 32 * 1024 * 1024
     /// `WAIT` timeouts above this are cut to it.
     public var maximumWaitTimeout: Duration = .seconds(3_600)
 

@@ -66,7 +66,7 @@ public final class GatewayServer: Service {
     }
 
     private func serve() async throws {
-        let statistics = GatewayStatistics()
+        let statistics = GatewayStatistics(maximumOutcomeBytes: configuration.maximumOutcomeBytes)
         let redis = RedisConnectionPool(configuration: configuration.redis, size: 4, logger: logger)
         var storeConfiguration = JobStoreConfiguration()
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)

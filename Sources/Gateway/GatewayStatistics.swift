@@ -17,6 +17,12 @@ final class GatewayStatistics: Sendable {
     let legacyPolls = Atomic<Int>(0)
     /// Labelled counters and the push latency histogram (`GatewayMetrics.swift`).
     let metrics = GatewayMetricCounters()
+    /// Result bytes lookups hold now, and their peak (the budget is their one owner).
+    let outcomes: OutcomeBudget
+
+    init(maximumOutcomeBytes: Int = GatewayConfiguration().maximumOutcomeBytes) {
+        outcomes = OutcomeBudget(limit: maximumOutcomeBytes)
+    }
 
     func snapshot(watchedJobs: Int) -> [GatewayStatistic] {
         func stat(_ name: String, _ counter: borrowing Atomic<Int>) -> GatewayStatistic {
@@ -29,6 +35,8 @@ final class GatewayStatistics: Sendable {
             stat("events_pushed", eventsPushed), stat("backend_errors", backendErrors), stat("slow_consumers_closed", slowConsumersClosed),
             stat("legacy_polls", legacyPolls),
             GatewayStatistic("jobs_followed", String(watchedJobs)),
+            GatewayStatistic("outcome_bytes_in_flight", String(outcomes.reserved)),
+            GatewayStatistic("outcome_bytes_in_flight_peak", String(outcomes.peak)),
         ] + metrics.samples().map { GatewayStatistic($0.statisticName, $0.value) }
     }
 }

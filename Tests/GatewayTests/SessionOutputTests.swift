@@ -53,7 +53,7 @@ struct OutputBacklogTests {
         #expect(accepted.allSatisfy { $0 })
         #expect(backlog.bytes == 5 * 96 + 1)
         var drained: [GatewayResponse] = []
-        while let response = backlog.popFirst() { drained.append(response) }
+        while let entry = backlog.popFirst() { drained.append(entry.response) }
         #expect(drained == [.reply(.pong), Self.progress(3), Self.progress(1, tag: "w"), .reply(.ok), done])
         #expect(backlog.bytes == 0 && backlog.isEmpty)
     }

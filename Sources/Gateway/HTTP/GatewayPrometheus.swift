@@ -22,6 +22,10 @@ enum GatewayPrometheus {
         "backend_errors_by_backend": ("jobgate_backend_errors_total", .counter, "Failed requests to a backend, by backend."),
         "backend_reconnects": ("jobgate_backend_reconnects_total", .counter, "A backend answering again after failing, by backend."),
         "slow_consumers_closed": ("jobgate_slow_consumers_closed_total", .counter, "Connections closed for not reading (SLOW_CONSUMER)."),
+        "outcome_bytes_in_flight": (
+            "jobgate_outcome_bytes_in_flight", .gauge, "Result bytes that lookups reserved, read or hold until written (--max-lookup-bytes-total)."
+        ),
+        "outcome_bytes_in_flight_peak": ("jobgate_outcome_bytes_in_flight_peak", .gauge, "The most result bytes lookups held at once."),
         "jobs_followed": ("jobgate_jobs_followed", .gauge, "Jobs watched or waited for now."),
         "legacy_polls": ("jobgate_legacy_polls_total", .counter, "Pipelined gearmand status polls by the legacy memcached bridge."),
         "watchers": ("jobgate_watchers", .gauge, "Watches registered now (WATCH), over all connections."),
