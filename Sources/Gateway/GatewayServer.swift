@@ -68,10 +68,11 @@ public final class GatewayServer: Service {
     private func serve() async throws {
         let statistics = GatewayStatistics(maximumOutcomeBytes: configuration.maximumOutcomeBytes)
         let redis = RedisConnectionPool(configuration: configuration.redis, size: 4, logger: logger)
+        let outcomeRedis = RedisConnectionPool(configuration: configuration.redis, size: 2, logger: logger)
         var storeConfiguration = JobStoreConfiguration()
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
         storeConfiguration.resultTTL = configuration.resultTTL
-        let store = RedisJobStore(redis: redis, configuration: storeConfiguration)
+        let store = RedisJobStore(redis: redis, outcomeRedis: outcomeRedis, configuration: storeConfiguration)
         let ids = try await untilRedisAnswers {
             try await KeyspaceNotifications.ensureEnabled(on: redis)
             return try await JobIDMinter.load(from: redis, prefix: configuration.keyPrefix)
@@ -106,11 +107,13 @@ public final class GatewayServer: Service {
         } catch {
             await gearman.shutdown()
             await redis.close()
+            await outcomeRedis.close()
             await legacy?.memcache.shutdown()
             throw error
         }
         await gearman.shutdown()
         await redis.close()
+        await outcomeRedis.close()
         await legacy?.memcache.shutdown()
     }
 

@@ -50,6 +50,9 @@ public struct JobStoreConfiguration: Sendable {
 /// written in one `MULTI/EXEC` with the TTL, so nobody ever sees `done` without the result.
 public final class RedisJobStore: Sendable {
     public let redis: RedisConnectionPool
+    /// Where `outcomes(of:)` reads: connections of their own keep megabytes of results from queueing ahead of
+    /// every other command (a `STATUS` behind a burst of large `RESULT`s).
+    public let outcomeRedis: RedisConnectionPool
     public let configuration: JobStoreConfiguration
     public var schema: JobKeySchema { configuration.schema }
 
@@ -57,8 +60,9 @@ public final class RedisJobStore: Sendable {
     private let resultTTLArgument: RedisArgument
     private let jobKeyPrefixArgument: RedisArgument
 
-    public init(redis: RedisConnectionPool, configuration: JobStoreConfiguration = .init()) {
+    public init(redis: RedisConnectionPool, outcomeRedis: RedisConnectionPool? = nil, configuration: JobStoreConfiguration = .init()) {
         self.redis = redis
+        self.outcomeRedis = outcomeRedis ?? redis
         self.configuration = configuration
         self.inFlightTTLArgument = RedisArgument(configuration.inFlightTTL)
         self.resultTTLArgument = RedisArgument(configuration.resultTTL)
@@ -284,7 +288,7 @@ public final class RedisJobStore: Sendable {
             commands.append(["HSTRLEN", "\(key)", "\(JobField.result)"])
             commands.append(["HSTRLEN", "\(key)", "\(JobField.reason)"])
         }
-        let replies = try await pipeline(commands)
+        let replies = try await pipeline(commands, on: redis)
         return try ids.enumerated().map { index, id throws(JobStoreError) in
             let (values, resultSize, reasonSize) = (replies[3 * index], replies[3 * index + 1], replies[3 * index + 2])
             guard let values = values.array, values.count == fields.count else {
@@ -310,11 +314,11 @@ public final class RedisJobStore: Sendable {
         let commands: [RedisCommand] = records.map { record in
             ["HGET", "\(schema.jobKey(record.id))", "\(record.state == .done ? JobField.result : JobField.reason)"]
         }
-        return try await pipeline(commands).map(\.buffer)
+        return try await pipeline(commands, on: outcomeRedis).map(\.buffer)
     }
 
     /// The replies to `commands`, sent in one write; any failed command fails them all.
-    private func pipeline(_ commands: [RedisCommand]) async throws(JobStoreError) -> [RedisReply] {
+    private func pipeline(_ commands: [RedisCommand], on redis: RedisConnectionPool) async throws(JobStoreError) -> [RedisReply] {
         let replies: [Result<RedisReply, RedisError>]
         do {
             replies = try await redis.pipeline(commands)
