@@ -43,8 +43,8 @@ public struct GatewayConfiguration: Sendable {
     public var outputStallTimeout: Duration = .seconds(30)
     /// Bytes of results and failure reasons that lookups (`RESULT`, `WAIT`, `WATCH`, `SUBMIT wait=`) read and hold
     /// until written, per connection and in all; past them the gateway pauses lookups until earlier ones are written.
-    public var maximumOutcomeBytesPerConnection = 4 * 1024 * 1024
-    public var maximumOutcomeBytes = 32 * 1024 * 1024
+    public var maximumOutcomeBytesPerConnection = 2 * 1024 * 1024
+    public var maximumOutcomeBytes = 8 * 1024 * 1024
     /// `WAIT` timeouts above this are cut to it.
     public var maximumWaitTimeout: Duration = .seconds(3_600)
 

@@ -66,9 +66,10 @@ enum SessionEffect {
 /// Requests start as they are read (a pipelined burst of `SUBMIT`s joins one backend batch), up to
 /// `maximumOutstanding` at once, and reserve their reply's place in `ReplyOrder`, so replies still go out in
 /// request order. Pushed events are written as they come; what the socket does not take waits in a bounded
-/// `OutputBacklog`. While anything waits there, or too many requests are outstanding, the session stops reading,
-/// and replies held back behind a slow one count against the same bound: a client that does not read its replies
-/// cannot make the gateway buffer without bound.
+/// `OutputBacklog`. While anything waits there, or too many requests are outstanding, the session stops reading;
+/// while half the output limit of replies waits (held back behind a slow one, or unwritten) it starts no requests;
+/// results are read only when the lookup budget has room for them. So replies are bounded without counting as the
+/// client's fault, and a client that does not read is closed when its socket takes nothing for `--output-stall`.
 final class GatewaySessionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never

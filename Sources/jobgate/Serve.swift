@@ -108,13 +108,13 @@ struct Serve: AsyncParsableCommand {
 
     @Option(
         name: .customLong("max-lookup-bytes"),
-        help: "Result bytes one connection's lookups may hold until written; more lookups wait. (default: 4194304)"
+        help: "Result bytes one connection's lookups may hold until written; more lookups wait. (default: 2097152)"
     )
     var maxLookupBytes: Int?
 
     @Option(
         name: .customLong("max-lookup-bytes-total"),
-        help: "Result bytes the lookups of all connections may hold until written; more lookups wait. (default: 33554432)"
+        help: "Result bytes the lookups of all connections may hold until written; more lookups wait. (default: 8388608)"
     )
     var maxLookupBytesTotal: Int?
 
