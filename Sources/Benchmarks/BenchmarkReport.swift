@@ -56,6 +56,7 @@ public struct BenchmarkReport: Sendable, Codable {
     public var pushLatency: PushLatency
     public var watchers: Watchers
     public var legacyBridge: LegacyBridge
+    public var largeResults: LargeResults
 
     public struct Machine: Sendable, Codable {
         public var cpus: Int
@@ -125,6 +126,22 @@ public struct BenchmarkReport: Sendable, Codable {
         public var lastDoneAfterLastCompletionMilliseconds: Double
         /// Per job: outcome write to `EVENT … DONE` at its watcher, under this load.
         public var delivery: Distribution
+        public var target: String
+        public var met: Bool
+    }
+
+    /// Pipelined lookups of one large result on several connections, and another client's `STATUS` meanwhile.
+    public struct LargeResults: Sendable, Codable {
+        public var what: String
+        public var lookups: Int
+        public var connections: Int
+        public var resultBytes: Int
+        /// The gateway's RSS before the lookups, and its highest sample (every 2 ms) while they ran.
+        public var gatewayRSSIdleMiB: Double
+        public var gatewayRSSPeakAboveIdleMiB: Double
+        public var elapsedMilliseconds: Double
+        /// The other client's `STATUS` round trips while the lookups ran.
+        public var status: Distribution
         public var target: String
         public var met: Bool
     }
@@ -255,6 +272,13 @@ extension BenchmarkReport {
         lines.append(
             "   gateway ÷ polling: GET_STATUS per job-second \(String(format: "%.2f", legacyBridge.statusRequestRatio))×, round trips \(String(format: "%.3f", legacyBridge.roundTripRatio))×, mean latency \(String(format: "%.3f", legacyBridge.latencyRatio))×"
         )
+        lines.append("")
+        lines.append("6. large results: \(largeResults.what)")
+        lines.append(
+            "   gateway RSS \(String(format: "%.1f", largeResults.gatewayRSSIdleMiB)) MiB idle, peak \(String(format: "%.1f", largeResults.gatewayRSSPeakAboveIdleMiB)) MiB above it; all replies read in \(String(format: "%.0f", largeResults.elapsedMilliseconds)) ms"
+        )
+        lines.append(row("STATUS meanwhile", largeResults.status))
+        lines.append("   target \(largeResults.target): \(verdict(largeResults.met))")
         return lines.joined(separator: "\n")
     }
 }

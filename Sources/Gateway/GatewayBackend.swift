@@ -173,15 +173,18 @@ struct GatewayBackend: Sendable {
     }
 
     func lookUp(_ gatewayID: GatewayJobID) async throws(GatewayFailure) -> JobLookup {
-        try await lookUp([gatewayID])[0].get()
+        try await lookUp([gatewayID], withOutcomes: true)[0].get()
     }
 
-    /// What each id refers to, read in one Redis pipeline (only the ids this deployment issued are read).
-    func lookUp(_ gatewayIDs: [GatewayJobID]) async -> [Result<JobLookup, GatewayFailure>] {
+    /// What each id refers to, read in one Redis pipeline (only the ids this deployment issued are read). Without
+    /// outcomes, a found record has only the size of its result or reason (`outcomeSize`), to be read with
+    /// `outcomes(of:)` when there is room for it.
+    func lookUp(_ gatewayIDs: [GatewayJobID], withOutcomes: Bool) async -> [Result<JobLookup, GatewayFailure>] {
         let jobIDs = gatewayIDs.map(issuedID)
         let records: [JobRecord?]
         do {
-            records = try await store.records(jobIDs.compactMap { $0 })
+            let present = jobIDs.compactMap { $0 }
+            records = try await withOutcomes ? store.records(present) : store.recordsWithoutOutcome(present)
         } catch {
             let failure = backendDown("Redis", error)
             return jobIDs.map { _ in .failure(failure) }
@@ -201,6 +204,23 @@ struct GatewayBackend: Sendable {
             lookups.append(.success(.found(await refreshedIfLegacy(record))))
         }
         return lookups
+    }
+
+    /// The records with their result or reason read in (one Redis pipeline); nil where a record expired since.
+    func outcomes(of records: [JobRecord]) async -> [Result<JobRecord?, GatewayFailure>] {
+        let outcomes: [ByteBuffer?]
+        do {
+            outcomes = try await store.outcomes(of: records)
+        } catch {
+            let failure = backendDown("Redis", error)
+            return records.map { _ in .failure(failure) }
+        }
+        return zip(records, outcomes).map { record, outcome in
+            guard let outcome else { return .success(nil) }
+            var record = record
+            if record.state == .done { record.result = outcome } else { record.reason = outcome }
+            return .success(record)
+        }
     }
 
     /// Nobody may be polling an unwatched legacy job: ask gearmand and memcached now. (A followed one is left to the

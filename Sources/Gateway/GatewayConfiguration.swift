@@ -52,6 +52,13 @@ public struct GatewayConfiguration: Sendable {
     /// The second wrong `AUTH` is answered this long after the first, each further one twice as long after the one
     /// before (up to 32×), pipelined or not.
     public var authFailureDelay: Duration = .milliseconds(100)
+    /// A client whose socket has taken none of its queued output for this long is closed as a slow consumer (it
+    /// holds replies, and their share of `maximumOutcomeBytes`, that it does not read).
+    public var outputStallTimeout: Duration = .seconds(30)
+    /// Bytes of results and failure reasons that lookups (`RESULT`, `WAIT`, `WATCH`, `SUBMIT wait=`) read and hold
+    /// until written, per connection and in all; past them the gateway pauses lookups until earlier ones are written.
+    public var maximumOutcomeBytesPerConnection = 2 * 1024 * 1024
+    public var maximumOutcomeBytes = 8 * 1024 * 1024
     /// `WAIT` timeouts above this are cut to it.
     public var maximumWaitTimeout: Duration = .seconds(3_600)
 
@@ -80,6 +87,13 @@ public struct GatewayConfiguration: Sendable {
         result.idleTimeout = new.idleTimeout
         result.outputBufferLimit = new.outputBufferLimit
         result.maximumWaitTimeout = new.maximumWaitTimeout
+        result.maximumSubscriptionsPerConnection = new.maximumSubscriptionsPerConnection
+        result.inputBufferLimit = new.inputBufferLimit
+        result.requestTimeout = new.requestTimeout
+        result.maximumAuthFailures = new.maximumAuthFailures
+        result.authFailureDelay = new.authFailureDelay
+        result.outputStallTimeout = new.outputStallTimeout
+        result.maximumOutcomeBytesPerConnection = new.maximumOutcomeBytesPerConnection
         return result
     }
 }

@@ -93,13 +93,14 @@ public final class GatewayServer: Service {
             gearmandServers: configuration.gearmanServers.map { "\($0)" },
             logger: logger
         )
-        let statistics = GatewayStatistics(registry: metrics, backends: backends)
+        let statistics = GatewayStatistics(registry: metrics, backends: backends, maximumOutcomeBytes: configuration.maximumOutcomeBytes)
         let redis = RedisConnectionPool(configuration: configuration.redis, size: 4, logger: logger)
+        let outcomeRedis = RedisConnectionPool(configuration: configuration.redis, size: 2, logger: logger)
         var storeConfiguration = JobStoreConfiguration()
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
         storeConfiguration.resultTTL = configuration.resultTTL
         storeConfiguration.acceptanceGrace = configuration.lostJobGrace
-        let store = RedisJobStore(redis: redis, configuration: storeConfiguration)
+        let store = RedisJobStore(redis: redis, outcomeRedis: outcomeRedis, configuration: storeConfiguration)
         let logger = self.logger
         let ids = try await cancelWhenGracefulShutdown {
             try await untilRedisAnswers(at: "\(configuration.redis.host):\(configuration.redis.port)", logger: logger) {
@@ -143,11 +144,13 @@ public final class GatewayServer: Service {
         } catch {
             await gearman.shutdown()
             await redis.close()
+            await outcomeRedis.close()
             await legacy?.memcache.shutdown()
             throw error
         }
         await gearman.shutdown()
         await redis.close()
+        await outcomeRedis.close()
         await legacy?.memcache.shutdown()
     }
 

@@ -12,6 +12,8 @@ final class SessionServices: Sendable {
     let submits: BackendBatcher<GatewaySubmission, GatewayBackend.Submitted>
     let lookups: BackendBatcher<GatewayJobID, JobLookup>
     let live: LiveConfiguration
+    /// Reads the results (or reasons) of finished records found by `lookups`; nil where the record expired since.
+    let outcomes: BackendBatcher<JobRecord, JobRecord?>
     let statistics: GatewayStatistics
     let logger: Logger
 
@@ -22,7 +24,8 @@ final class SessionServices: Sendable {
         self.backend = backend
         self.hub = hub
         self.submits = BackendBatcher { submissions, turn in await backend.submit(submissions, turn: turn) }
-        self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids) }
+        self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids, withOutcomes: false) }
+        self.outcomes = BackendBatcher { records, _ in await backend.outcomes(of: records) }
         self.live = configuration
         self.statistics = statistics
         self.logger = logger
@@ -33,14 +36,16 @@ final class SessionServices: Sendable {
 struct SessionReply {
     var responses: [GatewayResponse]
     var effect: SessionEffect?
+    /// Result bytes its last response carries that were reserved from the lookup budget, released once written.
+    var charge = 0
 
     init(_ responses: GatewayResponse..., then effect: SessionEffect? = nil) {
         self.responses = responses
         self.effect = effect
     }
 
-    /// Its bytes on the wire (an estimate), for the output bound.
-    var size: Int { responses.reduce(0) { $0 + OutputBacklog.size(of: $1) } }
+    /// Its bytes on the wire (an estimate), but for those the lookup budget bounds, for the output bound.
+    var size: Int { responses.reduce(0) { $0 + OutputBacklog.size(of: $1) } - charge }
 }
 
 /// Hub changes that happen exactly when a reply is written: no event comes before the reply that starts it, and
@@ -64,9 +69,10 @@ enum SessionEffect {
 /// Requests start as they are read (a pipelined burst of `SUBMIT`s joins one backend batch), up to
 /// `maximumOutstanding` at once, and reserve their reply's place in `ReplyOrder`, so replies still go out in
 /// request order. Pushed events are written as they come; what the socket does not take waits in a bounded
-/// `OutputBacklog`. While anything waits there, or too many requests are outstanding, the session stops reading,
-/// and replies held back behind a slow one count against the same bound: a client that does not read its replies
-/// cannot make the gateway buffer without bound.
+/// `OutputBacklog`. While anything waits there, or too many requests are outstanding, the session stops reading;
+/// while half the output limit of replies waits (held back behind a slow one, or unwritten) it starts no requests;
+/// results are read only when the lookup budget has room for them. So replies are bounded without counting as the
+/// client's fault, and a client that does not read is closed when its socket takes nothing for `--output-stall`.
 final class GatewaySessionHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
@@ -128,6 +134,21 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var requestCheck: Scheduled<Void>?
     private var authFailures = 0
     private var lastAuthFailureAnswer = NIODeadline.uptimeNanoseconds(0)
+    /// Result bytes this connection's lookups reserved and the socket has not taken yet (`--max-lookup-bytes`).
+    private var outcomeBytes = 0
+    /// Results to read once there is room for them, by reply slot.
+    private var outcomeReads: [Int: (bytes: Int, read: () -> Void)] = [:]
+    /// Slots from `outcomeReadFrontier` on whose results have room reserved.
+    private var reservedOutcomeSlots: Set<Int> = []
+    /// The first slot neither answered nor with room for its result: only its result may be reserved next. So
+    /// results are reserved in request order, and room is never held by a reply that waits for an earlier one which
+    /// itself waits for room (a deadlock); replies held behind a slow `WAIT` hold no result bytes.
+    private var outcomeReadFrontier = 0
+    private var outcomeReadIsReserving = false
+    /// Set while output waits for the socket (`--output-stall`): the channel is not writable, or results are held.
+    private var stallCheck: Scheduled<Void>?
+    /// The last sign that the socket takes output: a reply's result written, or the channel writable again.
+    private var lastOutputProgress = NIODeadline.now()
 
     init(services: SessionServices) {
         self.services = services
@@ -163,6 +184,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         idleCheck?.cancel()
         requestCheck?.cancel()
         releaseInput(heldInput)
+        stallCheck?.cancel()
+        statistics.outcomes.release(outcomeBytes)
+        outcomeBytes = 0
+        outcomeReads = [:]
         for wait in waits.values {
             wait.timer?.cancel()
             hub.removeWaiter(wait.token)
@@ -238,8 +263,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         !inputEnded && backlog.isEmpty && unstarted.isEmpty && mayStart
     }
 
+    /// Replies are never the client's fault: rather than count them against the output limit, the session starts no
+    /// requests while half of it waits, held back or unwritten (result bytes apart: the lookup budget bounds them).
     private var mayStart: Bool {
-        replies.outstanding < Self.maximumOutstanding && heldReplyBytes <= configuration.outputBufferLimit / 2
+        replies.outstanding < Self.maximumOutstanding && heldReplyBytes + backlog.bytes <= configuration.outputBufferLimit / 2
     }
 
     private func resumeReadingIfHeld() {
@@ -402,18 +429,18 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .status(let gatewayID):
             lookUp(gatewayID, request: request, slot: slot) { lookup in
                 switch lookup {
-                case .found(let record): SessionReply(request.reply(.status(gatewayID, Self.status(record))))
-                case .expired: SessionReply(request.reply(.status(gatewayID, GatewayJobStatus(.expired))))
-                case .notFound: SessionReply(request.reply(Self.notFound(gatewayID)))
+                case .found(let record): self.answer(slot, SessionReply(request.reply(.status(gatewayID, Self.status(record)))))
+                case .expired: self.answer(slot, SessionReply(request.reply(.status(gatewayID, GatewayJobStatus(.expired)))))
+                case .notFound: self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
                 }
             }
         case .result(let gatewayID):
             lookUp(gatewayID, request: request, slot: slot) { lookup in
                 switch lookup {
-                case .found(let record) where record.state.isTerminal: SessionReply(request.reply(Self.outcome(record, gatewayID)))
-                case .found(let record): SessionReply(request.reply(.pending(gatewayID, Self.status(record))))
-                case .expired: SessionReply(request.reply(.expired(gatewayID)))
-                case .notFound: SessionReply(request.reply(Self.notFound(gatewayID)))
+                case .found(let record) where record.state.isTerminal: self.answerOutcome(record, gatewayID, request: request, slot: slot)
+                case .found(let record): self.answer(slot, SessionReply(request.reply(.pending(gatewayID, Self.status(record)))))
+                case .expired: self.answer(slot, SessionReply(request.reply(.expired(gatewayID))))
+                case .notFound: self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
                 }
             }
         case .wait(let gatewayID, let milliseconds):
@@ -454,14 +481,90 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         context.eventLoop.assumeIsolated().scheduleTask(deadline: lastAuthFailureAnswer) { self.answer(slot, reply) }
     }
 
-    /// Looks a job up (batched with every session's lookups) and answers with what `reply` makes of it.
-    private func lookUp(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int, reply: @escaping (JobLookup) -> SessionReply) {
+    /// Looks a job up (batched with every session's lookups), without its result: `then` answers (a failure is
+    /// answered here).
+    private func lookUp(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int, then found: @escaping (JobLookup) -> Void) {
         services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
             switch result {
-            case .success(let lookup): self.answer(slot, reply(lookup))
+            case .success(let lookup): found(lookup)
             case .failure(let error): self.answer(slot, Self.failure(error, request))
             }
         }
+    }
+
+    /// Answers with a finished job's outcome: DONE with the result, or FAILED with the reason.
+    private func answerOutcome(_ record: JobRecord, _ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int) {
+        withOutcome(record, request: request, slot: slot) { record in
+            SessionReply(request.reply(record.map { Self.outcome($0, gatewayID) } ?? .expired(gatewayID)))
+        }
+    }
+
+    /// Reads a finished record's result (or reason) once this connection and the gateway have room for its bytes
+    /// (`--max-lookup-bytes`, `--max-lookup-bytes-total`), and answers with what `reply` makes of the record with it
+    /// (nil: the record expired meanwhile). The bytes stay reserved until the socket took the reply: however many
+    /// lookups of a large result run, the gateway holds at most the budget of them, and pauses the rest.
+    private func withOutcome(_ record: JobRecord, request: GatewayRequest, slot: Int, reply: @escaping (JobRecord?) -> SessionReply) {
+        guard record.outcome == nil, record.outcomeSize > 0 else {
+            var record = record  // read with its outcome (legacy jobs, ended waits), or an empty one
+            if record.outcome == nil { if record.state == .done { record.result = ByteBuffer() } else { record.reason = ByteBuffer() } }
+            return answer(slot, reply(record))
+        }
+        let bytes = record.outcomeSize
+        outcomeReads[slot] = (bytes, {
+            self.services.outcomes.enqueue(record, on: self.context.eventLoop).assumeIsolated().whenComplete { result in
+                guard !self.isClosed else { return }
+                switch result {
+                case .success(let read?):
+                    var answered = reply(read)
+                    answered.charge = bytes
+                    self.answer(slot, answered)
+                case .success(nil):
+                    self.outcomeWritten(bytes)
+                    self.answer(slot, reply(nil))
+                case .failure(let error):
+                    self.outcomeWritten(bytes)
+                    self.answer(slot, Self.failure(error, request))
+                }
+            }
+        })
+        startOutcomeRead()
+    }
+
+    /// Reserves room for the result of the frontier slot, if it waits for some: from this connection's share, then
+    /// from the gateway's budget (granted in order, possibly later and on another thread).
+    private func startOutcomeRead() {
+        guard !outcomeReadIsReserving, !isClosed else { return }
+        while outcomeReadFrontier < replies.nextSlot,
+            replies.isFilled(outcomeReadFrontier) || reservedOutcomeSlots.remove(outcomeReadFrontier) != nil
+        {
+            outcomeReadFrontier += 1
+        }
+        let slot = outcomeReadFrontier
+        guard let next = outcomeReads[slot] else { return }
+        guard outcomeBytes == 0 || outcomeBytes + next.bytes <= configuration.maximumOutcomeBytesPerConnection else { return }
+        outcomeReadIsReserving = true
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let bytes = next.bytes
+        // Always a hop: a grant at once must not recurse through every read that fits.
+        statistics.outcomes.reserve(bytes) { handler.eventLoop.execute { handler.value.outcomeReserved(bytes, slot: slot) } }
+    }
+
+    private func outcomeReserved(_ bytes: Int, slot: Int) {
+        outcomeReadIsReserving = false
+        guard !isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
+        outcomeBytes += bytes
+        reservedOutcomeSlots.insert(slot)
+        watchForStall()
+        next.read()
+        startOutcomeRead()
+    }
+
+    /// The socket took a reply's result (or the read ended without one): its bytes are free again.
+    private func outcomeWritten(_ bytes: Int) {
+        let released = min(bytes, outcomeBytes)  // nothing after the session ended: it released everything
+        outcomeBytes -= released
+        statistics.outcomes.release(released)
+        startOutcomeRead()
     }
 
     /// WATCH: register, then read (subscribe, then read); events flow once `WATCHING` is written.
@@ -488,7 +591,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             case .success(.found(let record)) where record.state.isTerminal:
                 let watching = request.reply(.watching(gatewayID, Self.status(record)))
                 if self.hub.removeWatcher(token, outbox: self.target) {
-                    self.answer(slot, SessionReply(watching, request.event(PushHub.terminalEvent(record, gatewayID))))
+                    self.withOutcome(record, request: request, slot: slot) { read in
+                        SessionReply(watching, request.event(read.map { PushHub.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
+                    }
                 } else {
                     self.answer(slot, SessionReply(watching))  // unwatched meanwhile
                 }
@@ -516,20 +621,17 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         waits[slot] = PendingWait(token: token, gatewayID: gatewayID, request: request, timer: timer)
         services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
             guard let wait = self.waits[slot] else { return }  // already answered (or the session ended)
-            let reply: SessionReply
-            switch result {
-            case .success(.found(let record)) where !record.state.isTerminal:
-                return  // the job's end or the timer answers
-            case .success(.found(let record)): reply = SessionReply(request.reply(Self.outcome(record, gatewayID)))
-            case .success(.expired): reply = SessionReply(request.reply(.expired(gatewayID)))
-            case .success(.notFound): reply = SessionReply(request.reply(Self.notFound(gatewayID)))
-            case .failure(let error): reply = Self.failure(error, request)
-            }
+            if case .success(.found(let record)) = result, !record.state.isTerminal { return }  // the job's end or the timer answers
             // Unless the job ended meanwhile: then its waiter is on its way with the outcome.
             guard self.hub.removeWaiter(token) else { return }
             wait.timer?.cancel()
             self.waits[slot] = nil
-            self.answer(slot, reply)
+            switch result {
+            case .success(.found(let record)): self.answerOutcome(record, gatewayID, request: request, slot: slot)
+            case .success(.expired): self.answer(slot, SessionReply(request.reply(.expired(gatewayID))))
+            case .success(.notFound): self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
+            case .failure(let error): self.answer(slot, Self.failure(error, request))
+            }
         }
     }
 
@@ -539,15 +641,15 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let (gatewayID, request) = (wait.gatewayID, wait.request)
         switch outcome {
         case .ended(let record?):
-            answer(slot, SessionReply(request.reply(Self.outcome(record, gatewayID))))
+            answerOutcome(record, gatewayID, request: request, slot: slot)
         case .ended(nil):
             answer(slot, SessionReply(request.reply(.expired(gatewayID))))
         case .stopped:
             lookUp(gatewayID, request: request, slot: slot) { lookup in
                 switch lookup {
-                case .found(let record) where record.state.isTerminal: SessionReply(request.reply(Self.outcome(record, gatewayID)))
-                case .found(let record): SessionReply(request.reply(.timeout(gatewayID, Self.status(record))))
-                case .expired, .notFound: SessionReply(request.reply(.expired(gatewayID)))
+                case .found(let record) where record.state.isTerminal: self.answerOutcome(record, gatewayID, request: request, slot: slot)
+                case .found(let record): self.answer(slot, SessionReply(request.reply(.timeout(gatewayID, Self.status(record)))))
+                case .expired, .notFound: self.answer(slot, SessionReply(request.reply(.expired(gatewayID))))
                 }
             }
         }
@@ -566,10 +668,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             write(ready)
         }
         guard !isClosed else { return }
-        // Replies held back behind a slow request count against the output limit like unread output (one large
-        // reply alone may exceed it, as in the backlog).
-        let waiting = heldReplies + (backlog.isEmpty ? 0 : 2)
-        if heldReplyBytes + backlog.bytes > configuration.outputBufferLimit && waiting > 1 { return overflowed() }
+        startOutcomeRead()  // the frontier may have moved on to a result waiting for room
         scheduleFlush()
         startUnstarted()
         resumeReadingIfHeld()
@@ -583,7 +682,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .unsubscribe(let function): hub.unsubscribe(function, outbox: target)
         default: break
         }
-        for response in reply.responses { emit(response) }
+        for (index, response) in reply.responses.enumerated() {
+            emit(response, charge: index == reply.responses.count - 1 ? reply.charge : 0)
+        }
         guard !isClosed else { return }
         switch reply.effect {
         case .activate(let token, let shown): hub.activate(token, shown: shown)
@@ -600,19 +701,43 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         scheduleFlush()
     }
 
-    private func emit(_ response: GatewayResponse) {
-        guard !isClosed, !isClosing else { return }
+    /// `charge`: result bytes the response holds from the lookup budget, released once the socket took them.
+    private func emit(_ response: GatewayResponse, charge: Int = 0) {
+        guard !isClosed, !isClosing else { return outcomeWritten(charge) }
         guard backlog.isEmpty && context.channel.isWritable else {
-            if !backlog.append(response) { overflowed() }
+            if !backlog.append(response, charge: charge) { overflowed() }
             return
         }
-        encode(response)
+        send(response, charge: charge)
         if output!.readableBytes >= 64 * 1024 { writeOutput() }
     }
 
-    private func encode(_ response: GatewayResponse) {
+    /// Data blocks of at least this many bytes go to the socket as they are, not copied into `output`.
+    static let blockWrittenAlone = 16 * 1024
+
+    /// Encodes into `output`; a large block (or one whose bytes are charged) is written as it is: a result costs the
+    /// one copy that was read from Redis, not a second one in an output buffer.
+    private func send(_ response: GatewayResponse, charge: Int) {
         if output == nil { output = context.channel.allocator.buffer(capacity: 256) }
-        GatewayResponseEncoder.write(response, into: &output!)
+        guard let block = GatewayResponseEncoder.writeLeavingBlock(response, into: &output!) else { return }
+        guard charge > 0 || block.readableBytes >= Self.blockWrittenAlone else {
+            output!.writeImmutableBuffer(block)
+            output!.writeString(GatewayResponseEncoder.blockEnd)
+            return
+        }
+        writeOutput()
+        if charge > 0 {
+            let written = context.eventLoop.makePromise(of: Void.self)
+            written.futureResult.assumeIsolated().whenComplete { _ in
+                self.lastOutputProgress = .now()
+                self.outcomeWritten(charge)
+            }
+            context.write(wrapOutboundOut(block), promise: written)
+        } else {
+            context.write(wrapOutboundOut(block), promise: nil)
+        }
+        output = context.channel.allocator.buffer(capacity: 256)
+        output!.writeString(GatewayResponseEncoder.blockEnd)
     }
 
     private func writeOutput() {
@@ -638,27 +763,53 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
-            while context.channel.isWritable, let response = backlog.popFirst() {
-                encode(response)
+            lastOutputProgress = .now()
+            while context.channel.isWritable, let (response, charge) = backlog.popFirst() {
+                send(response, charge: charge)
                 writeOutput()
             }
             flushNow()
             if backlog.isEmpty {
                 if isClosing { closeAfterPendingWrites() }
+                startUnstarted()
                 resumeReadingIfHeld()
             }
+        } else {
+            watchForStall()
         }
         context.fireChannelWritabilityChanged()
     }
 
+    /// Output waits for the socket: a client that reads soon shows progress (the channel writable again, a result
+    /// written); one that does not is closed after `--output-stall`, rather than keep its replies, and its share of
+    /// the lookup budget, for ever.
+    private func watchForStall() {
+        guard stallCheck == nil, !isClosed else { return }
+        lastOutputProgress = .now()
+        scheduleStallCheck(in: TimeAmount(configuration.outputStallTimeout))
+    }
+
+    private func scheduleStallCheck(in delay: TimeAmount) {
+        stallCheck = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { self.checkStall() }
+    }
+
+    private func checkStall() {
+        stallCheck = nil
+        guard !isClosed, outcomeBytes > 0 || !context.channel.isWritable else { return }
+        let timeout = TimeAmount(configuration.outputStallTimeout)
+        let quiet = NIODeadline.now() - lastOutputProgress
+        guard quiet >= timeout else { return scheduleStallCheck(in: timeout - quiet) }
+        overflowed("no output taken for \(configuration.outputStallTimeout)")
+    }
+
     /// The client does not read: tell it, if the socket still takes it, and close rather than buffer more.
-    private func overflowed() {
+    private func overflowed(_ reason: String = "output buffer limit exceeded") {
         statistics.slowConsumersClosed.add(1, ordering: .relaxed)
         services.logger.notice("closing a connection that does not read its replies")
         isClosing = true
         let channel = context.channel
         var message = channel.allocator.buffer(capacity: 64)
-        GatewayResponseEncoder.write(.reply(.error(code: GatewayErrorCode.slowConsumer, message: "output buffer limit exceeded; closing")), into: &message)
+        GatewayResponseEncoder.write(.reply(.error(code: GatewayErrorCode.slowConsumer, message: "\(reason); closing")), into: &message)
         writeOutput()
         context.writeAndFlush(wrapOutboundOut(message)).whenComplete { _ in channel.close(promise: nil) }
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }

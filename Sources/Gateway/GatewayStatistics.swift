@@ -28,16 +28,24 @@ final class GatewayStatistics: Sendable {
     let metrics: GatewayMetricCounters
     /// Which backends are reachable now (`HEALTH`, `/readyz`, `jobgate_backend_up`).
     let backends: BackendStatus
+    /// Result bytes lookups hold now, and their peak (the budget is their one owner).
+    let outcomes: OutcomeBudget
     private let process: ProcessMetrics
     private let jobsFollowed: Gauge
     private let inputBufferedGauge: Gauge
+    private let outcomeBytesGauge: Gauge
+    private let outcomeBytesPeakGauge: Gauge
     private let backendUp: [Gauge]
     /// One scrape at a time: the figures read on a scrape are set, then written out, as one.
     private let scrape = Mutex(())
 
-    init(registry: PrometheusCollectorRegistry, backends: BackendStatus) {
+    init(
+        registry: PrometheusCollectorRegistry, backends: BackendStatus,
+        maximumOutcomeBytes: Int = GatewayConfiguration().maximumOutcomeBytes
+    ) {
         self.registry = registry
         self.backends = backends
+        outcomes = OutcomeBudget(limit: maximumOutcomeBytes)
         func counter(_ name: String, _ help: String) -> GatewayFigure { .counter(registry, name, help) }
         connectionsAccepted = counter("jobgate_connections_accepted_total", "Client connections accepted.")
         connectionsOpen = .gauge(registry, "jobgate_connections_open", "Client connections open now.")
@@ -53,6 +61,10 @@ final class GatewayStatistics: Sendable {
         legacyPolls = counter("jobgate_legacy_polls_total", "Pipelined gearmand status polls by the legacy memcached bridge.")
         authFailures = counter("jobgate_auth_failures_total", "Wrong AUTH secrets (ERR DENIED).")
         inputBufferedGauge = registry.gauge("jobgate_input_buffered_bytes", help: "Bytes of SUBMIT blocks held now, bounded by --input-buffer.")
+        outcomeBytesGauge = registry.gauge(
+            "jobgate_outcome_bytes_in_flight", help: "Result bytes that lookups reserved, read or hold until written (--max-lookup-bytes-total)."
+        )
+        outcomeBytesPeakGauge = registry.gauge("jobgate_outcome_bytes_in_flight_peak", help: "The most result bytes lookups held at once.")
         metrics = GatewayMetricCounters(registry: registry)
         process = ProcessMetrics(registry: registry)
         jobsFollowed = registry.gauge("jobgate_jobs_followed", help: "Jobs watched or waited for now.")
@@ -72,6 +84,8 @@ final class GatewayStatistics: Sendable {
         scrape.withLock { _ in
             jobsFollowed.set(Double(watchedJobs))
             inputBufferedGauge.set(Double(inputBuffered.load(ordering: .relaxed)))
+            outcomeBytesGauge.set(Double(outcomes.reserved))
+            outcomeBytesPeakGauge.set(Double(outcomes.peak))
             for (gauge, server) in zip(backendUp, backends.servers()) { gauge.set(to: server.isUp ? 1 : 0) }
             metrics.refresh()
             process.refresh()

@@ -52,8 +52,8 @@ final class SessionOutbox: PushTarget {
         while true {
             let next = state.withLock { state -> Next? in
                 if state.hasOverflowed { return .overflowed }
-                guard let response = state.backlog.popFirst() else { return state.isClosed ? .closed : nil }
-                return .response(response)
+                guard let entry = state.backlog.popFirst() else { return state.isClosed ? .closed : nil }
+                return .response(entry.response)
             }
             if let next { return next }
             await withCheckedContinuation { continuation in

@@ -13,6 +13,14 @@ struct ReplyOrder<Reply> {
     /// Requests read and not answered yet.
     var outstanding: Int { slots.count }
 
+    /// The number the next reserved slot gets.
+    var nextSlot: Int { firstNumber + slots.count }
+
+    /// Whether `slot` has its reply (written already, or held behind an earlier one).
+    func isFilled(_ slot: Int) -> Bool {
+        slot < firstNumber || (slot < nextSlot && slots[offset: slot - firstNumber] != nil)
+    }
+
     mutating func reserve() -> Int {
         slots.append(nil)
         return firstNumber + slots.count - 1
@@ -60,13 +68,15 @@ struct LazyQueue<Element> {
     }
 }
 
-/// Output that a connection could not write yet (its client reads slower than it gets events), bounded.
+/// Output that a connection could not write yet (its client reads slower than output comes), bounded.
 ///
 /// Progress events for a job are coalesced while they wait (the newest replaces the queued one in place: a slow
-/// watcher sees the latest progress, not every step); replies and terminal events are never dropped. Past `limit`
-/// bytes, with more than one entry waiting (so that a single large result still goes to a client that reads), the
-/// backlog overflows: it drops everything, and the connection is closed instead of memory growing for a client
-/// that does not read.
+/// watcher sees the latest progress, not every step); replies and terminal events are never dropped. Events count
+/// against `limit`: past it, with more than one entry waiting (so that a single large result still goes to a client
+/// that reads), the backlog overflows: it drops everything, and the connection is closed instead of memory growing
+/// for a client that does not read. Replies do not count there: the session bounds them by starting no requests
+/// while `bytes` is high, and a reply's result bytes reserved from the lookup budget (its `charge`) are bounded by
+/// that budget.
 struct OutputBacklog {
     private struct ProgressKey: Hashable {
         var id: GatewayJobID
@@ -74,14 +84,17 @@ struct OutputBacklog {
     }
 
     private enum Entry {
-        case response(GatewayResponse)
+        case response(GatewayResponse, charge: Int)
         /// The newest progress for the key sits in `latestProgress`.
         case progress(ProgressKey)
     }
 
     private var queue = LazyQueue<Entry>()
     private var latestProgress: [ProgressKey: GatewayResponse] = [:]
+    /// Bytes waiting, but for result bytes charged to the lookup budget.
     private(set) var bytes = 0
+    /// Bytes of events waiting: what `limit` bounds.
+    private var eventBytes = 0
     let limit: Int
 
     init(limit: Int) {
@@ -90,33 +103,39 @@ struct OutputBacklog {
 
     var isEmpty: Bool { queue.isEmpty }
 
-    /// Queues a response; false when that overflowed the backlog (now empty).
-    mutating func append(_ response: GatewayResponse) -> Bool {
+    /// Queues a response, with the result bytes it holds from the lookup budget; false when that overflowed the
+    /// backlog (now empty).
+    mutating func append(_ response: GatewayResponse, charge: Int = 0) -> Bool {
+        let size = Self.size(of: response)
         if case .event(.progress(let id, _, _, _), let tag) = response {
             let key = ProgressKey(id: id, tag: tag)
             if let queued = latestProgress.updateValue(response, forKey: key) {
                 bytes -= Self.size(of: queued)
+                eventBytes -= Self.size(of: queued)
             } else {
                 queue.append(.progress(key))
             }
         } else {
-            queue.append(.response(response))
+            queue.append(.response(response, charge: charge))
         }
-        bytes += Self.size(of: response)
-        guard bytes > limit && queue.count > 1 else { return true }
+        bytes += size - charge
+        if case .event = response { eventBytes += size }
+        guard eventBytes > limit && queue.count > 1 else { return true }
         self = OutputBacklog(limit: limit)
         return false
     }
 
-    mutating func popFirst() -> GatewayResponse? {
+    mutating func popFirst() -> (response: GatewayResponse, charge: Int)? {
         guard let entry = queue.popFirst() else { return nil }
         let response: GatewayResponse
+        var charge = 0
         switch entry {
-        case .response(let queued): response = queued
+        case .response(let queued, let queuedCharge): (response, charge) = (queued, queuedCharge)
         case .progress(let key): response = latestProgress.removeValue(forKey: key)!
         }
-        bytes -= Self.size(of: response)
-        return response
+        bytes -= Self.size(of: response) - charge
+        if case .event = response { eventBytes -= Self.size(of: response) }
+        return (response, charge)
     }
 
     /// An estimate of the bytes a response takes on the wire, for the output bound.

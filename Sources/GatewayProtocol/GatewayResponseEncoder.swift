@@ -16,13 +16,30 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
 
     /// Appends one reply or event; several calls fill one buffer, so a burst costs one write.
     public static func write(_ response: GatewayResponse, into out: inout ByteBuffer) {
-        switch response {
-        case .reply(let reply, let tag): write(reply, tag: tag, into: &out)
-        case .event(let event, let tag): write(event, tag: tag, into: &out)
-        }
+        if let block = writeLeavingBlock(response, into: &out) { writeBlockAndEnd(block, into: &out) }
     }
 
     public static func write(_ reply: GatewayReply, tag: GatewayTag? = nil, into out: inout ByteBuffer) {
+        if let block = writeLeavingBlock(reply, tag: tag, into: &out) { writeBlockAndEnd(block, into: &out) }
+    }
+
+    public static func write(_ event: GatewayEvent, tag: GatewayTag? = nil, into out: inout ByteBuffer) {
+        if let block = writeLeavingBlock(event, tag: tag, into: &out) { writeBlockAndEnd(block, into: &out) }
+    }
+
+    /// Appends a response up to its data block and returns the block (nil: it has none). The caller sends the
+    /// block itself, then `blockEnd`: a large result goes to the socket as it is, not copied into `out`.
+    public static func writeLeavingBlock(_ response: GatewayResponse, into out: inout ByteBuffer) -> ByteBuffer? {
+        switch response {
+        case .reply(let reply, let tag): writeLeavingBlock(reply, tag: tag, into: &out)
+        case .event(let event, let tag): writeLeavingBlock(event, tag: tag, into: &out)
+        }
+    }
+
+    /// What follows a data block.
+    public static let blockEnd = "\r\n"
+
+    private static func writeLeavingBlock(_ reply: GatewayReply, tag: GatewayTag?, into out: inout ByteBuffer) -> ByteBuffer? {
         writeTag(tag, into: &out)
         switch reply {
         case .hello(let info):
@@ -32,8 +49,8 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
         case .created(let id): out.writeString("CREATED \(id)\r\n")
         case .exists(let id): out.writeString("EXISTS \(id)\r\n")
         case .status(let id, let status): writeStatusLine("STATUS", id, status, into: &out)
-        case .done(let id, let result): writeBlock("DONE \(id) ", result, into: &out)
-        case .failed(let id, let reason): writeBlock("FAILED \(id) ", reason, into: &out)
+        case .done(let id, let result): return writeBlockLine("DONE \(id) ", result, into: &out)
+        case .failed(let id, let reason): return writeBlockLine("FAILED \(id) ", reason, into: &out)
         case .pending(let id, let status): writeStatusLine("PENDING", id, status, into: &out)
         case .expired(let id): out.writeString("EXPIRED \(id)\r\n")
         case .timeout(let id, let status): writeStatusLine("TIMEOUT", id, status, into: &out)
@@ -47,7 +64,7 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
             for statistic in statistics {
                 block.writeString("\(GatewaySyntax.oneWord(statistic.name)) \(GatewaySyntax.oneLine(statistic.value))\n")
             }
-            writeBlock("STATS ", block, into: &out)
+            return writeBlockLine("STATS ", block, into: &out)
         case .health(let health):
             var line = health.isReady ? "HEALTH ready" : "HEALTH not-ready"
             for check in health.checks {
@@ -60,17 +77,19 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
             let text = GatewaySyntax.oneLine(message)
             out.writeString(text.isEmpty ? "ERR \(code)\r\n" : "ERR \(code) \(text)\r\n")
         }
+        return nil
     }
 
-    public static func write(_ event: GatewayEvent, tag: GatewayTag? = nil, into out: inout ByteBuffer) {
+    private static func writeLeavingBlock(_ event: GatewayEvent, tag: GatewayTag?, into out: inout ByteBuffer) -> ByteBuffer? {
         writeTag(tag, into: &out)
         switch event {
         case .progress(let id, let numerator, let denominator, let message):
-            writeBlock("EVENT \(id) PROGRESS \(numerator) \(denominator) ", message, into: &out)
-        case .done(let id, let result): writeBlock("EVENT \(id) DONE ", result, into: &out)
-        case .failed(let id, let reason): writeBlock("EVENT \(id) FAILED ", reason, into: &out)
+            return writeBlockLine("EVENT \(id) PROGRESS \(numerator) \(denominator) ", message, into: &out)
+        case .done(let id, let result): return writeBlockLine("EVENT \(id) DONE ", result, into: &out)
+        case .failed(let id, let reason): return writeBlockLine("EVENT \(id) FAILED ", reason, into: &out)
         case .expired(let id): out.writeString("EVENT \(id) EXPIRED\r\n")
         }
+        return nil
     }
 
     private static func writeTag(_ tag: GatewayTag?, into out: inout ByteBuffer) {
@@ -81,11 +100,15 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
         out.writeString("\(verb) \(id) \(status.state.rawValue) \(status.numerator) \(status.denominator)\r\n")
     }
 
-    /// `head` (ending in a space), the byte count, CRLF, the bytes, CRLF.
-    private static func writeBlock(_ head: String, _ block: ByteBuffer, into out: inout ByteBuffer) {
+    /// `head` (ending in a space), the byte count, CRLF; the block and `blockEnd` follow.
+    private static func writeBlockLine(_ head: String, _ block: ByteBuffer, into out: inout ByteBuffer) -> ByteBuffer {
         out.writeString("\(head)\(block.readableBytes)\r\n")
+        return block
+    }
+
+    private static func writeBlockAndEnd(_ block: ByteBuffer, into out: inout ByteBuffer) {
         out.writeImmutableBuffer(block)
-        out.writeString("\r\n")
+        out.writeString(blockEnd)
     }
 }
 

@@ -34,6 +34,9 @@ public struct JobRecord: Sendable, Hashable {
     public var result: ByteBuffer?
     /// Set once `state == .failed` (may be empty).
     public var reason: ByteBuffer?
+    /// Bytes of the result or reason. A record read without them (`RedisJobStore.recordsWithoutOutcome`) has this
+    /// and nil `result`/`reason`, so that a reader can make room before it reads them.
+    public var outcomeSize = 0
     /// Gearman handle and server, once gearmand accepted the job (or a worker took it).
     public var handle: String?
     public var server: String?
@@ -65,6 +68,9 @@ public struct JobRecord: Sendable, Hashable {
         public var denominator: UInt32
         public var message: ByteBuffer
     }
+
+    /// The result or reason of a finished record, when it was read with the record.
+    public var outcome: ByteBuffer? { state == .done ? result : state == .failed ? reason : nil }
 
     public var progress: Progress { Progress(state: state, numerator: numerator, denominator: denominator, message: message) }
 }
@@ -122,6 +128,7 @@ extension JobRecord {
         message = values[JobField.message] ?? ByteBuffer()
         result = state == .done ? (values[JobField.result] ?? ByteBuffer()) : nil
         reason = state == .failed ? (values[JobField.reason] ?? ByteBuffer()) : nil
+        outcomeSize = (result ?? reason)?.readableBytes ?? 0
         handle = text(JobField.handle)
         server = text(JobField.server)
         unique = text(JobField.unique)

@@ -56,6 +56,9 @@ public struct JobStoreConfiguration: Sendable {
 /// written in one `MULTI/EXEC` with the TTL, so nobody ever sees `done` without the result.
 public final class RedisJobStore: Sendable {
     public let redis: RedisConnectionPool
+    /// Where `outcomes(of:)` reads: connections of their own keep megabytes of results from queueing ahead of
+    /// every other command (a `STATUS` behind a burst of large `RESULT`s).
+    public let outcomeRedis: RedisConnectionPool
     public let configuration: JobStoreConfiguration
     public var schema: JobKeySchema { configuration.schema }
 
@@ -64,8 +67,9 @@ public final class RedisJobStore: Sendable {
     private let jobKeyPrefixArgument: RedisArgument
     private let unacceptedKeyArgument: RedisArgument
 
-    public init(redis: RedisConnectionPool, configuration: JobStoreConfiguration = .init()) {
+    public init(redis: RedisConnectionPool, outcomeRedis: RedisConnectionPool? = nil, configuration: JobStoreConfiguration = .init()) {
         self.redis = redis
+        self.outcomeRedis = outcomeRedis ?? redis
         self.configuration = configuration
         self.inFlightTTLArgument = RedisArgument(configuration.inFlightTTL)
         self.resultTTLArgument = RedisArgument(configuration.resultTTL)
@@ -320,6 +324,68 @@ public final class RedisJobStore: Sendable {
         guard let array = reply.array else { throw JobStoreError(.unexpectedReply, "HGETALL answered \(reply)") }
         return JobRecord(id: id, fields: array.compactMap(\.buffer))
     }
+
+    /// Like `records(_:)`, but without the result or reason, only their size (`outcomeSize`): a lookup that may need
+    /// a large result reads it with `outcomes(of:)` once there is room for it, and one that needs none (`STATUS`)
+    /// never reads it. One pipelined write, three commands per job.
+    public func recordsWithoutOutcome(_ ids: [JobID]) async throws(JobStoreError) -> [JobRecord?] {
+        guard !ids.isEmpty else { return [] }
+        let fields = Self.fieldsBesidesOutcome
+        var commands: [RedisCommand] = []
+        commands.reserveCapacity(ids.count * 3)
+        for id in ids {
+            let key = schema.jobKey(id)
+            commands.append(RedisCommand("HMGET", ["\(key)"] + fields.map { RedisArgument($0) }))
+            commands.append(["HSTRLEN", "\(key)", "\(JobField.result)"])
+            commands.append(["HSTRLEN", "\(key)", "\(JobField.reason)"])
+        }
+        let replies = try await pipeline(commands, on: redis)
+        return try ids.enumerated().map { index, id throws(JobStoreError) in
+            let (values, resultSize, reasonSize) = (replies[3 * index], replies[3 * index + 1], replies[3 * index + 2])
+            guard let values = values.array, values.count == fields.count else {
+                throw JobStoreError(.unexpectedReply, "HMGET answered \(values)")
+            }
+            var flat: [ByteBuffer] = []
+            for (field, value) in zip(fields, values) {
+                guard let value = value.buffer else { continue }
+                flat.append(ByteBuffer(string: field))
+                flat.append(value)
+            }
+            guard var record = JobRecord(id: id, fields: flat) else { return nil }
+            record.result = nil
+            record.reason = nil
+            record.outcomeSize = (record.state == .done ? resultSize.int : record.state == .failed ? reasonSize.int : 0) ?? 0
+            return record
+        }
+    }
+
+    /// The result (of a done record) or reason (of a failed one) of each record; nil where the record expired since.
+    public func outcomes(of records: [JobRecord]) async throws(JobStoreError) -> [ByteBuffer?] {
+        guard !records.isEmpty else { return [] }
+        let commands: [RedisCommand] = records.map { record in
+            ["HGET", "\(schema.jobKey(record.id))", "\(record.state == .done ? JobField.result : JobField.reason)"]
+        }
+        return try await pipeline(commands, on: outcomeRedis).map(\.buffer)
+    }
+
+    /// The replies to `commands`, sent in one write; any failed command fails them all.
+    private func pipeline(_ commands: [RedisCommand], on redis: RedisConnectionPool) async throws(JobStoreError) -> [RedisReply] {
+        let replies: [Result<RedisReply, RedisError>]
+        do {
+            replies = try await redis.pipeline(commands)
+        } catch {
+            throw JobStoreError(redis: error)
+        }
+        return try replies.map { result throws(JobStoreError) in
+            do { return try result.get() } catch { throw JobStoreError(redis: error) }
+        }
+    }
+
+    private static let fieldsBesidesOutcome = [
+        JobField.state, JobField.function, JobField.numerator, JobField.denominator, JobField.message, JobField.handle,
+        JobField.server, JobField.unique, JobField.created, JobField.started, JobField.updated, JobField.finished,
+        JobField.resultTTL, JobField.legacyFence,
+    ]
 
     // MARK: Worker side
 

@@ -134,6 +134,21 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("output-buffer"), help: "Bytes queued for a client that does not read before it is closed. (default: 8388608)")
     var outputBuffer: Int?
 
+    @Option(name: .customLong("output-stall"), help: "Seconds a client's socket may take none of its output before it is closed (ERR SLOW_CONSUMER). (default: 30)")
+    var outputStall: Int?
+
+    @Option(
+        name: .customLong("max-lookup-bytes"),
+        help: "Result bytes one connection's lookups may hold until written; more lookups wait. (default: 2097152)"
+    )
+    var maxLookupBytes: Int?
+
+    @Option(
+        name: .customLong("max-lookup-bytes-total"),
+        help: "Result bytes the lookups of all connections may hold until written; more lookups wait. (default: 8388608)"
+    )
+    var maxLookupBytesTotal: Int?
+
     @Option(name: .customLong("max-wait"), help: "Longest WAIT in seconds; longer timeouts are cut to it. (default: 3600)")
     var maxWait: Int?
 
@@ -249,6 +264,14 @@ struct Serve: AsyncParsableCommand {
             ("idle-timeout", seconds(gateway.idleTimeout)),
             ("output-buffer", "\(gateway.outputBufferLimit)"),
             ("max-wait", seconds(gateway.maximumWaitTimeout)),
+            ("max-subscriptions", "\(gateway.maximumSubscriptionsPerConnection)"),
+            ("input-buffer", "\(gateway.inputBufferLimit)"),
+            ("request-timeout", seconds(gateway.requestTimeout)),
+            ("auth-failures", "\(gateway.maximumAuthFailures)"),
+            ("auth-delay", milliseconds(gateway.authFailureDelay)),
+            ("output-stall", seconds(gateway.outputStallTimeout)),
+            ("max-lookup-bytes", "\(gateway.maximumOutcomeBytesPerConnection)"),
+            ("max-lookup-bytes-total", "\(gateway.maximumOutcomeBytes)"),
             ("result-ttl", "\(gateway.resultTTL)"),
             ("lost-grace", seconds(gateway.lostJobGrace)),
             ("log-level", loaded.logLevel.rawValue),
@@ -326,6 +349,10 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--request-timeout and --auth-failures must be positive")
         }
         configuration.outputBufferLimit = try settings.int("output-buffer", outputBuffer) ?? configuration.outputBufferLimit
+        if let seconds = try settings.int("output-stall", outputStall) { configuration.outputStallTimeout = .seconds(seconds) }
+        configuration.maximumOutcomeBytesPerConnection =
+            try settings.int("max-lookup-bytes", maxLookupBytes) ?? configuration.maximumOutcomeBytesPerConnection
+        configuration.maximumOutcomeBytes = try settings.int("max-lookup-bytes-total", maxLookupBytesTotal) ?? configuration.maximumOutcomeBytes
         configuration.resultTTL = try settings.int("result-ttl", resultTTL) ?? configuration.resultTTL
         if let seconds = try settings.int("idle-timeout", idleTimeout) { configuration.idleTimeout = .seconds(seconds) }
         if let seconds = try settings.int("max-wait", maxWait) { configuration.maximumWaitTimeout = .seconds(seconds) }

@@ -74,8 +74,18 @@ import Testing
         }
         #expect(report.machine.cpus > 0 && report.machine.openFilesLimit > report.options.watchers)
 
+        // Large results: every lookup read its whole result (the section throws otherwise), STATUS was answered
+        // meanwhile.
+        let large = report.largeResults
+        #expect(large.lookups == 100 && large.connections == 4 && large.resultBytes == 1 << 20)
+        sane(large.gatewayRSSIdleMiB, "large results RSS idle")
+        #expect(large.gatewayRSSPeakAboveIdleMiB.isFinite && large.gatewayRSSPeakAboveIdleMiB >= 0)
+        sane(large.elapsedMilliseconds, "large results elapsed")
+        #expect(large.status.samples > 0)
+        sane(large.status, "STATUS during large results", samples: large.status.samples)
+
         // The table names every section.
-        for heading in ["1. submit", "2. end to end", "3. push latency", "4. watchers", "5. legacy bridge"] {
+        for heading in ["1. submit", "2. end to end", "3. push latency", "4. watchers", "5. legacy bridge", "6. large results"] {
             #expect(run.outputText.contains(heading), "table lacks \(heading)")
         }
     }

@@ -36,7 +36,7 @@ struct SessionOutboxTests {
         let big = GatewayResponse.event(.done(Self.id, result: ByteBuffer(repeating: 0, count: 900)))
         #expect(outbox.enqueue(big), "one entry may exceed the limit on its own")
         #expect(overflows.withLock { $0 } == 0)
-        outbox.enqueue(.reply(.ok))  // a backlog behind it: over the limit
+        outbox.enqueue(.event(.expired(Self.id)))  // a backlog of events behind it: over the limit (replies do not count)
         #expect(overflows.withLock { $0 } == 1)
         #expect(outbox.enqueue(.reply(.pong)) == false)
         #expect(overflows.withLock { $0 } == 1)

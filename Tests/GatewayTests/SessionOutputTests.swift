@@ -1,5 +1,6 @@
 import GatewayProtocol
 import NIOCore
+import Synchronization
 import Testing
 
 @testable import Gateway
@@ -53,7 +54,7 @@ struct OutputBacklogTests {
         #expect(accepted.allSatisfy { $0 })
         #expect(backlog.bytes == 5 * 96 + 1)
         var drained: [GatewayResponse] = []
-        while let response = backlog.popFirst() { drained.append(response) }
+        while let entry = backlog.popFirst() { drained.append(entry.response) }
         #expect(drained == [.reply(.pong), Self.progress(3), Self.progress(1, tag: "w"), .reply(.ok), done])
         #expect(backlog.bytes == 0 && backlog.isEmpty)
     }
@@ -66,5 +67,48 @@ struct OutputBacklogTests {
         let behind = backlog.append(.reply(.ok))
         #expect(big && !behind)
         #expect(backlog.isEmpty && backlog.bytes == 0)
+    }
+}
+
+/// The gateway-wide budget of result bytes that lookups hold.
+struct OutcomeBudgetTests {
+    /// Reservations are granted in the order they were asked for, while they fit; a release grants what waited,
+    /// and the peak never passes the limit.
+    @Test func grantsInOrderWithinTheLimit() {
+        let budget = OutcomeBudget(limit: 10)
+        let granted = Mutex<[String]>([])
+        budget.reserve(6) { granted.withLock { $0.append("a") } }
+        budget.reserve(6) { granted.withLock { $0.append("b") } }
+        budget.reserve(1) { granted.withLock { $0.append("c") } }  // fits, but waits behind b
+        #expect(granted.withLock { $0 } == ["a"])
+        budget.release(6)
+        #expect(granted.withLock { $0 } == ["a", "b", "c"])
+        #expect(budget.reserved == 7 && budget.peak == 7)
+        budget.release(7)
+        #expect(budget.reserved == 0)
+    }
+
+    /// A reservation larger than the limit is granted alone, once nothing else is reserved.
+    @Test func anOversizedReservationGoesAlone() {
+        let budget = OutcomeBudget(limit: 10)
+        let granted = Mutex<[String]>([])
+        budget.reserve(4) { granted.withLock { $0.append("small") } }
+        budget.reserve(25) { granted.withLock { $0.append("large") } }
+        #expect(granted.withLock { $0 } == ["small"])
+        budget.release(4)
+        #expect(granted.withLock { $0 } == ["small", "large"])
+        #expect(budget.peak == 25)
+    }
+}
+
+extension ReplyOrderTests {
+    /// `isFilled` tells slots with their reply (written or held) from open ones.
+    @Test func filledSlots() {
+        var order = ReplyOrder<String>()
+        let slots = (0..<3).map { _ in order.reserve() }
+        _ = order.fill(slots[1], with: "b")
+        #expect(!order.isFilled(slots[0]) && order.isFilled(slots[1]) && !order.isFilled(slots[2]))
+        _ = order.fill(slots[0], with: "a")
+        #expect(order.isFilled(slots[0]) && order.nextSlot == 3 && !order.isFilled(3))
     }
 }

@@ -1,0 +1,103 @@
+import GatewayProtocol
+import LocalServers
+import NIOCore
+import Synchronization
+
+/// Many lookups of one large result at once, while another client asks for a status.
+extension BenchmarkStack {
+    static let largeResultFunction = "bench.large"
+
+    struct LargeResultsResult {
+        var rssIdle: Int
+        var rssPeak: Int
+        var elapsed: Duration
+        var status: [Int64]
+    }
+
+    /// A job finishes with a `size`-byte result; then `connections` clients each pipeline their share of `lookups`
+    /// `RESULT`s of it and read the replies, while one more client sends `STATUS` of it one at a time. The
+    /// gateway's RSS is sampled every few milliseconds meanwhile.
+    func largeResults(lookups: Int, connections: Int, size: Int) async throws -> LargeResultsResult {
+        let port = gatewayPort
+        let result = ByteBuffer(repeating: UInt8(ascii: "m"), count: size)
+        let id = try await withJobWorker(Self.largeResultFunction, concurrency: 1, handler: { _, _ in result }) {
+            try await connectGateway(port: port).executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                try await outbound.write(GatewayRequests.line("SUBMIT \(Self.largeResultFunction) 1 wait=30000\r\nx"))
+                guard case .reply(.done(let id, let bytes), _) = try await iterator.nextResponse("the large job").response, bytes == result else {
+                    throw BenchmarkError("the large job did not end with its result")
+                }
+                return id
+            }
+        }
+        try await Task.sleep(for: .seconds(3))  // the gateway trims malloc's free pages every 2 s
+        let rssIdle = try gatewayRSSBytes
+
+        let finished = Flag()
+        let peak = Maximum(rssIdle)
+        return try await withThrowingTaskGroup(of: [Int64].self) { group in
+            group.addTask {
+                while !finished.isRaised {
+                    peak.record(try self.gatewayRSSBytes)
+                    try await Task.sleep(for: .milliseconds(2))
+                }
+                return []
+            }
+            group.addTask {
+                try await connectGateway(port: port).executeThenClose { inbound, outbound in
+                    var iterator = inbound.makeAsyncIterator()
+                    var latencies: [Int64] = []
+                    while !finished.isRaised {
+                        let start = ContinuousClock.now
+                        try await outbound.write(GatewayRequests.line("STATUS \(id)"))
+                        let reply = try await iterator.nextResponse("STATUS")
+                        guard case .reply(.status, _) = reply.response else { throw BenchmarkError("STATUS answered \(reply.response)") }
+                        latencies.append((reply.at - start).nanoseconds)
+                        try await Task.sleep(for: .milliseconds(1))
+                    }
+                    return latencies
+                }
+            }
+            let start = ContinuousClock.now
+            try await withThrowingTaskGroup(of: Void.self) { readers in
+                for share in Self.shares(lookups, connections) {
+                    readers.addTask {
+                        try await connectGateway(port: port).executeThenClose { inbound, outbound in
+                            var iterator = inbound.makeAsyncIterator()
+                            try await outbound.write(ByteBuffer(string: String(repeating: "RESULT \(id)\r\n", count: share)))
+                            for _ in 0..<share {
+                                guard case .reply(.done(_, let bytes), _) = try await iterator.nextResponse("RESULT").response, bytes.readableBytes == size else {
+                                    throw BenchmarkError("RESULT did not return the result")
+                                }
+                            }
+                        }
+                    }
+                }
+                try await readers.waitForAll()
+            }
+            let elapsed = ContinuousClock.now - start
+            finished.raise()
+            var status: [Int64] = []
+            for try await latencies in group { status += latencies }
+            return LargeResultsResult(rssIdle: rssIdle, rssPeak: peak.value, elapsed: elapsed, status: status)
+        }
+    }
+}
+
+/// A flag one task raises and others poll.
+private final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+
+    func raise() { value.store(true, ordering: .relaxed) }
+    var isRaised: Bool { value.load(ordering: .relaxed) }
+}
+
+/// The largest of the values recorded.
+private final class Maximum: Sendable {
+    private let largest: Atomic<Int>
+
+    init(_ initial: Int) { largest = Atomic(initial) }
+
+    func record(_ value: Int) { largest.max(value, ordering: .relaxed) }
+    var value: Int { largest.load(ordering: .relaxed) }
+}
