@@ -275,7 +275,7 @@ extension BenchmarkReport {
         lines.append("")
         lines.append("6. large results: \(largeResults.what)")
         lines.append(
-            "   gateway RSS \(String(format: "%.1f", largeResults.gatewayRSSIdleMiB)) MiB idle, peak \(String(format: "%.1f", largeResults.gatewayRSSPeakAboveIdleMiB)) MiB above it; all replies read in \(String(format: "%.0f", largeResults.elapsedMilliseconds)) ms"
+            "   gateway RSS \(String(format: "%.1f", largeResults.gatewayRSSIdleMiB)) MiB idle, peak \(String(format: "%.1f", largeResults.gatewayRSSPeakAboveIdleMiB)) MiB above it; each burst read in \(String(format: "%.0f", largeResults.elapsedMilliseconds)) ms (median)"
         )
         lines.append(row("STATUS meanwhile", largeResults.status))
         lines.append("   target \(largeResults.target): \(verdict(largeResults.met))")

@@ -81,9 +81,9 @@ public struct BenchmarkRunner: Sendable {
             let gatewaySide = BenchmarkReport.LegacySide(legacy.gateway)
             let pollingSide = BenchmarkReport.LegacySide(legacy.polling)
 
-            let (lookups, lookupConnections, resultBytes) = (100, 4, 1 << 20)
-            progress("6. large results: \(lookups) pipelined RESULTs of a 1 MiB result on \(lookupConnections) connections")
-            let large = try await stack.largeResults(lookups: lookups, connections: lookupConnections, size: resultBytes)
+            let (lookups, lookupConnections, resultBytes, bursts) = (100, 4, 1 << 20, 5)
+            progress("6. large results: \(bursts) × \(lookups) pipelined RESULTs of a 1 MiB result on \(lookupConnections) connections")
+            let large = try await stack.largeResults(lookups: lookups, connections: lookupConnections, size: resultBytes, bursts: bursts)
             let largeStatus = BenchmarkReport.Distribution(nanoseconds: large.status)
             let largePeakMiB = Double(large.rssPeak - large.rssIdle) / 1_048_576
 
@@ -145,13 +145,13 @@ public struct BenchmarkRunner: Sendable {
                     latencyRatio: gatewaySide.latency.meanMicroseconds / pollingSide.latency.meanMicroseconds
                 ),
                 largeResults: .init(
-                    what: "a job's 1 MiB result read with \(lookups) pipelined RESULTs spread over \(lookupConnections) connections, each reading its replies; meanwhile one more client sends STATUS of the job one at a time (1 ms apart); default lookup limits",
+                    what: "a job's 1 MiB result read with \(lookups) pipelined RESULTs spread over \(lookupConnections) connections, each reading its replies, \(bursts) bursts in a row; meanwhile one more client (on an event loop of its own) sends STATUS of the job one at a time (1 ms apart); default lookup limits",
                     lookups: lookups,
                     connections: lookupConnections,
                     resultBytes: resultBytes,
                     gatewayRSSIdleMiB: Double(large.rssIdle) / 1_048_576,
                     gatewayRSSPeakAboveIdleMiB: largePeakMiB,
-                    elapsedMilliseconds: large.elapsed.seconds * 1_000,
+                    elapsedMilliseconds: median(large.bursts.map { $0.seconds * 1_000 }),
                     status: largeStatus,
                     target: "≤ 64 MiB RSS above idle, STATUS p99 ≤ 10 ms",
                     met: largePeakMiB <= 64 && largeStatus.p99Microseconds <= 10_000

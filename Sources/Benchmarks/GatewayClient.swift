@@ -35,8 +35,8 @@ enum GatewayRequests {
 }
 
 /// Connects a client of the gateway whose replies arrive stamped.
-func connectGateway(port: Int) async throws -> GatewayChannel {
-    try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+func connectGateway(port: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> GatewayChannel {
+    try await ClientBootstrap(group: group)
         .channelOption(.socketOption(.tcp_nodelay), value: 1)
         .connectTimeout(.seconds(10))
         .connect(host: "127.0.0.1", port: port) { channel in

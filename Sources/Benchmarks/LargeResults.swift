@@ -1,6 +1,7 @@
 import GatewayProtocol
 import LocalServers
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// Many lookups of one large result at once, while another client asks for a status.
@@ -10,14 +11,16 @@ extension BenchmarkStack {
     struct LargeResultsResult {
         var rssIdle: Int
         var rssPeak: Int
-        var elapsed: Duration
+        /// How long each burst took to read all its replies.
+        var bursts: [Duration]
         var status: [Int64]
     }
 
-    /// A job finishes with a `size`-byte result; then `connections` clients each pipeline their share of `lookups`
-    /// `RESULT`s of it and read the replies, while one more client sends `STATUS` of it one at a time. The
-    /// gateway's RSS is sampled every few milliseconds meanwhile.
-    func largeResults(lookups: Int, connections: Int, size: Int) async throws -> LargeResultsResult {
+    /// A job finishes with a `size`-byte result; then, `bursts` times in a row, `connections` clients each pipeline
+    /// their share of `lookups` `RESULT`s of it and read the replies, while one more client sends `STATUS` of it one
+    /// at a time. The gateway's RSS is sampled every few milliseconds meanwhile. The `STATUS` client has an event
+    /// loop of its own, as another process would: the readers' megabytes must not delay reading its replies here.
+    func largeResults(lookups: Int, connections: Int, size: Int, bursts: Int) async throws -> LargeResultsResult {
         let port = gatewayPort
         let result = ByteBuffer(repeating: UInt8(ascii: "m"), count: size)
         let id = try await withJobWorker(Self.largeResultFunction, concurrency: 1, handler: { _, _ in result }) {
@@ -35,6 +38,8 @@ extension BenchmarkStack {
 
         let finished = Flag()
         let peak = Maximum(rssIdle)
+        let statusLoop = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { statusLoop.shutdownGracefully { _ in } }
         return try await withThrowingTaskGroup(of: [Int64].self) { group in
             group.addTask {
                 while !finished.isRaised {
@@ -44,7 +49,7 @@ extension BenchmarkStack {
                 return []
             }
             group.addTask {
-                try await connectGateway(port: port).executeThenClose { inbound, outbound in
+                try await connectGateway(port: port, group: statusLoop).executeThenClose { inbound, outbound in
                     var iterator = inbound.makeAsyncIterator()
                     var latencies: [Int64] = []
                     while !finished.isRaised {
@@ -58,28 +63,31 @@ extension BenchmarkStack {
                     return latencies
                 }
             }
-            let start = ContinuousClock.now
-            try await withThrowingTaskGroup(of: Void.self) { readers in
-                for share in Self.shares(lookups, connections) {
-                    readers.addTask {
-                        try await connectGateway(port: port).executeThenClose { inbound, outbound in
-                            var iterator = inbound.makeAsyncIterator()
-                            try await outbound.write(ByteBuffer(string: String(repeating: "RESULT \(id)\r\n", count: share)))
-                            for _ in 0..<share {
-                                guard case .reply(.done(_, let bytes), _) = try await iterator.nextResponse("RESULT").response, bytes.readableBytes == size else {
-                                    throw BenchmarkError("RESULT did not return the result")
+            var durations: [Duration] = []
+            for _ in 0..<bursts {
+                let start = ContinuousClock.now
+                try await withThrowingTaskGroup(of: Void.self) { readers in
+                    for share in Self.shares(lookups, connections) {
+                        readers.addTask {
+                            try await connectGateway(port: port).executeThenClose { inbound, outbound in
+                                var iterator = inbound.makeAsyncIterator()
+                                try await outbound.write(ByteBuffer(string: String(repeating: "RESULT \(id)\r\n", count: share)))
+                                for _ in 0..<share {
+                                    guard case .reply(.done(_, let bytes), _) = try await iterator.nextResponse("RESULT").response, bytes.readableBytes == size else {
+                                        throw BenchmarkError("RESULT did not return the result")
+                                    }
                                 }
                             }
                         }
                     }
+                    try await readers.waitForAll()
                 }
-                try await readers.waitForAll()
+                durations.append(ContinuousClock.now - start)
             }
-            let elapsed = ContinuousClock.now - start
             finished.raise()
             var status: [Int64] = []
             for try await latencies in group { status += latencies }
-            return LargeResultsResult(rssIdle: rssIdle, rssPeak: peak.value, elapsed: elapsed, status: status)
+            return LargeResultsResult(rssIdle: rssIdle, rssPeak: peak.value, bursts: durations, status: status)
         }
     }
 }
