@@ -11,6 +11,9 @@
 # that). --jobgate: an executable to use as it is; otherwise a release build is made. Heavy: the full run takes
 # the machine for several minutes.
 set -euo pipefail
+# Paths given on the command line are the caller's, from where it was called.
+caller=$PWD
+from_caller() { [[ $1 = /* ]] && echo "$1" || echo "$caller/$1"; }
 cd "$(dirname "$0")/.."
 [ -d /opt/swift/usr/bin ] && export PATH="/opt/swift/usr/bin:$PATH"
 
@@ -21,8 +24,9 @@ while (($#)); do
     case "$1" in
     --quick) driver_arguments+=(--jobs 500 --latency-samples 100 --rounds 1) ;;
     --only) only=$2; shift ;;
-    --jobgate) jobgate=$2; shift ;;
-    --rounds | --jobs | --in-flight | --latency-samples | --json) driver_arguments+=("$1" "$2"); shift ;;
+    --jobgate) jobgate=$(from_caller "$2"); shift ;;
+    --json) driver_arguments+=(--json "$(from_caller "$2")"); shift ;;
+    --rounds | --jobs | --in-flight | --latency-samples) driver_arguments+=("$1" "$2"); shift ;;
     -h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-peers.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
     esac
