@@ -65,7 +65,7 @@ struct DeployScriptTests {
         .deletingLastPathComponent().appendingPathComponent("Deploy")
 
     /// The records in `folder`: each names a pid and its start time.
-    private static func records(_ folder: URL) throws -> [(pid: pid_t, started: String)] {
+    static func records(_ folder: URL) throws -> [(pid: pid_t, started: String)] {
         try FileManager.default.contentsOfDirectory(atPath: folder.path).compactMap { name in
             let text = try String(contentsOf: folder.appendingPathComponent(name), encoding: .utf8)
             let fields = text.split(whereSeparator: \.isWhitespace)
@@ -75,7 +75,7 @@ struct DeployScriptTests {
     }
 
     /// The process that started then still runs (a zombie has ended: only its parent has not reaped it yet).
-    private static func isRunning(_ record: (pid: pid_t, started: String)) -> Bool {
+    static func isRunning(_ record: (pid: pid_t, started: String)) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(record.pid)/stat", encoding: .utf8), let nameEnd = stat.lastIndex(of: ")") else {
             return false
         }
