@@ -50,7 +50,7 @@ package struct ChildProcess: Sendable {
     /// Longest progress line kept; longer ones are dropped whole.
     var maximumProgressLineSize = 4096
     /// Watch the child's exit through a pidfd where the kernel has them; false forces the timed check (for tests).
-    var watchesExitThroughDescriptor = true
+    var watchesExitThroughDescriptor: Bool
     /// The fd the child writes progress lines to.
     static let progressDescriptor: Int32 = 3
     /// Without a pidfd nothing wakes `poll` when the child exits: it is checked this often.
