@@ -6,36 +6,40 @@ import Glibc
 #endif
 
 /// How a child process ended and what it wrote.
-struct ChildProcessOutcome: Sendable {
-    enum Termination: Sendable, Hashable {
+package struct ChildProcessOutcome: Sendable {
+    package enum Termination: Sendable, Hashable {
         case exited(Int32)
         case signaled(Int32)
         /// Reaped by someone else (SIGCHLD set to SIG_IGN in this process): the status is unknown.
         case unknown
     }
 
-    enum Interruption: Sendable, Hashable {
+    package enum Interruption: Sendable, Hashable {
         case timedOut
         case outputTooLarge
         case cancelled
     }
 
-    var termination: Termination
+    package var termination: Termination
     /// Why the worker killed it, if it did.
-    var interruption: Interruption?
-    var output: [UInt8]
+    package var interruption: Interruption?
+    package var output: [UInt8]
     /// The last bytes of stderr.
-    var errorTail: [UInt8]
+    package var errorTail: [UInt8]
+    /// Times the poll loop woke because its timeout passed rather than for an event: the deadline, or on a
+    /// kernel without `pidfd_open` the check for the child's exit. For tests: the exit itself must not wait on a timer.
+    package var timerWakeUps = 0
 }
 
 /// One run of an external program: the payload on stdin, the result from stdout, the tail of stderr kept
 /// for the reason, progress lines from fd 3.
 ///
 /// The pipes are driven by `poll` on a dedicated thread, never on the cooperative pool (a blocking read or
-/// `waitpid` there would freeze every task). The child gets its own process group, so a timeout, an
+/// `waitpid` there would freeze every task). The child's exit wakes the same `poll` through a pidfd, so a
+/// job ends the moment its program does. The child gets its own process group, so a timeout, an
 /// oversized output or a cancellation kills it and everything it started; once the child itself exited
 /// the rest of its group is killed too, then it is reaped: no zombie, no orphan holding the pipes open.
-struct ChildProcess: Sendable {
+package struct ChildProcess: Sendable {
     var executable: String
     var arguments: [String]
     /// The whole environment of the child, `NAME=value`.
@@ -45,10 +49,32 @@ struct ChildProcess: Sendable {
     var errorTailSize: Int
     /// Longest progress line kept; longer ones are dropped whole.
     var maximumProgressLineSize = 4096
+    /// Watch the child's exit through a pidfd where the kernel has them; false forces the timed check (for tests).
+    var watchesExitThroughDescriptor: Bool
     /// The fd the child writes progress lines to.
     static let progressDescriptor: Int32 = 3
+    /// Without a pidfd nothing wakes `poll` when the child exits: it is checked this often.
+    static let exitCheckInterval: Int32 = 10
 
-    func run(input: [UInt8], progressLine: @escaping @Sendable ([UInt8]) -> Void) async throws(JobWorkerError) -> ChildProcessOutcome {
+    package init(
+        executable: String,
+        arguments: [String],
+        environment: [String],
+        timeout: Duration? = nil,
+        maximumOutputSize: Int = JobCommand.defaultMaximumOutputSize,
+        errorTailSize: Int = 2048,
+        watchesExitThroughDescriptor: Bool = true
+    ) {
+        self.executable = executable
+        self.arguments = arguments
+        self.environment = environment
+        self.timeout = timeout
+        self.maximumOutputSize = maximumOutputSize
+        self.errorTailSize = errorTailSize
+        self.watchesExitThroughDescriptor = watchesExitThroughDescriptor
+    }
+
+    package func run(input: [UInt8], progressLine: @escaping @Sendable ([UInt8]) -> Void) async throws(JobWorkerError) -> ChildProcessOutcome {
         let canceller: Canceller
         do {
             canceller = try Canceller()
@@ -107,10 +133,15 @@ struct ChildProcess: Sendable {
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
         }
         var io = PipeState(stdin: stdin.write, stdout: stdout.read, stderr: stderr.read, progress: progress.read, input: input)
+        // Readable once the child exited. The child is not reaped before the loop reaps it, so its pid cannot
+        // be reused in between (unless SIGCHLD is ignored: then the open may fail, and the timed check remains).
+        let exitDescriptor = watchesExitThroughDescriptor ? openPidfd(pid) : -1
+        defer { closeIfOpen(exitDescriptor) }
         let deadline = timeout.map { ContinuousClock.now + $0 }
         var interruption: ChildProcessOutcome.Interruption?
         var termination: ChildProcessOutcome.Termination?
         var killed = false
+        var timerWakeUps = 0
 
         func killGroup(_ reason: ChildProcessOutcome.Interruption?) {
             if interruption == nil { interruption = reason }
@@ -124,17 +155,29 @@ struct ChildProcess: Sendable {
         while termination == nil || io.hasOpenOutputs {
             var descriptors = io.pollDescriptors()
             descriptors.append(pollfd(fd: cancelDescriptor, events: Int16(POLLIN), revents: 0))
-            var wait: Int32 = 50  // the child's exit has no descriptor here: check it this often
+            // -1: no timeout. Once the child is reaped its pidfd stays readable: it is left out then.
+            var wait: Int32 = -1
+            if termination == nil {
+                if exitDescriptor >= 0 {
+                    descriptors.append(pollfd(fd: exitDescriptor, events: Int16(POLLIN), revents: 0))
+                } else {
+                    wait = Self.exitCheckInterval
+                }
+            }
             if let deadline, interruption == nil {
-                let left = ContinuousClock.now.duration(to: deadline)
-                wait = max(0, min(wait, Int32(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
+                let left = max(.zero, ContinuousClock.now.duration(to: deadline))
+                // Rounded up: waking a little before the deadline would only spin until it passes.
+                let milliseconds = Int32(clamping: left.components.seconds * 1000 + (left.components.attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000)
+                wait = wait < 0 ? milliseconds : min(wait, milliseconds)
             }
             let ready = poll(&descriptors, nfds_t(descriptors.count), wait)
             if ready < 0, errno != EINTR {
                 killGroup(.cancelled)
             }
+            if ready == 0 { timerWakeUps += 1 }
             if ready > 0 {
-                for descriptor in descriptors where descriptor.revents != 0 {
+                // The exit descriptor needs no service: the exit is looked at below, after every wake-up.
+                for descriptor in descriptors where descriptor.revents != 0 && descriptor.fd != exitDescriptor {
                     if descriptor.fd == cancelDescriptor {
                         killGroup(.cancelled)
                     } else {
@@ -153,7 +196,10 @@ struct ChildProcess: Sendable {
         }
         io.closeAll()
         return .success(
-            ChildProcessOutcome(termination: termination ?? .unknown, interruption: interruption, output: io.output, errorTail: io.errorTail)
+            ChildProcessOutcome(
+                termination: termination ?? .unknown, interruption: interruption, output: io.output, errorTail: io.errorTail,
+                timerWakeUps: timerWakeUps
+            )
         )
     }
 
@@ -214,6 +260,22 @@ struct ChildProcess: Sendable {
         let signal = status & 0x7F
         return signal == 0 ? .exited((status >> 8) & 0xFF) : .signaled(signal)
     }
+}
+
+/// `pidfd_open(2)` (Linux ≥ 5.3): a close-on-exec descriptor that becomes readable when the process exits;
+/// -1 where the kernel lacks it (ENOSYS) or it fails. Called through `syscall`, looked up at run time: Swift does
+/// not import variadic C functions, and glibc before 2.36 has no wrapper. A SIGCHLD handler writing to a
+/// self-pipe would work on older kernels too, but a library must not take the process's SIGCHLD disposition
+/// (a program may ignore SIGCHLD on purpose); there, the exit is checked every `exitCheckInterval` instead.
+private func openPidfd(_ pid: pid_t) -> Int32 {
+    guard let systemCall else { return -1 }
+    let pidfdOpenNumber = 434  // the same on every Linux architecture (the shared table of new system calls)
+    return Int32(truncatingIfNeeded: systemCall(pidfdOpenNumber, Int(pid), 0))
+}
+
+/// glibc's `syscall(long number, ...)`; its arguments taken as full registers, as a variadic callee reads them.
+private let systemCall: (@convention(c) (Int, Int, Int) -> Int)? = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "syscall").map {
+    unsafeBitCast($0, to: (@convention(c) (Int, Int, Int) -> Int).self)
 }
 
 /// Held while descriptors are made close-on-exec and while spawning. Without `pipe2` (not exported to Swift)
