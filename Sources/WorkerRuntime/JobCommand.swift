@@ -14,14 +14,17 @@ public struct JobProgress: Sendable, Hashable {
     }
 
     /// Parses `PROGRESS <numerator> <denominator>[ <message>]` (a trailing CR is ignored); nil for anything else.
+    /// Split on the bytes, not on Swift characters: a message starting with a combining mark would otherwise join
+    /// the space before it and the number before that into one character.
     public init?(line: some Collection<UInt8>) {
-        var text = String(decoding: line, as: UTF8.self)
-        if text.hasSuffix("\r") { text.removeLast() }
-        let parts = text.split(separator: " ", maxSplits: 3, omittingEmptySubsequences: false)
-        guard parts.count >= 3, parts[0] == "PROGRESS", let numerator = UInt32(parts[1]), let denominator = UInt32(parts[2]) else {
+        var bytes = Array(line)
+        if bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
+        let parts = bytes.split(separator: UInt8(ascii: " "), maxSplits: 3, omittingEmptySubsequences: false)
+        func number(_ part: ArraySlice<UInt8>) -> UInt32? { UInt32(String(decoding: part, as: UTF8.self)) }
+        guard parts.count >= 3, parts[0].elementsEqual("PROGRESS".utf8), let numerator = number(parts[1]), let denominator = number(parts[2]) else {
             return nil
         }
-        self.init(numerator, of: denominator, message: parts.count == 4 ? String(parts[3]) : "")
+        self.init(numerator, of: denominator, message: parts.count == 4 ? String(decoding: parts[3], as: UTF8.self) : "")
     }
 }
 

@@ -45,7 +45,7 @@ struct Serve: AsyncParsableCommand {
     var http: String?
 
     @Option(help: "gearmand servers, comma-separated host:port. (default: 127.0.0.1:4730)")
-    var gearman: String?
+    var gearman: GearmanServers?
 
     @Option(help: "Redis server, host:port. (default: 127.0.0.1:6379)")
     var redis: String?
@@ -186,7 +186,7 @@ struct Serve: AsyncParsableCommand {
         let server = GatewayServer(configuration: loaded.gateway, metrics: registry, logger: logger)
         let lifecycle = ProcessLifecycle(
             ready: { _ = try await server.waitUntilListening() },
-            reload: { reload(server, logger: logger) }
+            reload: { reload(server, logFormat: loaded.logFormat, logger: logger) }
         )
         let group = ServiceGroup(
             configuration: .init(services: [server, lifecycle, GlibcMalloc.Trimmer()], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
@@ -213,7 +213,7 @@ struct Serve: AsyncParsableCommand {
 
     /// SIGHUP: reads the file again (the environment and the options still win) and takes what can change while
     /// running; logs what changed and what would need a restart. A configuration with a mistake changes nothing.
-    func reload(_ server: GatewayServer, logger: Logger) {
+    func reload(_ server: GatewayServer, logFormat: LogFormat, logger: Logger) {
         let new: Loaded
         do {
             new = try loadConfiguration()
@@ -221,8 +221,9 @@ struct Serve: AsyncParsableCommand {
             logger.error("configuration not reloaded: keeping the running one", metadata: ["config.error": "\(error)"])
             return
         }
-        let before = Self.entries(Loaded(gateway: server.configuration, logLevel: ProcessLogLevel.level))
-        let after = Self.entries(Loaded(gateway: server.reload(new.gateway), logLevel: new.logLevel))
+        let before = Self.entries(Loaded(gateway: server.configuration, logLevel: ProcessLogLevel.level, logFormat: logFormat))
+        // The log format stays what the process started with: the logging system is bootstrapped once.
+        let after = Self.entries(Loaded(gateway: server.reload(new.gateway), logLevel: new.logLevel, logFormat: logFormat))
         ProcessLogLevel.level = new.logLevel
         let wanted = Self.entries(new)
         let changed = zip(before, after).filter { $0.value != $1.value }.map(\.0.name)
@@ -291,12 +292,7 @@ struct Serve: AsyncParsableCommand {
             configuration.httpHost = host
             configuration.httpPort = port
         }
-        if let gearman = settings.value("gearman", gearman) {
-            configuration.gearmanServers = try gearman.split(separator: ",").map { part in
-                guard let address = GearmanServerAddress(String(part)) else { throw ValidationError("--gearman: not host:port: \(part)") }
-                return address
-            }
-        }
+        configuration.gearmanServers = try settings.parse("gearman", gearman, expected: "host:port,…")?.servers ?? configuration.gearmanServers
         if let redis = settings.value("redis", redis) {
             let (host, port) = try settings.hostPort(redis, of: "redis", commandLine: self.redis != nil)
             configuration.redis.host = host
@@ -332,15 +328,15 @@ struct Serve: AsyncParsableCommand {
         if !configuration.legacyFunctions.isEmpty && configuration.memcachedServers.isEmpty {
             throw ValidationError("--legacy-functions needs --memcached: the servers the legacy workers store results in")
         }
-        configuration.maximumLineLength = try settings.int("max-line", maxLine) ?? configuration.maximumLineLength
-        configuration.maximumPayloadSize = try settings.int("max-payload", maxPayload) ?? configuration.maximumPayloadSize
-        configuration.maximumWatchesPerConnection = try settings.int("max-watches", maxWatches) ?? configuration.maximumWatchesPerConnection
-        configuration.maximumConnections = try settings.int("max-connections", maxConnections) ?? configuration.maximumConnections
+        configuration.maximumLineLength = try settings.positive("max-line", maxLine) ?? configuration.maximumLineLength
+        configuration.maximumPayloadSize = try settings.positive("max-payload", maxPayload) ?? configuration.maximumPayloadSize
+        configuration.maximumWatchesPerConnection = try settings.positive("max-watches", maxWatches) ?? configuration.maximumWatchesPerConnection
+        configuration.maximumConnections = try settings.positive("max-connections", maxConnections) ?? configuration.maximumConnections
         configuration.maximumSubscriptionsPerConnection =
-            try settings.int("max-subscriptions", maxSubscriptions) ?? configuration.maximumSubscriptionsPerConnection
-        configuration.inputBufferLimit = try settings.int("input-buffer", inputBuffer) ?? configuration.inputBufferLimit
-        if let seconds = try settings.int("request-timeout", requestTimeout) { configuration.requestTimeout = .seconds(seconds) }
-        configuration.maximumAuthFailures = try settings.int("auth-failures", authFailures) ?? configuration.maximumAuthFailures
+            try settings.positive("max-subscriptions", maxSubscriptions) ?? configuration.maximumSubscriptionsPerConnection
+        configuration.inputBufferLimit = try settings.positive("input-buffer", inputBuffer) ?? configuration.inputBufferLimit
+        if let seconds = try settings.positive("request-timeout", requestTimeout) { configuration.requestTimeout = .seconds(seconds) }
+        configuration.maximumAuthFailures = try settings.positive("auth-failures", authFailures) ?? configuration.maximumAuthFailures
         if let milliseconds = try settings.int("auth-delay", authDelay) { configuration.authFailureDelay = .milliseconds(milliseconds) }
         guard configuration.inputBufferLimit >= configuration.maximumPayloadSize else {
             throw ValidationError("--input-buffer must be at least --max-payload, or no block of the largest size could ever be read")
@@ -348,15 +344,15 @@ struct Serve: AsyncParsableCommand {
         guard configuration.requestTimeout > .zero, configuration.maximumAuthFailures > 0 else {
             throw ValidationError("--request-timeout and --auth-failures must be positive")
         }
-        configuration.outputBufferLimit = try settings.int("output-buffer", outputBuffer) ?? configuration.outputBufferLimit
-        if let seconds = try settings.int("output-stall", outputStall) { configuration.outputStallTimeout = .seconds(seconds) }
+        configuration.outputBufferLimit = try settings.positive("output-buffer", outputBuffer) ?? configuration.outputBufferLimit
+        if let seconds = try settings.positive("output-stall", outputStall) { configuration.outputStallTimeout = .seconds(seconds) }
         configuration.maximumOutcomeBytesPerConnection =
-            try settings.int("max-lookup-bytes", maxLookupBytes) ?? configuration.maximumOutcomeBytesPerConnection
-        configuration.maximumOutcomeBytes = try settings.int("max-lookup-bytes-total", maxLookupBytesTotal) ?? configuration.maximumOutcomeBytes
-        configuration.resultTTL = try settings.int("result-ttl", resultTTL) ?? configuration.resultTTL
-        if let seconds = try settings.int("idle-timeout", idleTimeout) { configuration.idleTimeout = .seconds(seconds) }
-        if let seconds = try settings.int("max-wait", maxWait) { configuration.maximumWaitTimeout = .seconds(seconds) }
-        if let seconds = try settings.int("lost-grace", lostGrace) { configuration.lostJobGrace = .seconds(seconds) }
+            try settings.positive("max-lookup-bytes", maxLookupBytes) ?? configuration.maximumOutcomeBytesPerConnection
+        configuration.maximumOutcomeBytes = try settings.positive("max-lookup-bytes-total", maxLookupBytesTotal) ?? configuration.maximumOutcomeBytes
+        configuration.resultTTL = try settings.positive("result-ttl", resultTTL) ?? configuration.resultTTL
+        if let seconds = try settings.positive("idle-timeout", idleTimeout) { configuration.idleTimeout = .seconds(seconds) }
+        if let seconds = try settings.positive("max-wait", maxWait) { configuration.maximumWaitTimeout = .seconds(seconds) }
+        if let seconds = try settings.positive("lost-grace", lostGrace) { configuration.lostJobGrace = .seconds(seconds) }
         if let milliseconds = try settings.int("legacy-poll-min", legacyPollMinimum) {
             configuration.legacyMinimumPollInterval = .milliseconds(milliseconds)
         }

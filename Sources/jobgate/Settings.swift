@@ -65,6 +65,14 @@ final class Settings {
         return number
     }
 
+    /// A whole number of at least 1: a limit or a timeout of 0 would refuse everything (or trip a decoder's
+    /// precondition), never what was meant.
+    func positive(_ name: String, _ commandLine: Int?) throws(ConfigurationError) -> Int? {
+        guard let number = try int(name, commandLine) else { return nil }
+        guard number >= 1 else { throw ConfigurationError("\(source(name, commandLine: commandLine != nil)) must be at least 1, got \(number)") }
+        return number
+    }
+
     /// A value of an option type: the command line has parsed it already, the environment and the file are parsed here.
     func parse<T: ExpressibleByArgument>(_ name: String, _ commandLine: T?, expected: String) throws(ConfigurationError) -> T? {
         if let commandLine {

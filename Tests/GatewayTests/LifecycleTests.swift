@@ -144,6 +144,34 @@ struct LifecycleTests {
         #expect(run.status == 78 && run.errors.contains("JOBGATE_LOG_LEVEL: expected trace, debug, info, notice, warning, error or critical, got loud"), "\(run.errors)")
     }
 
+    /// A limit or timeout of 0, or no gearmand at all, is a mistake: refused at start and by `--check-config`, and
+    /// a reload that brings one keeps the running configuration (a zero line limit once crashed the next connection).
+    /// A reload with the log format given on the command line does not report it as needing a restart.
+    @Test func zeroLimitsAreRefusedAtStartAndOnReload() async throws {
+        for arguments in [["--max-line", "0"], ["--idle-timeout", "0"], ["--max-lookup-bytes", "0"], ["--gearman", ""]] {
+            let run = try await runProgram(jobgateExecutable(), ["serve", "--check-config"] + arguments, timeout: .seconds(10))
+            #expect(run.status == 78 || run.status == 64, "\(arguments): \(run.errors)")
+        }
+        let zero = try await runProgram(jobgateExecutable(), ["serve", "--check-config", "--max-line", "0"], timeout: .seconds(10))
+        #expect(zero.errors.contains("--max-line must be at least 1, got 0"), "\(zero.errors)")
+
+        let file = try TemporaryFile("max-watches = 5\n")
+        try await withServeProcess(arguments: ["--config", file.path, "--log-format", "json"]) { gateway, port in
+            try file.write("max-watches = 5\nmax-line = 0\n")
+            gateway.signal(SIGHUP)
+            try await eventually("the error's log line") { gateway.log.contains("configuration not reloaded") }
+            #expect(gateway.log.contains("max-line (\(file.path):2) must be at least 1, got 0"), "\(gateway.log)")
+            let client = try await GatewayTestClient.connect(port: port)
+            defer { Task { await client.close() } }
+            #expect(try await client.request("PING\n") == .reply(.pong, tag: nil), "the gateway still serves")
+
+            try file.write("max-watches = 6\n")
+            gateway.signal(SIGHUP)
+            try await eventually("the reload's log line") { gateway.log.contains("configuration reloaded") }
+            #expect(!gateway.log.contains("needs-restart"), "\(gateway.log)")
+        }
+    }
+
     /// Other jobgate programs' variables (the client's, the test harness's) in the same environment are no mistake;
     /// the client's `JOBGATE_SECRET` without the gateway's `JOBGATE_SECRETS` is, as it would start without auth.
     @Test func otherProgramsVariablesAreNoMistakeButANearMissIs() async throws {

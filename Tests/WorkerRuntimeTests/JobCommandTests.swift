@@ -92,6 +92,9 @@ struct JobCommandTests {
         #expect(seen.all == [JobProgress(1, of: 3, message: "first step"), JobProgress(2, of: 3), JobProgress(3, of: 3, message: "last")])
         #expect(JobProgress(line: Array("PROGRESS 4294967296 1".utf8)) == nil, "numbers beyond 32 bits are refused")
         #expect(JobProgress(line: Array("PROGRESS 1 2  two spaces".utf8)) == JobProgress(1, of: 2, message: " two spaces"))
+        // A combining mark (U+0301) first in the message forms one Swift character with the space before it.
+        #expect(JobProgress(line: Array("PROGRESS 1 2 \u{301}x".utf8)) == JobProgress(1, of: 2, message: "\u{301}x"))
+        #expect(JobProgress(line: [0xFF] + Array(" 1 2".utf8)) == nil)
     }
 
     /// A progress line longer than the line limit is dropped, without buffering it whole.
