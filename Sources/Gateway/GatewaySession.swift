@@ -136,6 +136,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var lastAuthFailureAnswer = NIODeadline.uptimeNanoseconds(0)
     /// Result bytes this connection's lookups reserved and the socket has not taken yet (`--max-lookup-bytes`).
     private var outcomeBytes = 0
+    /// Of `outcomeBytes`, those of outcomes reserved from the small outcomes' budget.
+    private var smallOutcomeBytes = 0
     /// Results to read once there is room for them, by reply slot.
     private var outcomeReads: [Int: (bytes: Int, read: () -> Void)] = [:]
     /// Slots from `outcomeReadFrontier` on whose results have room reserved.
@@ -185,8 +187,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         requestCheck?.cancel()
         releaseInput(heldInput)
         stallCheck?.cancel()
-        statistics.outcomes.release(outcomeBytes)
+        statistics.outcomes.release(outcomeBytes - smallOutcomeBytes)
+        statistics.smallOutcomes.release(smallOutcomeBytes)
         outcomeBytes = 0
+        smallOutcomeBytes = 0
         outcomeReads = [:]
         for wait in waits.values {
             wait.timer?.cancel()
@@ -546,13 +550,14 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bytes = next.bytes
         // Always a hop: a grant at once must not recurse through every read that fits.
-        statistics.outcomes.reserve(bytes) { handler.eventLoop.execute { handler.value.outcomeReserved(bytes, slot: slot) } }
+        statistics.outcomeBudget(for: bytes).reserve(bytes) { handler.eventLoop.execute { handler.value.outcomeReserved(bytes, slot: slot) } }
     }
 
     private func outcomeReserved(_ bytes: Int, slot: Int) {
         outcomeReadIsReserving = false
-        guard !isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
+        guard !isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomeBudget(for: bytes).release(bytes) }
         outcomeBytes += bytes
+        if bytes <= OutcomeBudget.smallOutcome { smallOutcomeBytes += bytes }
         reservedOutcomeSlots.insert(slot)
         watchForStall()
         next.read()
@@ -561,9 +566,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// The socket took a reply's result (or the read ended without one): its bytes are free again.
     private func outcomeWritten(_ bytes: Int) {
-        let released = min(bytes, outcomeBytes)  // nothing after the session ended: it released everything
-        outcomeBytes -= released
-        statistics.outcomes.release(released)
+        guard outcomeBytes >= bytes else { return }  // the session ended: it released everything
+        outcomeBytes -= bytes
+        if bytes <= OutcomeBudget.smallOutcome { smallOutcomeBytes -= bytes }
+        statistics.outcomeBudget(for: bytes).release(bytes)
         startOutcomeRead()
     }
 

@@ -28,8 +28,11 @@ final class GatewayStatistics: Sendable {
     let metrics: GatewayMetricCounters
     /// Which backends are reachable now (`HEALTH`, `/readyz`, `jobgate_backend_up`).
     let backends: BackendStatus
-    /// Result bytes lookups hold now, and their peak (the budget is their one owner).
+    /// Result bytes lookups hold now (the budgets are their one owner): outcomes of at most
+    /// `OutcomeBudget.smallOutcome` bytes have a quarter of `--max-lookup-bytes-total` of their own, so a client that
+    /// holds the rest with large results it does not read (until `--output-stall`) cannot hold up everyone's small ones.
     let outcomes: OutcomeBudget
+    let smallOutcomes: OutcomeBudget
     private let process: ProcessMetrics
     private let jobsFollowed: Gauge
     private let inputBufferedGauge: Gauge
@@ -45,7 +48,8 @@ final class GatewayStatistics: Sendable {
     ) {
         self.registry = registry
         self.backends = backends
-        outcomes = OutcomeBudget(limit: maximumOutcomeBytes)
+        outcomes = OutcomeBudget(limit: maximumOutcomeBytes - maximumOutcomeBytes / 4)
+        smallOutcomes = OutcomeBudget(limit: maximumOutcomeBytes / 4)
         func counter(_ name: String, _ help: String) -> GatewayFigure { .counter(registry, name, help) }
         connectionsAccepted = counter("jobgate_connections_accepted_total", "Client connections accepted.")
         connectionsOpen = .gauge(registry, "jobgate_connections_open", "Client connections open now.")
@@ -64,7 +68,7 @@ final class GatewayStatistics: Sendable {
         outcomeBytesGauge = registry.gauge(
             "jobgate_outcome_bytes_in_flight", help: "Result bytes that lookups reserved, read or hold until written (--max-lookup-bytes-total)."
         )
-        outcomeBytesPeakGauge = registry.gauge("jobgate_outcome_bytes_in_flight_peak", help: "The most result bytes lookups held at once.")
+        outcomeBytesPeakGauge = registry.gauge("jobgate_outcome_bytes_in_flight_peak", help: "The most result bytes lookups held at once (small and large lanes' peaks added).")
         metrics = GatewayMetricCounters(registry: registry)
         process = ProcessMetrics(registry: registry)
         jobsFollowed = registry.gauge("jobgate_jobs_followed", help: "Jobs watched or waited for now.")
@@ -79,13 +83,18 @@ final class GatewayStatistics: Sendable {
         ).set(to: 1)
     }
 
+    /// The budget an outcome of `bytes` is reserved from and released to.
+    func outcomeBudget(for bytes: Int) -> OutcomeBudget {
+        bytes <= OutcomeBudget.smallOutcome ? smallOutcomes : outcomes
+    }
+
     /// The registry's exposition, after setting the figures that are read, not counted.
     func exposition(watchedJobs: Int) -> String {
         scrape.withLock { _ in
             jobsFollowed.set(Double(watchedJobs))
             inputBufferedGauge.set(Double(inputBuffered.load(ordering: .relaxed)))
-            outcomeBytesGauge.set(Double(outcomes.reserved))
-            outcomeBytesPeakGauge.set(Double(outcomes.peak))
+            outcomeBytesGauge.set(Double(outcomes.reserved + smallOutcomes.reserved))
+            outcomeBytesPeakGauge.set(Double(outcomes.peak + smallOutcomes.peak))
             for (gauge, server) in zip(backendUp, backends.servers()) { gauge.set(to: server.isUp ? 1 : 0) }
             metrics.refresh()
             process.refresh()

@@ -20,6 +20,9 @@ final class OutcomeBudget: Sendable {
         var waiters = CircularBuffer<Waiter>()
     }
 
+    /// Outcomes of at most this many bytes are reserved from a budget of their own (`GatewayStatistics`).
+    static let smallOutcome = 64 * 1024
+
     let limit: Int
     private let state = Mutex(State())
 

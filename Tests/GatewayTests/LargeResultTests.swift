@@ -107,6 +107,38 @@ struct LargeResultTests {
             }
         }
     }
+
+    /// A client that pipelines RESULTs of a result larger than the whole lookup budget and never reads holds that
+    /// budget until `--output-stall` closes it; another client's small result is not held up meanwhile: small
+    /// outcomes have a lane of their own. (Before, the other client waited the whole stall: 28.9 s in an attack.)
+    @Test func aClientHoldingLargeResultsDoesNotHoldUpSmallOnes() async throws {
+        let large = ByteBuffer(repeating: UInt8(ascii: "L"), count: 8 * Self.mebibyte)
+        let small = ByteBuffer(string: "small one")
+        try await withGatewayStack({
+            $0.maximumOutcomeBytes = 4 * Self.mebibyte
+            $0.outputStallTimeout = .seconds(120)
+        }) { stack in
+            try await withTestWorker(stack, ["large": { _, _ in large }, "small": { _, _ in small }]) {
+                let client = try await stack.connect()
+                defer { Task { await client.close() } }
+                let largeID = try await client.submit("large", "x")
+                let smallID = try await client.submit("small", "x")
+                for (id, result) in [(largeID, large), (smallID, small)] {
+                    guard case .reply(.done(id, result: result), nil) = try await client.request("WAIT \(id) 10000\n") else {
+                        throw UnexpectedReply(reply: nil)
+                    }
+                }
+                let stalled = try await RawGatewayConnection.connect(port: stack.port, receiveBufferSize: 4_096)
+                try await stalled.setReading(false)
+                try await stalled.send(String(repeating: "RESULT \(largeID)\n", count: 4))
+                try await eventually("the large results to hold the budget") { try await stack.statistic("outcome_bytes_in_flight") >= 8 * Self.mebibyte }
+
+                #expect(try await client.request("RESULT \(smallID)\n") == .reply(.done(smallID, result: small), tag: nil))
+                #expect(try await stack.statistic("slow_consumers_closed") == 0, "the stalled client still holds its budget")
+                await stalled.close()
+            }
+        }
+    }
 }
 
 /// The memory of a real `jobgate serve` process under lookups of a large result.
