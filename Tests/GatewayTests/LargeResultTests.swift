@@ -139,6 +139,49 @@ struct LargeResultTests {
             }
         }
     }
+
+    /// Job pages and event streams of a finished job read its result within the same lookup budget: while a client
+    /// that does not read holds the budget, a page of a large result waits for it, then is served once the budget is
+    /// free; 20 pages at once hold at most the budget. (Before, each page read its own copy outside any bound: an
+    /// attack took a gateway from 70 to 890 MiB with 100 of them.)
+    @Test func jobPagesReadResultsWithinTheBudget() async throws {
+        let result = ByteBuffer(repeating: UInt8(ascii: "h"), count: Self.mebibyte)
+        try await withGatewayStack({
+            $0.httpPort = 0
+            $0.maximumOutcomeBytes = 3 * Self.mebibyte
+            $0.outputStallTimeout = .seconds(120)
+        }) { stack in
+            try await Self.withFinishedJob(stack, result: result) { id in
+                let http = try await stack.gateway.waitUntilHTTPListening().port!
+                // 2 MiB held by a client that does not read: the large results' lane (3/4 of 3 MiB) has no room left.
+                let stalled = try await RawGatewayConnection.connect(port: stack.port, receiveBufferSize: 4_096)
+                try await stalled.setReading(false)
+                try await stalled.send(String(repeating: "RESULT \(id)\n", count: 8))
+                try await eventually("the stalled client to hold 2 MiB") { try await stack.statistic("outcome_bytes_in_flight") == 2 * Self.mebibyte }
+                let served = Mutex(false)
+                let page = Task {
+                    let status = try await httpRequest(port: http, "/jobs/\(id)").status
+                    served.withLock { $0 = true }
+                    return status
+                }
+                try await Task.sleep(for: .seconds(1))
+                let servedMeanwhile = served.withLock { $0 }
+                #expect(!servedMeanwhile, "the page waits for room in the budget")
+                await stalled.close()
+                #expect(try await page.value == 200)
+
+                let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                    for index in 0..<20 {
+                        group.addTask { try await httpRequest(port: http, index.isMultiple(of: 2) ? "/jobs/\(id)" : "/jobs/\(id)/events").status }
+                    }
+                    return try await group.reduce(into: [Int]()) { $0.append($1) }
+                }
+                #expect(statuses == Array(repeating: 200, count: 20))
+                #expect(try await stack.statistic("outcome_bytes_in_flight_peak") <= 3 * Self.mebibyte)
+                try await eventually("every result byte to be released") { try await stack.statistic("outcome_bytes_in_flight") == 0 }
+            }
+        }
+    }
 }
 
 /// The memory of a real `jobgate serve` process under lookups of a large result.

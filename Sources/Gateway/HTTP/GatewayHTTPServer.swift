@@ -128,10 +128,12 @@ final class GatewayHTTPServer: Sendable {
             try await send(.ok, "text/plain; version=0.0.4; charset=utf-8", text, head: head, outbound: outbound)
         case let route where route.count == 2 && route[0] == "jobs":
             guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }
-            switch try await lookUp(id, head: head, outbound: outbound) {
-            case nil, .notFound?: return
-            case .expired?: try await sendPage(JobPage.page(id: id, record: nil), head: head, outbound: outbound)
-            case .found(let record)?: try await sendPage(JobPage.page(id: id, record: record), head: head, outbound: outbound)
+            guard let held = try await lookUp(id, head: head, outbound: outbound) else { return }
+            defer { held.release() }
+            switch held.lookup {
+            case .notFound: return
+            case .expired: try await sendPage(JobPage.page(id: id, record: nil), head: head, outbound: outbound)
+            case .found(let record): try await sendPage(JobPage.page(id: id, record: record), head: head, outbound: outbound)
             }
         case let route where route.count == 3 && route[0] == "jobs" && route[2] == "events":
             guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }
@@ -141,20 +143,45 @@ final class GatewayHTTPServer: Sendable {
         }
     }
 
-    /// The job, or nil after answering 404 (never issued) or 503 (Redis is down).
-    private func lookUp(_ id: GatewayJobID, head: HTTPRequestHead, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws -> JobLookup? {
+    /// A lookup whose result (or reason) bytes are reserved from the lookup budget until `release()`.
+    private struct HeldLookup {
+        var lookup: JobLookup
+        var release: @Sendable () -> Void = {}
+    }
+
+    /// The job, with a finished one's result read within the lookup budget (as for `RESULT`: however many pages of
+    /// a large result are asked for, the gateway holds at most the budget of them), or nil after answering 404
+    /// (never issued) or 503 (Redis is down).
+    private func lookUp(_ id: GatewayJobID, head: HTTPRequestHead, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws -> HeldLookup? {
+        func unavailable(_ failure: GatewayFailure) async throws -> HeldLookup? {
+            try await send(.serviceUnavailable, "text/plain; charset=utf-8", "\(failure.message)\n", head: head, outbound: outbound)
+            return nil
+        }
         let lookup: JobLookup
         do {
-            lookup = try await backend.lookUp(id)
+            lookup = try await backend.lookUp([id], withOutcomes: false)[0].get()
         } catch {
-            try await send(.serviceUnavailable, "text/plain; charset=utf-8", "\(error.message)\n", head: head, outbound: outbound)
-            return nil
+            return try await unavailable(error)
         }
-        if case .notFound = lookup {
+        switch lookup {
+        case .notFound:
             try await notFound(head, outbound)
             return nil
+        case .found(let record) where record.outcome == nil && record.outcomeSize > 0:
+            let bytes = record.outcomeSize
+            let budget = statistics.outcomeBudget(for: bytes)
+            await withCheckedContinuation { continuation in budget.reserve(bytes) { continuation.resume() } }
+            let read: JobRecord?
+            do {
+                read = try await backend.outcomes(of: [record])[0].get()
+            } catch {
+                budget.release(bytes)
+                return try await unavailable(error)
+            }
+            return HeldLookup(lookup: read.map { .found($0) } ?? .expired(record.id)) { budget.release(bytes) }
+        default:
+            return HeldLookup(lookup: lookup)
         }
-        return lookup
     }
 
     private func notFound(_ head: HTTPRequestHead, _ outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
@@ -203,7 +230,8 @@ final class GatewayHTTPServer: Sendable {
         let outbox = SessionOutbox(limit: 1024 * 1024)
         guard let token = hub.addWatcher(id, as: gatewayID, outbox: outbox, tag: nil, limit: 1) else { return try await notFound(head, outbound) }
         defer { hub.removeAll(for: outbox) }
-        guard let found = try await lookUp(gatewayID, head: head, outbound: outbound) else { return }
+        guard let held = try await lookUp(gatewayID, head: head, outbound: outbound) else { return }
+        defer { held.release() }
         var headers = HTTPHeaders(Self.commonHeaders)
         headers.add(name: "Content-Security-Policy", value: Self.strictestPolicy)
         headers.add(name: "Content-Type", value: "text/event-stream; charset=utf-8")
@@ -217,7 +245,7 @@ final class GatewayHTTPServer: Sendable {
         func write(_ event: String, _ json: String) async throws {
             try await outbound.write(.body(.byteBuffer(ByteBuffer(string: "event: \(event)\ndata: \(json)\n\n"))))
         }
-        switch found {
+        switch held.lookup {
         case .notFound:
             return
         case .expired:
