@@ -596,12 +596,11 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
                 self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
             case .success(.found(let record)) where record.state.isTerminal:
                 let watching = request.reply(.watching(gatewayID, Self.status(record)))
-                if self.hub.removeWatcher(token, outbox: self.target) {
-                    self.withOutcome(record, request: request, slot: slot) { read in
-                        SessionReply(watching, request.event(read.map { PushHub.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
-                    }
-                } else {
-                    self.answer(slot, SessionReply(watching))  // unwatched meanwhile
+                // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
+                // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
+                self.hub.removeWatcher(token, outbox: self.target)
+                self.withOutcome(record, request: request, slot: slot) { read in
+                    SessionReply(watching, request.event(read.map { PushHub.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
                 }
             case .success(.found(let record)):
                 self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))

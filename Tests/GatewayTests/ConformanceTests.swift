@@ -82,6 +82,12 @@ struct GatewayJobTests {
                 // A job already finished when WATCH arrives: WATCHING, then its terminal event at once.
                 #expect(try await client.request("WATCH \(id)\n") == .reply(.watching(id, GatewayJobStatus(.done, numerator: 2, denominator: 2))))
                 #expect(try await client.next() == .event(.done(id, result: ByteBuffer(string: "dlrow olleh"))))
+                // Pipelined WATCHes of it: each gets its WATCHING and then its own terminal event, with its tag.
+                try await client.send("@a WATCH \(id)\n@b WATCH \(id)\n")
+                for tag in ["a", "b"] {
+                    #expect(try await client.next() == .reply(.watching(id, GatewayJobStatus(.done, numerator: 2, denominator: 2)), tag: GatewayTag(rawValue: tag)))
+                    #expect(try await client.next() == .event(.done(id, result: ByteBuffer(string: "dlrow olleh")), tag: GatewayTag(rawValue: tag)))
+                }
             }
         }
     }
