@@ -23,7 +23,7 @@ enum JobLookup {
 struct GatewayBackend: Sendable {
     let store: RedisJobStore
     let gearman: GearmanServerPool
-    let ids: JobIDMinter
+    let ids: JobIDKeyring
     let configuration: GatewayConfiguration
     let statistics: GatewayStatistics
     let logger: Logger

@@ -69,7 +69,8 @@ public struct GatewayConfiguration: Sendable {
     /// any job gearmand has not accepted this long after its record was created (its gateway died in between).
     public var lostJobGrace: Duration = .seconds(30)
     public var lostJobCheckInterval: Duration = .seconds(5)
-    /// Backstop re-read of every followed job, for anything a notification missed.
+    /// Backstop re-read of every followed job, for anything a notification missed; also how often the job id keys
+    /// are re-synchronized with Redis (`JobIDKeyring`).
     public var sweepInterval: Duration = .seconds(30)
 
     public init() {}

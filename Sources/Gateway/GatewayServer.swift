@@ -105,11 +105,16 @@ public final class GatewayServer: Service {
         let ids = try await cancelWhenGracefulShutdown {
             try await untilRedisAnswers(at: "\(configuration.redis.host):\(configuration.redis.port)", logger: logger) {
                 try await KeyspaceNotifications.ensureEnabled(on: redis)
-                return try await JobIDMinter.load(from: redis, prefix: configuration.keyPrefix)
+                return try await JobIDKeyring.load(from: redis, prefix: configuration.keyPrefix, logger: logger)
             }
         }
         let feed = JobChangeFeed(store: store, sweepInterval: configuration.sweepInterval, logger: logger)
-        feed.onLinkChange { link, error in backends.redisChanged(link, error: error) }
+        // Each reconnect may find a Redis that lost its data, the id keys with it: the keyring re-asserts them.
+        let (redisReconnects, redisReconnected) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        feed.onLinkChange { link, error in
+            backends.redisChanged(link, error: error)
+            if link != .down { redisReconnected.yield() }
+        }
         let hub = PushHub(feed: feed, statistics: statistics)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let legacy = try makeLegacyBridge(store: store, gearman: gearman, statistics: statistics)
@@ -122,6 +127,7 @@ public final class GatewayServer: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run(delivering: hub.deliver) }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
+                group.addTask { await ids.run(every: configuration.sweepInterval, reconnected: redisReconnects) }
                 group.addTask { await backends.follow(gearman) }
                 group.addTask { await backend.sweepUnacceptedJobs() }
                 if let legacy {

@@ -1,53 +1,146 @@
 import Crypto
 import Foundation
 import JobStore
+import Logging
 import Redis
+import Synchronization
 
 /// Mints job ids: 128 random bits and a 64-bit HMAC of them, in lowercase base32 (39 characters, URL-safe).
 ///
 /// The MAC lets any gateway of a deployment tell an id it issued whose record expired (`EXPIRED`) from one
-/// nobody issued (`NOT_FOUND`) without storing ids. The key lives in Redis, created once by whichever gateway
-/// starts first, so every gateway shares it and ids survive restarts.
+/// nobody issued (`NOT_FOUND`) without storing ids. It signs with one key and accepts the MAC of any key of the
+/// deployment's key ring (`JobIDKeyring`).
 struct JobIDMinter: Sendable {
-    /// The raw key: `SymmetricKey` and `HMAC` are not `Sendable`, so one is made per use (cheap).
-    private let key: [UInt8]
+    /// The raw keys: `SymmetricKey` and `HMAC` are not `Sendable`, so one is made per use (cheap).
+    let signingKey: [UInt8]
+    /// The signing key first.
+    let keys: [[UInt8]]
     static let randomBytes = 16
     static let macBytes = 8
 
-    init(key: [UInt8]) {
-        self.key = key
-    }
-
-    /// Loads the deployment's id key from Redis, creating it if this is the first gateway.
-    static func load(from redis: RedisConnectionPool, prefix: String) async throws -> JobIDMinter {
-        let keyName = "\(prefix)id-key"
-        let fresh = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0).base64EncodedString() }
-        _ = try await redis.send(["SET", "\(keyName)", "\(fresh)", "NX"])
-        guard let stored = try await redis.send(["GET", "\(keyName)"]).string, let bytes = Data(base64Encoded: stored), bytes.count >= 16 else {
-            throw JobStoreError(.unexpectedReply, "\(keyName) in Redis does not hold a base64 key")
-        }
-        return JobIDMinter(key: [UInt8](bytes))
+    /// Signs with `key`, accepts ids signed with it or with any of `alsoAccepted`.
+    init(key: [UInt8], alsoAccepted: [[UInt8]] = []) {
+        self.signingKey = key
+        var keys = [key]
+        for other in alsoAccepted where !keys.contains(other) { keys.append(other) }
+        self.keys = keys
     }
 
     func mint() -> JobID {
         // BoringSSL's generator (behind `SymmetricKey`) reseeds from the kernel now and then; the standard library's
         // makes a getrandom system call per 8 bytes, which was a tenth of the gateway's time under a stream of SUBMITs.
         let random = SymmetricKey(size: .bits128).withUnsafeBytes { [UInt8]($0) }
-        return JobID(rawValue: Base32.encode(random + mac(random)))!
+        return JobID(rawValue: Base32.encode(random + Self.mac(random, signingKey)))!
     }
 
     /// Whether this deployment issued `id`, spelled exactly as minted (the MAC is checked in constant time).
     func isGenuine(_ id: String) -> Bool {
         guard let bytes = Base32.decode(id), bytes.count == Self.randomBytes + Self.macBytes else { return false }
         let random = Array(bytes.prefix(Self.randomBytes))
-        let expected = mac(random)
-        var difference: UInt8 = 0
-        for (a, b) in zip(expected, bytes.suffix(Self.macBytes)) { difference |= a ^ b }
-        return difference == 0
+        let given = bytes.suffix(Self.macBytes)
+        return keys.contains { key in
+            var difference: UInt8 = 0
+            for (a, b) in zip(Self.mac(random, key), given) { difference |= a ^ b }
+            return difference == 0
+        }
     }
 
-    private func mac(_ random: [UInt8]) -> [UInt8] {
+    private static func mac(_ random: [UInt8], _ key: [UInt8]) -> [UInt8] {
         Array(HMAC<SHA256>.authenticationCode(for: random, using: SymmetricKey(data: key)).prefix(Self.macBytes))
+    }
+}
+
+/// The deployment's id keys, kept in Redis so every gateway signs and checks alike: `<prefix>id-key` holds the key
+/// new ids are signed with, `<prefix>id-keys` (a set) every key ids were ever signed with.
+///
+/// Redis may lose them (restarted without persistence, flushed, failed over to an empty replica) while gateways
+/// run with the keys cached. So after every (re)connect, and every `interval` for the gateways that did not see the
+/// loss, each gateway re-asserts what it knows (`SET NX` of its signing key, `SADD` of all its keys) and re-reads
+/// both. The first gateway back restores the old key; one that started meanwhile with a fresh key and won the
+/// `SET NX` race keeps it as the signing key, which the others adopt (logged at warning) while their old key stays
+/// in the set: ids handed out under either key stay readable everywhere, and no gateway accepts a key that is not
+/// the deployment's (only gateways write them, and only the keys they were given or made). Keys are never dropped,
+/// so the set grows by one key per such race.
+final class JobIDKeyring: Sendable {
+    /// Read per request (`mint`, `isGenuine`): an uncontended lock around an immutable snapshot, replaced whole on
+    /// a change (rare).
+    private let minter: Mutex<JobIDMinter>
+    private let redis: RedisConnectionPool
+    private let keyName: String
+    private let ringName: String
+    private let logger: Logger
+
+    private init(minter: JobIDMinter, redis: RedisConnectionPool, prefix: String, logger: Logger) {
+        self.minter = Mutex(minter)
+        self.redis = redis
+        self.keyName = "\(prefix)id-key"
+        self.ringName = "\(prefix)id-keys"
+        self.logger = logger
+    }
+
+    /// Loads the deployment's keys from Redis, creating the first one if this is the first gateway.
+    static func load(from redis: RedisConnectionPool, prefix: String, logger: Logger) async throws -> JobIDKeyring {
+        let fresh = SymmetricKey(size: .bits256).withUnsafeBytes { [UInt8]($0) }
+        let keyring = JobIDKeyring(minter: JobIDMinter(key: fresh), redis: redis, prefix: prefix, logger: logger)
+        try await keyring.synchronize(isFirst: true)
+        return keyring
+    }
+
+    func mint() -> JobID { minter.withLock { $0 }.mint() }
+
+    func isGenuine(_ id: String) -> Bool { minter.withLock { $0 }.isGenuine(id) }
+
+    /// Synchronizes every `interval`, and whenever `reconnected` yields, until cancelled.
+    func run(every interval: Duration, reconnected: AsyncStream<Void>) async {
+        let (nudges, nudge) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await _ in reconnected { nudge.yield() }
+            }
+            group.addTask {
+                while (try? await Task.sleep(for: interval)) != nil { nudge.yield() }
+                nudge.finish()
+            }
+            for await _ in nudges {
+                do { try await synchronize() } catch {
+                    logger.debug("Could not synchronize the job id keys with Redis", metadata: ["redis.error": "\(error)"])
+                }
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Re-asserts this gateway's keys in Redis and adopts what Redis then holds.
+    func synchronize() async throws {
+        try await synchronize(isFirst: false)
+    }
+
+    /// On the first load the fresh key is only proposed: added to the set only if it won, so that starting a
+    /// gateway adds no key.
+    private func synchronize(isFirst: Bool) async throws {
+        let known = minter.withLock { $0 }
+        _ = try await redis.send(["SET", "\(keyName)", "\(Self.encode(known.signingKey))", "NX"])
+        guard let stored = try await redis.send(["GET", "\(keyName)"]).string.flatMap(Self.decode) else {
+            throw JobStoreError(.unexpectedReply, "\(keyName) in Redis does not hold a base64 key")
+        }
+        let asserted = isFirst ? [stored] : known.keys + [stored]
+        _ = try await redis.send(RedisCommand("SADD", [RedisArgument(ringName)] + asserted.map { RedisArgument(Self.encode($0)) }))
+        let ring = (try await redis.send(["SMEMBERS", "\(ringName)"]).array ?? []).compactMap { $0.string.flatMap(Self.decode) }
+        let updated = JobIDMinter(key: stored, alsoAccepted: asserted + ring)
+        minter.withLock { $0 = updated }
+        if !isFirst && known.signingKey != stored {
+            logger.warning(
+                "Redis holds another job id signing key (it lost its data and another gateway wrote a new key): signing with that one, still accepting ids of the old",
+                metadata: ["jobgate.id_keys": "\(updated.keys.count)"]
+            )
+        }
+    }
+
+    private static func encode(_ key: [UInt8]) -> String { Data(key).base64EncodedString() }
+
+    private static func decode(_ text: String) -> [UInt8]? {
+        guard let bytes = Data(base64Encoded: text), bytes.count >= 16 else { return nil }
+        return [UInt8](bytes)
     }
 }
 
