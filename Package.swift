@@ -259,7 +259,7 @@ if ProcessInfo.processInfo.environment["JOBGATE_FUZZ"] == "1" {
         .executableTarget(
             name: "GatewayRequestDecoderFuzzer",
             dependencies: ["GatewayProtocol", .product(name: "NIOCore", package: "swift-nio")],
-            path: "Fuzz/GatewayRequestDecoderFuzzer",
+            path: "Sources/GatewayRequestDecoderFuzzer",
             swiftSettings: swiftSettings
         )
     )
