@@ -135,9 +135,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var authFailures = 0
     private var lastAuthFailureAnswer = NIODeadline.uptimeNanoseconds(0)
     /// Result bytes this connection's lookups reserved and the socket has not taken yet (`--max-lookup-bytes`).
-    private var outcomeBytes = 0
-    /// Of `outcomeBytes`, those of outcomes reserved from the small outcomes' budget.
-    private var smallOutcomeBytes = 0
+    private var heldOutcomes = OutcomeLanes.Held()
     /// Results to read once there is room for them, by reply slot.
     private var outcomeReads: [Int: (bytes: Int, read: () -> Void)] = [:]
     /// Slots from `outcomeReadFrontier` on whose results have room reserved.
@@ -187,10 +185,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         requestCheck?.cancel()
         releaseInput(heldInput)
         stallCheck?.cancel()
-        statistics.outcomes.release(outcomeBytes - smallOutcomeBytes)
-        statistics.smallOutcomes.release(smallOutcomeBytes)
-        outcomeBytes = 0
-        smallOutcomeBytes = 0
+        statistics.outcomes.release(heldOutcomes)
+        heldOutcomes = OutcomeLanes.Held()
         outcomeReads = [:]
         for wait in waits.values {
             wait.timer?.cancel()
@@ -545,19 +541,18 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         let slot = outcomeReadFrontier
         guard let next = outcomeReads[slot] else { return }
-        guard outcomeBytes == 0 || outcomeBytes + next.bytes <= configuration.maximumOutcomeBytesPerConnection else { return }
+        guard heldOutcomes.total == 0 || heldOutcomes.total + next.bytes <= configuration.maximumOutcomeBytesPerConnection else { return }
         outcomeReadIsReserving = true
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bytes = next.bytes
         // Always a hop: a grant at once must not recurse through every read that fits.
-        statistics.outcomeBudget(for: bytes).reserve(bytes) { handler.eventLoop.execute { handler.value.outcomeReserved(bytes, slot: slot) } }
+        statistics.outcomes.reserve(bytes) { handler.eventLoop.execute { handler.value.outcomeReserved(bytes, slot: slot) } }
     }
 
     private func outcomeReserved(_ bytes: Int, slot: Int) {
         outcomeReadIsReserving = false
-        guard !isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomeBudget(for: bytes).release(bytes) }
-        outcomeBytes += bytes
-        if bytes <= OutcomeBudget.smallOutcome { smallOutcomeBytes += bytes }
+        guard !isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
+        heldOutcomes.add(bytes)
         reservedOutcomeSlots.insert(slot)
         watchForStall()
         next.read()
@@ -566,10 +561,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// The socket took a reply's result (or the read ended without one): its bytes are free again.
     private func outcomeWritten(_ bytes: Int) {
-        guard outcomeBytes >= bytes else { return }  // the session ended: it released everything
-        outcomeBytes -= bytes
-        if bytes <= OutcomeBudget.smallOutcome { smallOutcomeBytes -= bytes }
-        statistics.outcomeBudget(for: bytes).release(bytes)
+        guard heldOutcomes.total >= bytes else { return }  // the session ended: it released everything
+        heldOutcomes.remove(bytes)
+        statistics.outcomes.release(bytes)
         startOutcomeRead()
     }
 
@@ -800,7 +794,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     private func checkStall() {
         stallCheck = nil
-        guard !isClosed, outcomeBytes > 0 || !context.channel.isWritable else { return }
+        guard !isClosed, heldOutcomes.total > 0 || !context.channel.isWritable else { return }
         let timeout = TimeAmount(configuration.outputStallTimeout)
         let quiet = NIODeadline.now() - lastOutputProgress
         guard quiet >= timeout else { return scheduleStallCheck(in: timeout - quiet) }

@@ -28,11 +28,8 @@ final class GatewayStatistics: Sendable {
     let metrics: GatewayMetricCounters
     /// Which backends are reachable now (`HEALTH`, `/readyz`, `jobgate_backend_up`).
     let backends: BackendStatus
-    /// Result bytes lookups hold now (the budgets are their one owner): outcomes of at most
-    /// `OutcomeBudget.smallOutcome` bytes have a quarter of `--max-lookup-bytes-total` of their own, so a client that
-    /// holds the rest with large results it does not read (until `--output-stall`) cannot hold up everyone's small ones.
-    let outcomes: OutcomeBudget
-    let smallOutcomes: OutcomeBudget
+    /// Result bytes lookups hold now (the budget is their one owner).
+    let outcomes: OutcomeLanes
     private let process: ProcessMetrics
     private let jobsFollowed: Gauge
     private let inputBufferedGauge: Gauge
@@ -48,8 +45,7 @@ final class GatewayStatistics: Sendable {
     ) {
         self.registry = registry
         self.backends = backends
-        outcomes = OutcomeBudget(limit: maximumOutcomeBytes - maximumOutcomeBytes / 4)
-        smallOutcomes = OutcomeBudget(limit: maximumOutcomeBytes / 4)
+        outcomes = OutcomeLanes(limit: maximumOutcomeBytes)
         func counter(_ name: String, _ help: String) -> GatewayFigure { .counter(registry, name, help) }
         connectionsAccepted = counter("jobgate_connections_accepted_total", "Client connections accepted.")
         connectionsOpen = .gauge(registry, "jobgate_connections_open", "Client connections open now.")
@@ -83,18 +79,13 @@ final class GatewayStatistics: Sendable {
         ).set(to: 1)
     }
 
-    /// The budget an outcome of `bytes` is reserved from and released to.
-    func outcomeBudget(for bytes: Int) -> OutcomeBudget {
-        bytes <= OutcomeBudget.smallOutcome ? smallOutcomes : outcomes
-    }
-
     /// The registry's exposition, after setting the figures that are read, not counted.
     func exposition(watchedJobs: Int) -> String {
         scrape.withLock { _ in
             jobsFollowed.set(Double(watchedJobs))
             inputBufferedGauge.set(Double(inputBuffered.load(ordering: .relaxed)))
-            outcomeBytesGauge.set(Double(outcomes.reserved + smallOutcomes.reserved))
-            outcomeBytesPeakGauge.set(Double(outcomes.peak + smallOutcomes.peak))
+            outcomeBytesGauge.set(Double(outcomes.reserved))
+            outcomeBytesPeakGauge.set(Double(outcomes.peak))
             for (gauge, server) in zip(backendUp, backends.servers()) { gauge.set(to: server.isUp ? 1 : 0) }
             metrics.refresh()
             process.refresh()

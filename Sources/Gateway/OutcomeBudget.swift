@@ -20,9 +20,6 @@ final class OutcomeBudget: Sendable {
         var waiters = CircularBuffer<Waiter>()
     }
 
-    /// Outcomes of at most this many bytes are reserved from a budget of their own (`GatewayStatistics`).
-    static let smallOutcome = 64 * 1024
-
     let limit: Int
     private let state = Mutex(State())
 
@@ -65,5 +62,53 @@ final class OutcomeBudget: Sendable {
         state.reserved += bytes
         state.peak = max(state.peak, state.reserved)
         return true
+    }
+}
+
+/// The lookup budget as two lanes: outcomes of at most `smallOutcome` bytes have a quarter of the limit to themselves,
+/// so a client that holds the rest with large results it does not read (until `--output-stall`) cannot hold up
+/// everyone's small ones. Which lane an outcome uses is decided here only, by its size.
+final class OutcomeLanes: Sendable {
+    static let smallOutcome = 64 * 1024
+
+    let large: OutcomeBudget
+    let small: OutcomeBudget
+
+    init(limit: Int) {
+        large = OutcomeBudget(limit: limit - limit / 4)
+        small = OutcomeBudget(limit: limit / 4)
+    }
+
+    /// Bytes reserved now, and the lanes' peaks added (an upper bound of the most reserved at once).
+    var reserved: Int { large.reserved + small.reserved }
+    var peak: Int { large.peak + small.peak }
+
+    func reserve(_ bytes: Int, then grant: @escaping @Sendable () -> Void) { lane(for: bytes).reserve(bytes, then: grant) }
+
+    /// Gives back one reservation of `bytes`.
+    func release(_ bytes: Int) { lane(for: bytes).release(bytes) }
+
+    /// Gives back everything a holder still holds.
+    func release(_ held: Held) {
+        large.release(held.large)
+        small.release(held.small)
+    }
+
+    private func lane(for bytes: Int) -> OutcomeBudget { bytes <= Self.smallOutcome ? small : large }
+
+    /// What one holder (a connection) holds in each lane.
+    struct Held {
+        private(set) var large = 0
+        private(set) var small = 0
+
+        var total: Int { large + small }
+
+        mutating func add(_ bytes: Int) {
+            if bytes <= OutcomeLanes.smallOutcome { small += bytes } else { large += bytes }
+        }
+
+        mutating func remove(_ bytes: Int) {
+            if bytes <= OutcomeLanes.smallOutcome { small -= bytes } else { large -= bytes }
+        }
     }
 }

@@ -169,7 +169,7 @@ final class GatewayHTTPServer: Sendable {
             return nil
         case .found(let record) where record.outcome == nil && record.outcomeSize > 0:
             let bytes = record.outcomeSize
-            let budget = statistics.outcomeBudget(for: bytes)
+            let budget = statistics.outcomes
             await withCheckedContinuation { continuation in budget.reserve(bytes) { continuation.resume() } }
             let read: JobRecord?
             do {
