@@ -172,19 +172,14 @@ struct GatewayBackend: Sendable {
         ids.isGenuine(gatewayID.rawValue) ? JobID(rawValue: gatewayID.rawValue) : nil
     }
 
-    func lookUp(_ gatewayID: GatewayJobID) async throws(GatewayFailure) -> JobLookup {
-        try await lookUp([gatewayID], withOutcomes: true)[0].get()
-    }
-
-    /// What each id refers to, read in one Redis pipeline (only the ids this deployment issued are read). Without
-    /// outcomes, a found record has only the size of its result or reason (`outcomeSize`), to be read with
-    /// `outcomes(of:)` when there is room for it.
-    func lookUp(_ gatewayIDs: [GatewayJobID], withOutcomes: Bool) async -> [Result<JobLookup, GatewayFailure>] {
+    /// What each id refers to, read in one Redis pipeline (only the ids this deployment issued are read). A found
+    /// record has only the size of its result or reason (`outcomeSize`), to be read with `outcomes(of:)` when the
+    /// lookup budget has room for it.
+    func lookUp(_ gatewayIDs: [GatewayJobID]) async -> [Result<JobLookup, GatewayFailure>] {
         let jobIDs = gatewayIDs.map(issuedID)
         let records: [JobRecord?]
         do {
-            let present = jobIDs.compactMap { $0 }
-            records = try await withOutcomes ? store.records(present) : store.recordsWithoutOutcome(present)
+            records = try await store.recordsWithoutOutcome(jobIDs.compactMap { $0 })
         } catch {
             let failure = backendDown("Redis", error)
             return jobIDs.map { _ in .failure(failure) }

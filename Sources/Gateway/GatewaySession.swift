@@ -24,7 +24,7 @@ final class SessionServices: Sendable {
         self.backend = backend
         self.hub = hub
         self.submits = BackendBatcher { submissions, turn in await backend.submit(submissions, turn: turn) }
-        self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids, withOutcomes: false) }
+        self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids) }
         self.outcomes = BackendBatcher { records, _ in await backend.outcomes(of: records) }
         self.live = configuration
         self.statistics = statistics

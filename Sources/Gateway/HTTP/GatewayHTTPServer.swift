@@ -159,7 +159,7 @@ final class GatewayHTTPServer: Sendable {
         }
         let lookup: JobLookup
         do {
-            lookup = try await backend.lookUp([id], withOutcomes: false)[0].get()
+            lookup = try await backend.lookUp([id])[0].get()
         } catch {
             return try await unavailable(error)
         }
