@@ -55,6 +55,10 @@ public struct GatewayConfiguration: Sendable {
     /// A client whose socket has taken none of its queued output for this long is closed as a slow consumer (it
     /// holds replies, and their share of `maximumOutcomeBytes`, that it does not read).
     public var outputStallTimeout: Duration = .seconds(30)
+    /// The same, for a client that holds large results others wait for (the lookup budget is full): it may take
+    /// none of its output only this long, so one client that stops reading cannot hold up everyone's large lookups
+    /// for the whole `outputStallTimeout`. A client that reads, however slowly, shows progress with every 64 KiB.
+    public var contendedOutputStallTimeout: Duration = .seconds(5)
     /// Bytes of results and failure reasons that lookups (`RESULT`, `WAIT`, `WATCH`, `SUBMIT wait=`) read and hold
     /// until written, per connection and in all; past them the gateway pauses lookups until earlier ones are written.
     public var maximumOutcomeBytesPerConnection = 2 * 1024 * 1024
@@ -94,6 +98,7 @@ public struct GatewayConfiguration: Sendable {
         result.maximumAuthFailures = new.maximumAuthFailures
         result.authFailureDelay = new.authFailureDelay
         result.outputStallTimeout = new.outputStallTimeout
+        result.contendedOutputStallTimeout = new.contendedOutputStallTimeout
         result.maximumOutcomeBytesPerConnection = new.maximumOutcomeBytesPerConnection
         return result
     }

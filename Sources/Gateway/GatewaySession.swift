@@ -144,7 +144,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// results are reserved in request order, and room is never held by a reply that waits for an earlier one which
     /// itself waits for room (a deadlock); replies held behind a slow `WAIT` hold no result bytes.
     private var outcomeReadFrontier = 0
-    private var outcomeReadIsReserving = false
+    /// The bytes of the reservation this connection waits for in the lookup budget, if any.
+    private var outcomeBytesReserving: Int?
     /// Set while output waits for the socket (`--output-stall`): the channel is not writable, or results are held.
     private var stallCheck: Scheduled<Void>?
     /// The last sign that the socket takes output: a reply's result written, or the channel writable again.
@@ -533,7 +534,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Reserves room for the result of the frontier slot, if it waits for some: from this connection's share, then
     /// from the gateway's budget (granted in order, possibly later and on another thread).
     private func startOutcomeRead() {
-        guard !outcomeReadIsReserving, !isClosed else { return }
+        guard outcomeBytesReserving == nil, !isClosed else { return }
         while outcomeReadFrontier < replies.nextSlot,
             replies.isFilled(outcomeReadFrontier) || reservedOutcomeSlots.remove(outcomeReadFrontier) != nil
         {
@@ -542,15 +543,15 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let slot = outcomeReadFrontier
         guard let next = outcomeReads[slot] else { return }
         guard heldOutcomes.total == 0 || heldOutcomes.total + next.bytes <= configuration.maximumOutcomeBytesPerConnection else { return }
-        outcomeReadIsReserving = true
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         let bytes = next.bytes
+        outcomeBytesReserving = bytes
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         // Always a hop: a grant at once must not recurse through every read that fits.
         statistics.outcomes.reserve(bytes) { handler.eventLoop.execute { handler.value.outcomeReserved(bytes, slot: slot) } }
     }
 
     private func outcomeReserved(_ bytes: Int, slot: Int) {
-        outcomeReadIsReserving = false
+        outcomeBytesReserving = nil
         guard !isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
         heldOutcomes.add(bytes)
         reservedOutcomeSlots.insert(slot)
@@ -726,17 +727,31 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         writeOutput()
         if charge > 0 {
-            let written = context.eventLoop.makePromise(of: Void.self)
-            written.futureResult.assumeIsolated().whenComplete { _ in
-                self.lastOutputProgress = .now()
-                self.outcomeWritten(charge)
-            }
-            context.write(wrapOutboundOut(block), promise: written)
+            writeInSlices(block) { self.outcomeWritten(charge) }
         } else {
             context.write(wrapOutboundOut(block), promise: nil)
         }
         output = context.channel.allocator.buffer(capacity: 256)
         output!.writeString(GatewayResponseEncoder.blockEnd)
+    }
+
+    /// A result's bytes are written in slices of this many (views of the one buffer, no copies), so each slice the
+    /// socket takes shows progress: a client reading a large result slowly is not taken for one that does not read.
+    static let progressSlice = 64 * 1024
+
+    private func writeInSlices(_ block: ByteBuffer, then written: @escaping () -> Void) {
+        var rest = block
+        while let slice = rest.readSlice(length: min(Self.progressSlice, rest.readableBytes)), slice.readableBytes > 0 {
+            let taken = context.eventLoop.makePromise(of: Void.self)
+            let isLast = rest.readableBytes == 0
+            taken.futureResult.assumeIsolated().whenComplete { _ in
+                self.lastOutputProgress = .now()
+                if isLast { written() }
+            }
+            context.write(wrapOutboundOut(slice), promise: taken)
+            if isLast { return }
+        }
+        written()  // an empty block
     }
 
     private func writeOutput() {
@@ -785,7 +800,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private func watchForStall() {
         guard stallCheck == nil, !isClosed else { return }
         lastOutputProgress = .now()
-        scheduleStallCheck(in: TimeAmount(configuration.outputStallTimeout))
+        scheduleStallCheck(in: TimeAmount(min(configuration.outputStallTimeout, configuration.contendedOutputStallTimeout)))
     }
 
     private func scheduleStallCheck(in delay: TimeAmount) {
@@ -795,10 +810,21 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private func checkStall() {
         stallCheck = nil
         guard !isClosed, heldOutcomes.total > 0 || !context.channel.isWritable else { return }
-        let timeout = TimeAmount(configuration.outputStallTimeout)
+        let timeout = holdsUpOthers ? configuration.contendedOutputStallTimeout : configuration.outputStallTimeout
         let quiet = NIODeadline.now() - lastOutputProgress
-        guard quiet >= timeout else { return scheduleStallCheck(in: timeout - quiet) }
-        overflowed("no output taken for \(configuration.outputStallTimeout)")
+        guard quiet >= TimeAmount(timeout) else {
+            // Checked again at the contended timeout at the latest: others may start waiting meanwhile.
+            return scheduleStallCheck(in: min(TimeAmount(timeout) - quiet, TimeAmount(configuration.contendedOutputStallTimeout)))
+        }
+        overflowed("no output taken for \(timeout)")
+    }
+
+    /// Whether this connection holds large results while lookups of others wait for room in their lane.
+    private var holdsUpOthers: Bool {
+        guard heldOutcomes.large > 0 else { return false }
+        let lane = statistics.outcomes.large
+        let ownWaiting = outcomeBytesReserving.map { statistics.outcomes.lane(for: $0) === lane } ?? false
+        return lane.waiting > (ownWaiting ? 1 : 0)
     }
 
     /// The client does not read: tell it, if the socket still takes it, and close rather than buffer more.

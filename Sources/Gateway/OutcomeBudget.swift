@@ -30,6 +30,8 @@ final class OutcomeBudget: Sendable {
     /// Bytes reserved now, and the most ever reserved at once.
     var reserved: Int { state.withLock { $0.reserved } }
     var peak: Int { state.withLock { $0.peak } }
+    /// Reservations waiting for room.
+    var waiting: Int { state.withLock { $0.waiters.count } }
 
     /// Reserves `bytes`, then calls `grant` (at once, or later on the thread of a `release`).
     func reserve(_ bytes: Int, then grant: @escaping @Sendable () -> Void) {
@@ -94,7 +96,7 @@ final class OutcomeLanes: Sendable {
         small.release(held.small)
     }
 
-    private func lane(for bytes: Int) -> OutcomeBudget { bytes <= Self.smallOutcome ? small : large }
+    func lane(for bytes: Int) -> OutcomeBudget { bytes <= Self.smallOutcome ? small : large }
 
     /// What one holder (a connection) holds in each lane.
     struct Held {

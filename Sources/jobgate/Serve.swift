@@ -137,6 +137,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("output-stall"), help: "Seconds a client's socket may take none of its output before it is closed (ERR SLOW_CONSUMER). (default: 30)")
     var outputStall: Int?
 
+    @Option(name: .customLong("contended-output-stall"), help: "The same, for a client holding large results that other lookups wait for. (default: 5)")
+    var contendedOutputStall: Int?
+
     @Option(
         name: .customLong("max-lookup-bytes"),
         help: "Result bytes one connection's lookups may hold until written; more lookups wait. (default: 2097152)"
@@ -271,6 +274,7 @@ struct Serve: AsyncParsableCommand {
             ("auth-failures", "\(gateway.maximumAuthFailures)"),
             ("auth-delay", milliseconds(gateway.authFailureDelay)),
             ("output-stall", seconds(gateway.outputStallTimeout)),
+            ("contended-output-stall", seconds(gateway.contendedOutputStallTimeout)),
             ("max-lookup-bytes", "\(gateway.maximumOutcomeBytesPerConnection)"),
             ("max-lookup-bytes-total", "\(gateway.maximumOutcomeBytes)"),
             ("result-ttl", "\(gateway.resultTTL)"),
@@ -346,6 +350,9 @@ struct Serve: AsyncParsableCommand {
         }
         configuration.outputBufferLimit = try settings.positive("output-buffer", outputBuffer) ?? configuration.outputBufferLimit
         if let seconds = try settings.positive("output-stall", outputStall) { configuration.outputStallTimeout = .seconds(seconds) }
+        if let seconds = try settings.positive("contended-output-stall", contendedOutputStall) {
+            configuration.contendedOutputStallTimeout = .seconds(seconds)
+        }
         configuration.maximumOutcomeBytesPerConnection =
             try settings.positive("max-lookup-bytes", maxLookupBytes) ?? configuration.maximumOutcomeBytesPerConnection
         configuration.maximumOutcomeBytes = try settings.positive("max-lookup-bytes-total", maxLookupBytesTotal) ?? configuration.maximumOutcomeBytes

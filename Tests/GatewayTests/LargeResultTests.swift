@@ -140,6 +140,64 @@ struct LargeResultTests {
         }
     }
 
+    /// A client that reads a large result slowly but steadily (64 KiB every 20 ms: a 16 MiB result takes ~5 s) is
+    /// not closed, though `--output-stall` is 2 s: every 64 KiB of the result the socket takes is progress. (Before,
+    /// only the whole result taken counted; the kernel's send buffer, up to 4 MiB, takes the end of it only once the
+    /// client read the first 12 MiB: it was closed after 2 s.)
+    @Test func aClientThatReadsSlowlyIsNotTakenForOneThatDoesNotRead() async throws {
+        let result = ByteBuffer(repeating: UInt8(ascii: "s"), count: 16 * Self.mebibyte)
+        try await withGatewayStack({
+            $0.outputStallTimeout = .seconds(2)
+            $0.contendedOutputStallTimeout = .seconds(2)
+        }) { stack in
+            try await Self.withFinishedJob(stack, result: result) { id in
+                let slow = try await RawGatewayConnection.connect(port: stack.port, receiveBufferSize: 64 * 1_024, readChunk: 64 * 1_024)
+                defer { Task { await slow.close() } }
+                try await slow.setReading(false)
+                try await slow.send("RESULT \(id)\n")
+                let reply = "DONE \(id) \(result.readableBytes)\n".utf8.count + result.readableBytes + 1
+                try await withTimeout(.seconds(60), "the slow reader to read the whole result") {
+                    while slow.receivedBytes < reply, slow.channel.isActive {
+                        slow.readOnce()
+                        try await Task.sleep(for: .milliseconds(20))
+                    }
+                }
+                #expect(try await stack.statistic("slow_consumers_closed") == 0)
+                let responses = try slow.responses()
+                #expect(responses == [.reply(.done(id, result: result), tag: nil)])
+            }
+        }
+    }
+
+    /// A client that holds large results and does not read is closed after `--contended-output-stall` once another
+    /// client's large lookup waits for that room, not after the whole `--output-stall`; while only its own lookups
+    /// wait, it is not. (Before, the other client waited the whole stall: 120 s here, past the test's limit.)
+    @Test func aClientHoldingUpOthersLargeResultsIsClosedSooner() async throws {
+        let result = ByteBuffer(repeating: UInt8(ascii: "c"), count: 2 * Self.mebibyte)
+        try await withGatewayStack({
+            $0.maximumOutcomeBytes = 4 * Self.mebibyte  // the large results' lane: 3 MiB, room for one of them
+            $0.outputStallTimeout = .seconds(120)
+            $0.contendedOutputStallTimeout = .seconds(1)
+        }) { stack in
+            try await Self.withFinishedJob(stack, result: result) { id in
+                let stalled = try await RawGatewayConnection.connect(port: stack.port, receiveBufferSize: 4_096)
+                try await stalled.setReading(false)
+                try await stalled.send(String(repeating: "RESULT \(id)\n", count: 3))
+                try await eventually("the stalled client to hold its 2 MiB") { try await stack.statistic("outcome_bytes_in_flight") == 2 * Self.mebibyte }
+                try await Task.sleep(for: .seconds(2))
+                #expect(try await stack.statistic("slow_consumers_closed") == 0, "only its own lookups wait: it holds up nobody")
+
+                let other = try await stack.connect()
+                defer { Task { await other.close() } }
+                let reply = try await withTimeout(.seconds(30), "the other client's RESULT") { try await other.request("RESULT \(id)\n") }
+                #expect(reply == .reply(.done(id, result: result), tag: nil))
+                #expect(try await stack.statistic("slow_consumers_closed") == 1)
+                try await stalled.setReading(true)
+                try await stalled.waitUntilClosed()
+            }
+        }
+    }
+
     /// Job pages and event streams of a finished job read its result within the same lookup budget: while a client
     /// that does not read holds the budget, a page of a large result waits for it, then is served once the budget is
     /// free; 20 pages at once hold at most the budget. (Before, each page read its own copy outside any bound: an

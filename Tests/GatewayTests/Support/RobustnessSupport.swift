@@ -32,11 +32,20 @@ final class RawGatewayConnection: Sendable {
     }
 
     /// With `resetOnClose`, `close()` aborts the connection (RST, via `SO_LINGER` 0) instead of shutting it down.
-    static func connect(port: Int, receiveBufferSize: Int? = nil, resetOnClose: Bool = false) async throws -> RawGatewayConnection {
+    /// With `readChunk`, each read from the socket takes at most that many bytes (see `readOnce`).
+    static func connect(
+        port: Int,
+        receiveBufferSize: Int? = nil,
+        readChunk: Int? = nil,
+        resetOnClose: Bool = false
+    ) async throws -> RawGatewayConnection {
         let collector = Collector()
         var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         if let receiveBufferSize {
             bootstrap = bootstrap.channelOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBufferSize))
+        }
+        if let readChunk {
+            bootstrap = bootstrap.channelOption(.recvAllocator, value: FixedSizeRecvByteBufferAllocator(capacity: readChunk))
         }
 
         let channel = try await bootstrap
@@ -59,6 +68,9 @@ final class RawGatewayConnection: Sendable {
 
     /// Stops (or resumes) reading from the socket, so the server's writes back up.
     func setReading(_ reading: Bool) async throws { try await channel.setOption(.autoRead, value: reading).get() }
+
+    /// With reading stopped: reads from the socket once (at most `readChunk` bytes), for a client that reads slowly.
+    func readOnce() { channel.read() }
 
     /// Waits until the connection ended (the server closed it and we read up to its EOF).
     func waitUntilClosed(timeout: Duration = .seconds(10)) async throws {
