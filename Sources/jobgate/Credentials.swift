@@ -19,7 +19,7 @@ struct Credentials: AsyncParsableCommand {
                 line's hash to the credential's line after a comma, reload, move clients over, then drop the old one.
 
                 Example:
-                  printf '%s\\n' "$SECRET" | jobgate credentials hash resizer submit=resize,thumb-* read=resize,thumb-*
+                  printf '%s\\n' "$SECRET" | jobgate credentials hash resizer 'submit=resize,thumb-*' 'read=resize,thumb-*'
                 """
         )
 
