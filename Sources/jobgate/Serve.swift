@@ -258,7 +258,7 @@ struct Serve: AsyncParsableCommand {
             ("redis-db", "\(gateway.redis.database ?? 0)"),
             ("key-prefix", gateway.keyPrefix),
             ("secrets", gateway.secrets.isEmpty ? "none" : gateway.secrets.joined(separator: ",")),
-            ("credentials", gateway.credentials.map { "\($0.byName.count) credentials: \($0.byName.keys.sorted().joined(separator: ","))" } ?? "none"),
+            ("credentials", gateway.credentials?.summary ?? "none"),
             ("legacy-functions", legacy.joined(separator: ",")),
             ("memcached", gateway.memcachedServers.map { "\($0.host):\($0.port)" }.joined(separator: ",")),
             ("memcached-distribution", Distribution.allCases.first { $0.value == gateway.memcachedDistribution }?.rawValue ?? ""),

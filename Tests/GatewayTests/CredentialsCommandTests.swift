@@ -40,6 +40,8 @@ struct CredentialsCommandTests {
             try file.write(try await Self.hashLine("pw2", ["svc", "read=rev*", "submit=reverse"]))
             gateway.signal(SIGHUP)
             try await eventually("the reload's log line") { gateway.log.contains("configuration reloaded") }
+            let reloadLine = try #require(gateway.log.split(separator: "\n").first { $0.contains("configuration reloaded") })
+            #expect(reloadLine.contains("config.changed=credentials"), "\(reloadLine)")
             run = try await Self.client(port, ["submit", "reverse", "--data", "x"], user: "svc", secret: "pw2")
             #expect(run.status == 0 && GatewayJobID(rawValue: run.outputText.trimmingCharacters(in: .newlines)) != nil, "\(run.errors)")
         }

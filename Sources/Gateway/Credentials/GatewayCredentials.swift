@@ -157,10 +157,19 @@ public struct GatewayCredentials: Sendable {
     public let byName: [String: GatewayCredential]
     /// The KDF rounds an unknown name is checked with: the most any secret uses, so that it takes as long.
     let decoy: SecretHash
+    /// Names, then 8 hex digits of a SHA-256 over every credential: a reload's log says whether the file changed,
+    /// without showing a hash.
+    public let summary: String
 
     public init(_ credentials: [GatewayCredential]) {
         byName = Dictionary(credentials.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         decoy = SecretHash.decoy(rounds: credentials.flatMap(\.secrets).map(\.rounds).max() ?? SecretHash.defaultRounds)
+        let described = byName.values.sorted { $0.name < $1.name }.map { credential in
+            let grants = credential.grants.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value.map(\.description))" }
+            return "\(credential.name) \(credential.secrets.map(\.description)) \(grants)"
+        }
+        let digest = SHA256.hash(data: Array(described.joined(separator: "\n").utf8)).prefix(4).map { String(format: "%02x", $0) }.joined()
+        summary = "\(byName.keys.sorted().joined(separator: ",")) #\(digest)"
     }
 
     public subscript(name: String) -> GatewayCredential? { byName[name] }
