@@ -1,5 +1,6 @@
 import Foundation
 import Gateway
+import LocalServers
 import GatewayProtocol
 import NIOCore
 import Redis
@@ -38,40 +39,44 @@ struct RedisACLTests {
         ) { stack in
             var workerRedis = stack.configuration.redis
             workerRedis.authentication = Self.authentication(workerUser)
-            let handlers: [String: @Sendable (ByteBuffer, ProgressReporter) async throws -> ByteBuffer] = [
-                "reverse": { payload, progress in
-                    try await progress(1, 2, "half")
-                    return ByteBuffer(string: String(String(buffer: payload).reversed()))
-                }
-            ]
-            try await withTestWorker(stack, redis: workerRedis, handlers) {
-                let subscriber = try await stack.connect()
-                #expect(try await subscriber.request("SUBSCRIBE reverse\n") == .reply(.subscribed(GatewayFunctionName(rawValue: "reverse")!)))
-                let client = try await stack.connect()
-                let id = try await client.submit("reverse", "hello", options: "unique=acl")
-                let watching = try await client.request("WATCH \(id)\n")
-                guard case .reply(.watching(id, _), nil) = watching else {
-                    Issue.record("WATCH answered \(String(describing: watching))")
-                    return
-                }
-                var events: [GatewayEvent] = []
-                while true {
-                    guard case .event(let event, nil) = try await client.next() else { break }
-                    events.append(event)
-                    if case .done = event { break }
-                }
-                #expect(events.last == .done(id, result: ByteBuffer(string: "olleh")), "\(events)")
-                #expect(try await subscriber.next() == .event(.done(id, result: ByteBuffer(string: "olleh"))))
-                #expect(try await client.request("RESULT \(id)\n") == .reply(.done(id, result: ByteBuffer(string: "olleh"))))
-                // A finished job does not coalesce: the same unique creates again.
-                let again = try await client.submit("reverse", "abc", options: "unique=acl")
-                #expect(try await client.request("WAIT \(again) 10000\n") == .reply(.done(again, result: ByteBuffer(string: "cba"))))
+            // The real worker, connected as the worker user: progress on fd 3, the result upper-cased.
+            let worker = try LocalProcess(
+                jobgateExecutable(),
+                [
+                    "worker", "--gearman", "\(stack.gearmand.host):\(stack.gearmand.port)", "--redis", "\(stack.redis.host):\(stack.redis.port)",
+                    "--redis-user", workerUser[1], "--function", "upper", "--", "/bin/sh", "-c", "echo 'PROGRESS 1 2 half' >&3; tr a-z A-Z",
+                ],
+                environment: ["JOBGATE_REDIS_PASSWORD": workerRedis.authentication!.password]
+            )
+            defer { worker.stop() }
+            let subscriber = try await stack.connect()
+            #expect(try await subscriber.request("SUBSCRIBE upper\n") == .reply(.subscribed(GatewayFunctionName(rawValue: "upper")!)))
+            let client = try await stack.connect()
+            let id = try await client.submit("upper", "hello", options: "unique=acl")
+            let watching = try await client.request("WATCH \(id)\n")
+            guard case .reply(.watching(id, _), nil) = watching else {
+                Issue.record("WATCH answered \(String(describing: watching))")
+                return
             }
-            // Least privilege: the worker's user may not read the id keys or write a coalescing key.
-            let worker = RedisConnectionPool(configuration: workerRedis, size: 1)
-            await #expect(throws: (any Error).self) { _ = try await worker.send(["GET", "\(stack.configuration.keyPrefix)id-key"]) }
-            await #expect(throws: (any Error).self) { _ = try await worker.send(["SET", "\(stack.configuration.keyPrefix)unique:x", "y"]) }
-            await #expect(throws: (any Error).self) { _ = try await worker.send(["CONFIG", "SET", "notify-keyspace-events", ""]) }
+            var events: [GatewayEvent] = []
+            while let response = try await client.next(timeout: .seconds(30)), case .event(let event, nil) = response {
+                events.append(event)
+                if case .done = event { break }
+            }
+            #expect(events.last == .done(id, result: ByteBuffer(string: "HELLO")), "\(events) \(worker.log)")
+            #expect(try await subscriber.next() == .event(.done(id, result: ByteBuffer(string: "HELLO"))))
+            #expect(try await client.request("RESULT \(id)\n") == .reply(.done(id, result: ByteBuffer(string: "HELLO"))))
+            // A finished job does not coalesce: the same unique creates again.
+            let again = try await client.submit("upper", "abc", options: "unique=acl")
+            #expect(try await client.request("WAIT \(again) 20000\n") == .reply(.done(again, result: ByteBuffer(string: "ABC"))))
+            // Least privilege: the worker's user reads job records, but not the id keys; it writes no coalescing key.
+            let workerPool = RedisConnectionPool(configuration: workerRedis, size: 1)
+            let prefix = stack.configuration.keyPrefix
+            // The progress was written (a watcher may see only the end, when both land before it reads the record).
+            #expect(try await workerPool.send(["HGET", "\(prefix)job:\(id)", "message"]).string == "half")
+            await #expect(throws: (any Error).self) { _ = try await workerPool.send(["GET", "\(prefix)id-key"]) }
+            await #expect(throws: (any Error).self) { _ = try await workerPool.send(["SET", "\(prefix)unique:x", "y"]) }
+            await #expect(throws: (any Error).self) { _ = try await workerPool.send(["CONFIG", "SET", "notify-keyspace-events", ""]) }
         }
     }
 }
