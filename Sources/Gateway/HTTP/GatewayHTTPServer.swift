@@ -34,7 +34,6 @@ final class GatewayHTTPServer: Sendable {
         host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int, logger: Logger,
         servesJobPages: @escaping @Sendable () -> Bool = { true }
     ) {
-        self.servesJobPages = servesJobPages
         self.host = host
         self.port = port
         self.backend = backend
@@ -42,6 +41,7 @@ final class GatewayHTTPServer: Sendable {
         self.statistics = statistics
         self.maximumConnections = maximumConnections
         self.logger = logger
+        self.servesJobPages = servesJobPages
     }
 
     /// Binds, then calls `listening` with the address and serves until cancelled or `stop()`.
