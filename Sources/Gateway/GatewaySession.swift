@@ -482,21 +482,27 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             access = .everything
             return answer(slot, SessionReply(request.reply(.ok)))
         }
-        let credentials = configuration.credentials ?? GatewayCredentials([])
+        // No credentials file: no name exists, and there is nothing a quick answer could tell.
+        guard let credentials = configuration.credentials else { return authFailed(request, slot: slot, named: true) }
         isVerifyingAuth = true
-        NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) { credentials.verify(name: name, secret: secret)?.name }
-            .assumeIsolated().whenComplete { result in
-                self.isVerifyingAuth = false
-                guard !self.isClosed else { return }
-                if case .success(let name?) = result {
-                    self.access = .credential(name: name)
-                    self.answer(slot, SessionReply(request.reply(.ok)))
-                } else {
-                    self.authFailed(request, slot: slot, named: true)
+        let verify = {
+            NIOThreadPool.singleton.runIfActive(eventLoop: self.context.eventLoop) { credentials.verify(name: name, secret: secret)?.name }
+                .assumeIsolated().whenComplete { result in
+                    self.isVerifyingAuth = false
+                    guard !self.isClosed else { return }
+                    if case .success(let name?) = result {
+                        self.access = .credential(name: name)
+                        self.answer(slot, SessionReply(request.reply(.ok)))
+                    } else {
+                        self.authFailed(request, slot: slot, named: true)
+                    }
+                    self.startUnstarted()
+                    self.resumeReadingIfHeld()
                 }
-                self.startUnstarted()
-                self.resumeReadingIfHeld()
-            }
+        }
+        // A guess after a delayed wrong one starts when that one is answered: --auth-delay paces the KDFs too.
+        guard lastAuthFailureAnswer > .now() else { return verify() }
+        context.eventLoop.assumeIsolated().scheduleTask(deadline: lastAuthFailureAnswer) { if !self.isClosed { verify() } }
     }
 
     /// A wrong secret: each further one is answered later (a timer, the event loop never waits), and the last one

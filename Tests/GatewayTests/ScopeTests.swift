@@ -164,6 +164,19 @@ struct ScopeTests {
         }
     }
 
+    /// Without a credentials file, `AUTH <name> <secret>` is a wrong secret (it was BAD_FORMAT before the named
+    /// form existed); the connection stays and `AUTH <secret>` works as ever.
+    @Test func namedAuthWithoutCredentialsFile() async throws {
+        try await withGatewayStack({ $0.secrets = ["s3cret"] }) { stack in
+            let client = try await stack.connect()
+            try await client.send("AUTH someone s3cret\n")
+            #expect(try await client.expectError(.denied) == "wrong name or secret")
+            #expect(try await client.request("AUTH s3cret\n") == .reply(.ok))
+            try await client.send("STATUS \(GatewayJobID.unissued)\n")
+            try await client.expectError(.notFound)
+        }
+    }
+
     /// A reload that drops a credential's scope applies to connections already authenticated with it.
     @Test func reloadAppliesToAuthenticatedConnections() async throws {
         try await withGatewayStack(Self.configure) { stack in
