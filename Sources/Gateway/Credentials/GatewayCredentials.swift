@@ -80,8 +80,9 @@ public struct SecretHash: Hashable, Sendable, CustomStringConvertible {
         self.key = key
     }
 
-    /// A new hash of `secret` under a random salt.
+    /// A new hash of `secret` under a random salt; `rounds` must be at least `minimumRounds`.
     public static func make(_ secret: String, rounds: Int = defaultRounds) -> SecretHash {
+        precondition(rounds >= minimumRounds, "PBKDF2 rounds below the minimum")
         let salt = (0..<16).map { _ in UInt8.random(in: .min ... .max) }
         return SecretHash(rounds: rounds, salt: salt, key: derive(secret, salt: salt, rounds: rounds))
     }
@@ -155,8 +156,11 @@ public struct GatewayCredential: Sendable {
 /// `#` starts a comment; a name appears once; a scope may be given once per line.
 public struct GatewayCredentials: Sendable {
     public let byName: [String: GatewayCredential]
-    /// The KDF rounds an unknown name is checked with: the most any secret uses, so that it takes as long.
+    /// What a check runs besides a credential's own secrets: an unknown name, and a name with fewer secrets than
+    /// another (one being rotated has two), is checked against this hash (the most rounds any secret uses) until
+    /// every check has run `kdfsPerCheck` KDFs, so that no name takes longer than another.
     let decoy: SecretHash
+    let kdfsPerCheck: Int
     /// Names, then 8 hex digits of a SHA-256 over every credential: a reload's log says whether the file changed,
     /// without showing a hash.
     public let summary: String
@@ -164,6 +168,7 @@ public struct GatewayCredentials: Sendable {
     public init(_ credentials: [GatewayCredential]) {
         byName = Dictionary(credentials.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         decoy = SecretHash.decoy(rounds: credentials.flatMap(\.secrets).map(\.rounds).max() ?? SecretHash.defaultRounds)
+        kdfsPerCheck = max(1, credentials.map(\.secrets.count).max() ?? 1)
         let described = byName.values.sorted { $0.name < $1.name }.map { credential in
             let grants = credential.grants.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value.map(\.description))" }
             return "\(credential.name) \(credential.secrets.map(\.description)) \(grants)"
@@ -222,15 +227,16 @@ public struct GatewayCredentials: Sendable {
     }
 
     /// The credential `name` proves with `secret`, or nil: an unknown name and a wrong secret take the same path
-    /// (a full KDF, then nil), so neither timing nor answer tells which it was. Slow: call it off the event loop.
+    /// (the same number of full KDFs, then nil), so neither timing nor answer tells which it was. Slow: call it off
+    /// the event loop.
     public func verify(name: String, secret: String) -> GatewayCredential? {
-        guard let credential = byName[name] else {
-            _ = decoy.verifies(secret)
-            return nil
-        }
-        // Every listed secret is tried (at most two, while rotating), whichever matches.
+        let credential = byName[name]
+        let hashes = credential?.secrets ?? []
         var matched = false
-        for hash in credential.secrets where hash.verifies(secret) { matched = true }
+        // Every hash is tried, whichever matches: the work does not depend on which secret (if any) is right.
+        for hash in hashes + Array(repeating: decoy, count: max(0, kdfsPerCheck - hashes.count)) where hash.verifies(secret) {
+            matched = matched || hashes.contains(hash)
+        }
         return matched ? credential : nil
     }
 
