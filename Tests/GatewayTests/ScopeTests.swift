@@ -41,7 +41,8 @@ struct ScopeTests {
     }
 
     /// Every verb under every scope: what the scope covers runs, the rest is `NOPERM` (the connection stays usable),
-    /// and a scope on `rev*` does not reach `other`. Verbs that need no scope (PING, UNWATCH, UNSUBSCRIBE) always run.
+    /// and a scope on `rev*` does not reach `other`. Verbs that need no scope (PING, HELLO, HEALTH, UNWATCH,
+    /// UNSUBSCRIBE) always run.
     @Test func everyVerbUnderEveryScope() async throws {
         try await withGatewayStack(Self.configure) { stack in
             let all = try await Self.authenticated(stack, "all", "x")
@@ -73,6 +74,8 @@ struct ScopeTests {
                 ("UNWATCH \(reverseJob)", nil),
                 ("UNSUBSCRIBE reverse", nil),
                 ("PING", nil),
+                ("HELLO", nil),
+                ("HEALTH", nil),
             ]
             for (name, secret, scope) in [("submitter", "s", GatewayScope.submit), ("reader", "r", .read), ("subscriber", "b", .subscribe), ("admin", "a", .admin)] {
                 let client = try await Self.authenticated(stack, name, secret)
