@@ -3,8 +3,8 @@ import GatewayProtocol
 /// What an authenticated connection may do: everything (no authentication, or `AUTH <secret>` with one of
 /// `--secrets`), or what a named credential of the credentials file allows.
 ///
-/// A credential is looked up by name at every check, so a reload (SIGHUP) that changes or removes it applies to
-/// connections already authenticated with it.
+/// A credential is looked up by name at every check, so a reload (SIGHUP) that changes or removes it applies to the
+/// next requests of connections already authenticated with it (what they follow already, they keep).
 enum SessionAccess: Sendable {
     case everything
     case credential(name: String)
