@@ -32,6 +32,12 @@ struct GatewayBackend: Sendable {
     /// Whether the legacy bridge's poller already follows a job (then a lookup need not poll it too).
     let isFollowed: @Sendable (JobID) -> Bool
 
+    /// A `SUBMIT`, and the namespace its `unique=` coalesces in (its credential's; nil: the deployment-wide one).
+    struct Submission: Sendable {
+        var request: GatewaySubmission
+        var namespace: String?
+    }
+
     /// What a `SUBMIT` got: its job id, and whether it created the job or joined an unfinished one.
     struct Submitted: Sendable {
         var id: JobID
@@ -46,9 +52,12 @@ struct GatewayBackend: Sendable {
     /// The records enter the unaccepted index with their creation and leave it in one `SREM` once gearmand answered
     /// (or they were joined, or failed): what a gateway killed in between leaves there is found by the sweep of any
     /// gateway (`sweepUnacceptedJobs`), followed or not, and is never joined blindly (`CreateOutcome.unaccepted`).
-    func submit(_ submissions: [GatewaySubmission], turn: BatchTurn) async -> [Result<Submitted, GatewayFailure>] {
+    func submit(_ submissions: [Submission], turn: BatchTurn) async -> [Result<Submitted, GatewayFailure>] {
         let jobs = submissions.map {
-            RedisJobStore.NewJob(id: ids.mint(), function: $0.function.rawValue, unique: $0.unique?.rawValue, resultTTL: configuration.resultTTL)
+            RedisJobStore.NewJob(
+                id: ids.mint(), function: $0.request.function.rawValue, unique: $0.request.unique?.rawValue, resultTTL: configuration.resultTTL,
+                namespace: $0.namespace
+            )
         }
         let created: [Result<RedisJobStore.CreateOutcome, JobStoreError>]
         await turn.begin()
@@ -112,8 +121,8 @@ struct GatewayBackend: Sendable {
         }
         let requests = toSubmit.map { index in
             GearmanJobRequest(
-                function: jobs[index].function, unique: jobs[index].id.rawValue, payload: submissions[index].payload,
-                priority: Self.priority(submissions[index].priority)
+                function: jobs[index].function, unique: jobs[index].id.rawValue, payload: submissions[index].request.payload,
+                priority: Self.priority(submissions[index].request.priority)
             )
         }
         var located: [(index: Int, location: RedisJobStore.JobLocation)] = []

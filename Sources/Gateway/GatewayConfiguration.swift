@@ -19,6 +19,12 @@ public struct GatewayConfiguration: Sendable {
     public var httpPort: Int?
     /// Accepted `AUTH` secrets; none means no authentication. Several allow rotating a secret.
     public var secrets: [String] = []
+    /// Named credentials with scopes (`--credentials`): `AUTH <name> <secret>`; nil: none. With credentials (or
+    /// secrets) every connection must authenticate.
+    public var credentials: GatewayCredentials?
+
+    /// Whether clients must `AUTH` before anything but HELLO, AUTH, PING, HEALTH and QUIT.
+    public var requiresAuthentication: Bool { !secrets.isEmpty || credentials != nil }
 
     // MARK: Legacy workers that store results in memcached under the Gearman job handle
     /// Memcached-backed functions and the PHP extension their workers store with; all others use Redis.
@@ -79,12 +85,14 @@ public struct GatewayConfiguration: Sendable {
 
     public init() {}
 
-    /// This configuration with what a running gateway takes from `new` on reload (SIGHUP): the secrets (for new
-    /// `AUTH`s), the limits and the timeouts. The rest (addresses, servers, key prefix, legacy bridge, job timing)
-    /// is built into the running parts and needs a restart.
+    /// This configuration with what a running gateway takes from `new` on reload (SIGHUP): the secrets and
+    /// credentials (for new `AUTH`s; a credential's scopes also for connections using it), the limits and the
+    /// timeouts. The rest (addresses, servers, key prefix, legacy bridge, job timing) is built into the running parts
+    /// and needs a restart.
     public func applyingReloadable(from new: GatewayConfiguration) -> GatewayConfiguration {
         var result = self
         result.secrets = new.secrets
+        result.credentials = new.credentials
         result.maximumLineLength = new.maximumLineLength
         result.maximumPayloadSize = new.maximumPayloadSize
         result.maximumWatchesPerConnection = new.maximumWatchesPerConnection

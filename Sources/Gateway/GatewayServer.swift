@@ -137,7 +137,8 @@ public final class GatewayServer: Service {
                 if let httpPort = configuration.httpPort {
                     let http = GatewayHTTPServer(
                         host: configuration.httpHost, port: httpPort, backend: backend, hub: hub, statistics: statistics,
-                        maximumConnections: configuration.maximumConnections, logger: logger
+                        maximumConnections: configuration.maximumConnections, logger: logger,
+                        servesJobPages: { [live] in live.value.credentials == nil }
                     )
                     group.addTask {
                         // Cancelled below once the line protocol has drained: the HTTP port's normal end, not a failure.

@@ -3,13 +3,14 @@ import GatewayProtocol
 import JobStore
 import Logging
 import NIOCore
+import NIOPosix
 import Synchronization
 
 /// What every session of a gateway shares (a class: each of possibly 10,000 sessions holds a reference, not a copy).
 final class SessionServices: Sendable {
     let backend: GatewayBackend
     let hub: PushHub
-    let submits: BackendBatcher<GatewaySubmission, GatewayBackend.Submitted>
+    let submits: BackendBatcher<GatewayBackend.Submission, GatewayBackend.Submitted>
     let lookups: BackendBatcher<GatewayJobID, JobLookup>
     let live: LiveConfiguration
     /// Reads the results (or reasons) of finished records found by `lookups`; nil where the record expired since.
@@ -105,7 +106,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var backlog: OutputBacklog
     /// Encoded responses not handed to the channel yet (written at the next flush).
     private var output: ByteBuffer?
-    private var isAuthenticated: Bool
+    /// What the connection may do; nil until it authenticates (when the gateway requires it).
+    private var access: SessionAccess?
+    private var isAuthenticated: Bool { access != nil }
+    /// A credential's `AUTH` is being checked (a slow KDF, off the event loop): no later request starts until it is
+    /// answered, so that what a client pipelines behind its `AUTH` runs authenticated.
+    private var isVerifyingAuth = false
     /// No more reading: the client closed its side, the gateway shuts down, or `QUIT`. What was read is answered.
     private var inputEnded = false
     /// No more requests are started (`QUIT`, or the idle timeout).
@@ -158,7 +164,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             maximumPayloadSize: services.configuration.maximumPayloadSize
         )
         self.backlog = OutputBacklog(limit: services.configuration.outputBufferLimit)
-        self.isAuthenticated = services.configuration.secrets.isEmpty
+        self.access = services.configuration.requiresAuthentication ? nil : .everything
     }
 
     // MARK: Lifecycle
@@ -267,7 +273,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Replies are never the client's fault: rather than count them against the output limit, the session starts no
     /// requests while half of it waits, held back or unwritten (result bytes apart: the lookup budget bounds them).
     private var mayStart: Bool {
-        replies.outstanding < Self.maximumOutstanding && heldReplyBytes + backlog.bytes <= configuration.outputBufferLimit / 2
+        !isVerifyingAuth && replies.outstanding < Self.maximumOutstanding && heldReplyBytes + backlog.bytes <= configuration.outputBufferLimit / 2
     }
 
     private func resumeReadingIfHeld() {
@@ -309,7 +315,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// unread: a request that cannot succeed costs no memory however large its block.
     private func admit(_ block: GatewayBlockAnnouncement) -> GatewayRequestError? {
         // Not while an AUTH read before it still waits to start: it may succeed.
-        if !isAuthenticated && unstarted.isEmpty {
+        if !isAuthenticated && unstarted.isEmpty && !isVerifyingAuth {
             return GatewayRequestError(tag: block.tag, code: .noAuth, message: "authenticate with AUTH first; the data block was skipped")
         }
         let limit = configuration.inputBufferLimit
@@ -386,23 +392,23 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
                 return answer(slot, SessionReply(request.reply(.error(code: .noAuth, message: "authenticate with AUTH first"))))
             }
         }
+        // The one place verbs meet scopes; reads by id are checked again once the job's function is known.
+        if let refusal = access?.refusal(of: request.command, in: configuration.credentials) {
+            if case .submit(let submission) = request.command { releaseInput(submission.payload.readableBytes) }
+            return answer(slot, SessionReply(request.reply(SessionAccess.refused(refusal))))
+        }
         switch request.command {
         case .hello:
             let info = GatewayServerInfo(
                 version: JobGateVersion.current,
-                authenticationRequired: !configuration.secrets.isEmpty,
+                authenticationRequired: configuration.requiresAuthentication,
                 maximumPayloadSize: configuration.maximumPayloadSize
             )
             answer(slot, SessionReply(request.reply(.hello(info))))
         case .ping:
             answer(slot, SessionReply(request.reply(.pong)))
-        case .auth(let secret):
-            if configuration.secrets.isEmpty || configuration.secrets.contains(where: { Self.constantTimeEqual($0, secret) }) {
-                isAuthenticated = true
-                answer(slot, SessionReply(request.reply(.ok)))
-            } else {
-                authFailed(request, slot: slot)
-            }
+        case .auth(let name, let secret):
+            authenticate(name: name, secret: secret, request: request, slot: slot)
         case .quit:
             inputEnded = true
             stopsHandling = true
@@ -412,7 +418,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .health:
             answer(slot, SessionReply(request.reply(.health(statistics.backends.health()))))
         case .submit(let submission):
-            services.submits.enqueue(submission, on: context.eventLoop).assumeIsolated().whenComplete { result in
+            let namespaced = GatewayBackend.Submission(request: submission, namespace: access?.coalescingNamespace)
+            services.submits.enqueue(namespaced, on: context.eventLoop).assumeIsolated().whenComplete { result in
                 self.releaseInput(submission.payload.readableBytes)
                 guard !self.isClosed else { return }
                 switch result {
@@ -463,9 +470,45 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
     }
 
+    /// `AUTH <secret>` is checked against `--secrets` at once; `AUTH <name> <secret>` against the credentials file,
+    /// on the thread pool (a slow KDF), one at a time per connection. An unknown name takes the wrong secret's path.
+    private func authenticate(name: String?, secret: String, request: GatewayRequest, slot: Int) {
+        let configuration = self.configuration
+        guard configuration.requiresAuthentication else {
+            access = .everything
+            return answer(slot, SessionReply(request.reply(.ok)))
+        }
+        guard let name else {
+            guard configuration.secrets.contains(where: { Self.constantTimeEqual($0, secret) }) else { return authFailed(request, slot: slot) }
+            access = .everything
+            return answer(slot, SessionReply(request.reply(.ok)))
+        }
+        // No credentials file: no name exists, and there is nothing a quick answer could tell.
+        guard let credentials = configuration.credentials else { return authFailed(request, slot: slot, named: true) }
+        isVerifyingAuth = true
+        let verify = {
+            NIOThreadPool.singleton.runIfActive(eventLoop: self.context.eventLoop) { credentials.verify(name: name, secret: secret)?.name }
+                .assumeIsolated().whenComplete { result in
+                    self.isVerifyingAuth = false
+                    guard !self.isClosed else { return }
+                    if case .success(let name?) = result {
+                        self.access = .credential(name: name)
+                        self.answer(slot, SessionReply(request.reply(.ok)))
+                    } else {
+                        self.authFailed(request, slot: slot, named: true)
+                    }
+                    self.startUnstarted()
+                    self.resumeReadingIfHeld()
+                }
+        }
+        // A guess after a delayed wrong one starts when that one is answered: --auth-delay paces the KDFs too.
+        guard lastAuthFailureAnswer > .now() else { return verify() }
+        context.eventLoop.assumeIsolated().scheduleTask(deadline: lastAuthFailureAnswer) { if !self.isClosed { verify() } }
+    }
+
     /// A wrong secret: each further one is answered later (a timer, the event loop never waits), and the last one
     /// allowed closes the connection, so guessing costs time and connections.
-    private func authFailed(_ request: GatewayRequest, slot: Int) {
+    private func authFailed(_ request: GatewayRequest, slot: Int, named: Bool = false) {
         statistics.authFailures.add(1, ordering: .relaxed)
         authFailures += 1
         let isLast = authFailures >= configuration.maximumAuthFailures
@@ -473,7 +516,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             inputEnded = true
             stopsHandling = true
         }
-        let error = GatewayReply.error(code: .denied, message: isLast ? "wrong secret; too many wrong secrets, closing" : "wrong secret")
+        let wrong = named ? "wrong name or secret" : "wrong secret"
+        let error = GatewayReply.error(code: .denied, message: isLast ? "\(wrong); too many wrong secrets, closing" : wrong)
         let reply = SessionReply(request.reply(error), then: isLast ? .close : nil)
         guard authFailures > 1 else { return answer(slot, reply) }
         // Counted from the previous wrong secret's answer, so pipelined guesses wait one after another.
@@ -485,13 +529,27 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Looks a job up (batched with every session's lookups), without its result: `then` answers (a failure is
     /// answered here).
     private func lookUp(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int, then found: @escaping (JobLookup) -> Void) {
-        services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
+        readableLookup(gatewayID).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let lookup): found(lookup)
             case .failure(let error): self.answer(slot, Self.failure(error, request))
             }
         }
     }
+
+    /// Looks a job up for a read by id: a job of a function the connection's credential may not read fails with
+    /// `NOPERM`, which every lookup's failure path answers.
+    private func readableLookup(_ gatewayID: GatewayJobID) -> EventLoopFuture<JobLookup> {
+        let (access, credentials) = (access, configuration.credentials)
+        return services.lookups.enqueue(gatewayID, on: context.eventLoop).flatMapThrowing { lookup in
+            if case .found(let record) = lookup, access?.mayRead(function: record.function, in: credentials) == false {
+                throw GatewayFailure(code: .noPermission, message: Self.unreadable(record))
+            }
+            return lookup
+        }
+    }
+
+    private static func unreadable(_ record: JobRecord) -> String { "this credential may not read jobs of \(record.function)" }
 
     /// Answers with a finished job's outcome: DONE with the result, or FAILED with the reason.
     private func answerOutcome(_ record: JobRecord, _ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int) {
@@ -578,7 +636,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             let error = GatewayReply.error(code: .tooManyWatches, message: "this connection already watches \(limit) jobs")
             return answer(slot, SessionReply(request.reply(error)))
         }
-        services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
+        readableLookup(gatewayID).assumeIsolated().whenComplete { result in
             switch result {
             case .failure(let error):
                 self.hub.removeWatcher(token, outbox: self.target)
@@ -619,7 +677,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             if self.hub.removeWaiter(token) { self.waitEnded(slot: slot, .stopped) }
         }
         waits[slot] = PendingWait(token: token, gatewayID: gatewayID, request: request, timer: timer)
-        services.lookups.enqueue(gatewayID, on: context.eventLoop).assumeIsolated().whenComplete { result in
+        readableLookup(gatewayID).assumeIsolated().whenComplete { result in
             guard let wait = self.waits[slot] else { return }  // already answered (or the session ended)
             if case .success(.found(let record)) = result, !record.state.isTerminal { return }  // the job's end or the timer answers
             // Unless the job ended meanwhile: then its waiter is on its way with the outcome.
@@ -640,6 +698,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         wait.timer?.cancel()
         let (gatewayID, request) = (wait.gatewayID, wait.request)
         switch outcome {
+        case .ended(let record?) where access?.mayRead(function: record.function, in: configuration.credentials) == false:
+            answer(slot, SessionReply(request.reply(SessionAccess.refused(Self.unreadable(record)))))  // it ended before the lookup came back
         case .ended(let record?):
             answerOutcome(record, gatewayID, request: request, slot: slot)
         case .ended(nil):

@@ -29,8 +29,8 @@ public struct GatewayRequest: Hashable, Sendable {
 public enum GatewayCommand: Hashable, Sendable {
     /// `HELLO` → `HELLO jobgate <version> proto=1 auth=<none|required> max-payload=<bytes>`
     case hello
-    /// `AUTH <secret>` → `OK` or `ERR DENIED`
-    case auth(secret: String)
+    /// `AUTH <secret>`, or `AUTH <name> <secret>` for a named credential (*extension*) → `OK` or `ERR DENIED`
+    case auth(name: String? = nil, secret: String)
     /// `SUBMIT <function> <bytes> [unique=<key>] [priority=high|normal|low] [wait=<ms>]` + data block
     case submit(GatewaySubmission)
     /// `STATUS <id>` → `STATUS <id> <state> <num> <den>`

@@ -39,6 +39,8 @@ public struct GatewayErrorCode: RawRepresentable, Hashable, Sendable, CustomStri
     public static let tooManySubscriptions = GatewayErrorCode(known: "TOO_MANY_SUBSCRIPTIONS")
     /// Extension: a request took longer than the request timeout to arrive whole; the connection is closed.
     public static let requestTimeout = GatewayErrorCode(known: "REQUEST_TIMEOUT")
+    /// Extension: the credential the connection authenticated with has no scope for this verb on this function.
+    public static let noPermission = GatewayErrorCode(known: "NOPERM")
 
     public var description: String { rawValue }
 }

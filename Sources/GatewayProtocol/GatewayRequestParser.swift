@@ -64,11 +64,14 @@ enum GatewayRequestParser {
                 try expect(arguments, verb, usage: "")
                 command = .hello
             case "AUTH":
-                try expect(arguments, verb, usage: " <secret>")
-                guard let secret = GatewaySyntax.string(validating: arguments[0]), GatewaySyntax.isWord(secret, maximumLength: .max) else {
-                    throw .badFormat("the secret must be UTF-8 without control characters")
+                guard arguments.count == 1 || arguments.count == 2 else { throw .badFormat("wrong number of arguments: AUTH [<name>] <secret>") }
+                let words = try arguments.map { word throws(Failure) in
+                    guard let text = GatewaySyntax.string(validating: word), GatewaySyntax.isWord(text, maximumLength: .max) else {
+                        throw .badFormat("the name and the secret must be UTF-8 without control characters")
+                    }
+                    return text
                 }
-                command = .auth(secret: secret)
+                command = .auth(name: words.count == 2 ? words[0] : nil, secret: words[words.count - 1])
             case "SUBMIT":
                 let pending = try submission(arguments, tag: tag, maximumPayloadSize: maximumPayloadSize)
                 return .block(length: blockLength!, .success(pending))

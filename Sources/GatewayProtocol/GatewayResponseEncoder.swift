@@ -123,15 +123,15 @@ public struct GatewayRequestEncoder: MessageToByteEncoder, Sendable {
     }
 
     /// Appends one request; several calls fill one buffer for pipelining. Throws `invalidArgument` for an `AUTH`
-    /// secret that is not one word; nothing is written then.
+    /// name or secret that is not one word; nothing is written then.
     public static func write(_ request: GatewayRequest, into out: inout ByteBuffer) throws(GatewayProtocolError) {
         let tag = request.tag.map { "@\($0.rawValue) " } ?? ""
         switch request.command {
-        case .auth(let secret):
-            guard GatewaySyntax.isWord(secret, maximumLength: .max) else {
-                throw GatewayProtocolError(code: .invalidArgument, message: "an AUTH secret must be one word without control characters")
+        case .auth(let name, let secret):
+            guard GatewaySyntax.isWord(secret, maximumLength: .max), name.map({ GatewaySyntax.isWord($0, maximumLength: .max) }) ?? true else {
+                throw GatewayProtocolError(code: .invalidArgument, message: "an AUTH name and secret must each be one word without control characters")
             }
-            out.writeString("\(tag)AUTH \(secret)\r\n")
+            out.writeString("\(tag)AUTH \(name.map { "\($0) " } ?? "")\(secret)\r\n")
         case .submit(let submission):
             var line = "\(tag)SUBMIT \(submission.function) \(submission.payload.readableBytes)"
             if let unique = submission.unique { line += " unique=\(unique)" }

@@ -24,8 +24,13 @@ public struct JobKeySchema: Sendable, Hashable {
         return JobID(rawValue: String(key.dropFirst(jobPrefix.count)))
     }
 
-    /// Coalescing index: the id of the job submitted with this function and client unique key.
-    public func uniqueKey(function: String, unique: String) -> String { "\(prefix)unique:\(function):\(unique)" }
+    /// Coalescing index: the id of the job submitted with this function and client unique key, in the deployment-wide
+    /// namespace (nil) or a credential's (function names and unique keys hold no spaces, so the parts cannot run
+    /// into each other, whatever they contain).
+    public func uniqueKey(function: String, unique: String, namespace: String? = nil) -> String {
+        guard let namespace else { return "\(prefix)unique:\(function):\(unique)" }
+        return "\(prefix)unique@\(namespace) \(function) \(unique)"
+    }
 
     /// Jobs created and not yet accepted by gearmand: a set of ids (their records say when they were created).
     public var unacceptedKey: String { "\(prefix)unaccepted" }
@@ -95,12 +100,15 @@ public final class RedisJobStore: Sendable {
         public var function: String
         public var unique: String?
         public var resultTTL: Int?
+        /// Whose submissions `unique` coalesces with: a credential's name, or nil for everyone's (see `uniqueKey`).
+        public var namespace: String?
 
-        public init(id: JobID, function: String, unique: String?, resultTTL: Int? = nil) {
+        public init(id: JobID, function: String, unique: String?, resultTTL: Int? = nil, namespace: String? = nil) {
             self.id = id
             self.function = function
             self.unique = unique
             self.resultTTL = resultTTL
+            self.namespace = namespace
         }
     }
 
@@ -152,7 +160,7 @@ public final class RedisJobStore: Sendable {
         let nowArgument = RedisArgument(now)
         var arguments = [Constant.script, job.unique == nil ? Constant.twoKeys : Constant.threeKeys, "\(schema.jobKey(job.id))"]
         arguments.append(unacceptedKeyArgument)
-        if let unique = job.unique { arguments.append("\(schema.uniqueKey(function: job.function, unique: unique))") }
+        if let unique = job.unique { arguments.append("\(schema.uniqueKey(function: job.function, unique: unique, namespace: job.namespace))") }
         arguments += ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince]
         arguments += [Constant.state, Constant.queued, Constant.function, "\(job.function)"]
         arguments += Constant.zeroProgress

@@ -20,10 +20,12 @@ enum ClientExit: Int32, CaseIterable {
     case notFound = 5
     /// No answer from the gateway, or it refused the request (AUTH, a limit, BACKEND_DOWN, a protocol error).
     case gatewayError = 6
+    /// The gateway's credentials file does not let this credential do that (`ERR NOPERM`).
+    case notPermitted = 7
 
     // One paragraph: the help wraps it to the terminal's width.
     static let help = "Exit status: 0 done (or, for status, a job that has not failed), 1 failed, 2 lost, 3 expired, "
-        + "4 --wait passed first (the job goes on), 5 unknown id, 6 gateway unreachable or refused the request, 64 bad usage."
+        + "4 --wait passed first (the job goes on), 5 unknown id, 6 gateway unreachable or refused the request, 7 not permitted to the credential (NOPERM), 64 bad usage."
 }
 
 /// A failure that ends the command with one of the ``ClientExit`` codes after a line on stderr.
@@ -39,6 +41,9 @@ struct GatewayClientOptions: ParsableArguments {
 
     @Option(help: "Secret to AUTH with (or JOBGATE_SECRET; prefer the variable: a command line is visible to other users).")
     var secret: String?
+
+    @Option(help: "Credential name to AUTH with, for a gateway with a credentials file (or JOBGATE_USER).")
+    var user: String?
 
     func address() throws -> (host: String, port: Int) {
         let text = gateway ?? ProcessInfo.processInfo.environment["JOBGATE_GATEWAY"] ?? "127.0.0.1:4740"
@@ -67,11 +72,12 @@ struct GatewayClientOptions: ParsableArguments {
             throw ClientFailure(exit: .gatewayError, message: "cannot connect to the gateway at \(host):\(port): \(error)")
         }
         let secret = self.secret ?? ProcessInfo.processInfo.environment["JOBGATE_SECRET"]
+        let user = (self.user ?? ProcessInfo.processInfo.environment["JOBGATE_USER"]).flatMap { $0.isEmpty ? nil : $0 }
         do {
             return try await channel.executeThenClose { inbound, outbound in
                 var connection = GatewayClientConnection(responses: inbound.makeAsyncIterator(), outbound: outbound)
                 if let secret, !secret.isEmpty {
-                    switch try await connection.request(.auth(secret: secret)) {
+                    switch try await connection.request(.auth(name: user, secret: secret)) {
                     case .ok: break
                     case let other: throw connection.unexpected(other)
                     }
@@ -115,7 +121,8 @@ struct GatewayClientConnection {
     /// An `ERR` reply or a reply that does not fit the request, as the failure to exit with.
     func unexpected(_ reply: GatewayReply) -> ClientFailure {
         if case .error(let code, let message) = reply {
-            return ClientFailure(exit: code == .notFound ? .notFound : .gatewayError, message: "\(code) \(message)")
+            let exit: ClientExit = code == .notFound ? .notFound : code == .noPermission ? .notPermitted : .gatewayError
+            return ClientFailure(exit: exit, message: "\(code) \(message)")
         }
         return ClientFailure(exit: .gatewayError, message: "unexpected reply from the gateway: \(reply)")
     }

@@ -25,7 +25,7 @@ struct Serve: AsyncParsableCommand {
             Command-line options win over the environment, which wins over the file. An unknown name in the \
             file, an unknown JOBGATE_ variable or a bad value stops the start (exit 78) naming it; \
             --check-config checks and prints the effective configuration without starting. \
-            SIGHUP reloads the secrets, limits, timeouts and log level; SIGTERM or SIGINT stop gracefully.
+            SIGHUP reloads the secrets, the credentials file, limits, timeouts and log level; SIGTERM or SIGINT stop gracefully.
 
             Example (everything on this machine, the defaults):
               jobgate serve --listen 127.0.0.1:4740 --gearman 127.0.0.1:4730 \\
@@ -64,6 +64,11 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Secrets clients must AUTH with, comma-separated; none: no authentication.")
     var secrets: String?
+
+    @Option(
+        help: "Credentials file: named credentials (AUTH <name> <secret>) with scopes; see `jobgate credentials hash`. Reloaded on SIGHUP. (default: none)"
+    )
+    var credentials: String?
 
     @Option(
         name: .customLong("legacy-functions"),
@@ -256,6 +261,7 @@ struct Serve: AsyncParsableCommand {
             ("redis-db", "\(gateway.redis.database ?? 0)"),
             ("key-prefix", gateway.keyPrefix),
             ("secrets", gateway.secrets.isEmpty ? "none" : gateway.secrets.joined(separator: ",")),
+            ("credentials", gateway.credentials?.summary ?? "none"),
             ("legacy-functions", legacy.joined(separator: ",")),
             ("memcached", gateway.memcachedServers.map { "\($0.host):\($0.port)" }.joined(separator: ",")),
             ("memcached-distribution", Distribution.allCases.first { $0.value == gateway.memcachedDistribution }?.rawValue ?? ""),
@@ -310,6 +316,13 @@ struct Serve: AsyncParsableCommand {
         configuration.keyPrefix = settings.value("key-prefix", keyPrefix) ?? configuration.keyPrefix
         if let secrets = settings.value("secrets", secrets) {
             configuration.secrets = secrets.split(separator: ",").map(String.init)
+        }
+        if let path = settings.value("credentials", credentials), !path.isEmpty, path != "none" {
+            do {
+                configuration.credentials = try GatewayCredentials.load(path: path)
+            } catch {
+                throw ConfigurationError("\(settings.source("credentials", commandLine: credentials != nil)): \(error.description)")
+            }
         }
         if let legacy = settings.value("legacy-functions", legacyFunctions) {
             for entry in legacy.split(separator: ",") {

@@ -102,7 +102,7 @@ final class Settings {
     /// Variables that other jobgate programs read or set: the command-line client's, those the worker gives each job's
     /// program, the test harness's and the build's. One shell may well hold them beside a command's own.
     static let otherProgramsVariables: Set = [
-        "JOBGATE_GATEWAY", "JOBGATE_SECRET", "JOBGATE_FUNCTION", "JOBGATE_HANDLE", "JOBGATE_UNIQUE", "JOBGATE_JOB_ID",
+        "JOBGATE_GATEWAY", "JOBGATE_SECRET", "JOBGATE_USER", "JOBGATE_FUNCTION", "JOBGATE_HANDLE", "JOBGATE_UNIQUE", "JOBGATE_JOB_ID",
         "JOBGATE_PROGRESS_FD", "JOBGATE_TEST_PID_DIR", "JOBGATE_DEMO_DIR", "JOBGATE_FUZZ",
     ]
 

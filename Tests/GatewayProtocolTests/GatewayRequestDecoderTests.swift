@@ -12,6 +12,7 @@ import Testing
     static let commands: [(String, GatewayCommand)] = [
         ("HELLO", .hello),
         ("AUTH s3cr=t!", .auth(secret: "s3cr=t!")),
+        ("AUTH resizer s3cr=t!", .auth(name: "resizer", secret: "s3cr=t!")),
         ("STATUS \(id)", .status(.sample)),
         ("RESULT \(id)", .result(.sample)),
         ("WAIT \(id) 2500", .wait(.sample, timeoutMilliseconds: 2500)),

@@ -32,6 +32,14 @@ import Testing
         #expect(String(buffer: wire) == "@t1 SUBMIT reverse 3 unique=k priority=high wait=500\r\nabc\r\n")
     }
 
+    /// `AUTH <name> <secret>` (a named credential) as one line.
+    @Test func namedAuth() throws {
+        var wire = ByteBuffer()
+        try GatewayRequestEncoder.write(GatewayRequest(tag: .t1, .auth(name: "resizer", secret: "pw")), into: &wire)
+        #expect(String(buffer: wire) == "@t1 AUTH resizer pw\r\n")
+        #expect(throws: GatewayProtocolError.self) { try GatewayRequestEncoder.write(GatewayRequest(.auth(name: "two words", secret: "pw")), into: &wire) }
+    }
+
     /// A secret that would split the line is refused and nothing is written.
     @Test(arguments: ["", "two words", "line\nbreak", "nul\0"])
     func badSecret(secret: String) {

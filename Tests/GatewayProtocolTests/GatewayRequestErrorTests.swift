@@ -50,7 +50,7 @@ import Testing
         BadInput("SUBSCRIBE\n", .badFormat, "SUBSCRIBE without function"),
         BadInput("UNSUBSCRIBE a b\n", .badFormat, "UNSUBSCRIBE with two functions"),
         BadInput("AUTH\n", .badFormat, "AUTH without secret"),
-        BadInput("AUTH a b\n", .badFormat, "AUTH with two words"),
+        BadInput("AUTH a b c\n", .badFormat, "AUTH with three words"),
         // Ids, numbers, names
         BadInput("STATUS bad/id\n", .badFormat, "id with a slash"),
         BadInput("RESULT \(String(repeating: "a", count: 129))\n", .badFormat, "id of 129 bytes"),

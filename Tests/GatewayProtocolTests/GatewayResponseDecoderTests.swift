@@ -101,6 +101,13 @@ import Testing
         #expect(feed.outputs == [.reply(.error(code: GatewayErrorCode(rawValue: "SOMETHING_NEW")!, message: "because"), tag: tag("q"))])
     }
 
+    /// `NOPERM` (a verb outside the credential's scope) decodes to its named code.
+    @Test func noPermission() throws {
+        var feed = DecoderFeed(GatewayResponseDecoder())
+        try feed.feed("ERR NOPERM resizer may not subscribe billing\n")
+        #expect(feed.outputs == [.reply(.error(code: .noPermission, message: "resizer may not subscribe billing"), tag: nil)])
+    }
+
     /// Lines a conforming server never sends are protocol errors.
     @Test(arguments: [
         ("FROB\n", GatewayProtocolError.Code.malformedLine),

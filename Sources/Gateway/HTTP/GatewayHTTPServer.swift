@@ -24,10 +24,16 @@ final class GatewayHTTPServer: Sendable {
     private let requestTimeout: TimeAmount = .seconds(10)
     private let maximumConnections: Int
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
+    /// Job pages answer 403 while the gateway has a credentials file: the HTTP port has no credentials, and the
+    /// `read` scope would mean nothing if a page showed any job to whoever holds its id.
+    private let servesJobPages: @Sendable () -> Bool
     /// Largest result shown on a job page; the rest is cut (the line protocol has all of it).
     static let maximumResultShown = 256 * 1024
 
-    init(host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int, logger: Logger) {
+    init(
+        host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int, logger: Logger,
+        servesJobPages: @escaping @Sendable () -> Bool = { true }
+    ) {
         self.host = host
         self.port = port
         self.backend = backend
@@ -35,6 +41,7 @@ final class GatewayHTTPServer: Sendable {
         self.statistics = statistics
         self.maximumConnections = maximumConnections
         self.logger = logger
+        self.servesJobPages = servesJobPages
     }
 
     /// Binds, then calls `listening` with the address and serves until cancelled or `stop()`.
@@ -126,6 +133,8 @@ final class GatewayHTTPServer: Sendable {
         case ["metrics"]:
             let text = statistics.exposition(watchedJobs: hub.feed.followedCount)
             try await send(.ok, "text/plain; version=0.0.4; charset=utf-8", text, head: head, outbound: outbound)
+        case let route where route.first == "jobs" && !servesJobPages():
+            try await send(.forbidden, "text/plain; charset=utf-8", "job pages are off: this gateway has credentials (use the line protocol)\n", head: head, outbound: outbound)
         case let route where route.count == 2 && route[0] == "jobs":
             guard let id = GatewayJobID(rawValue: String(route[1])) else { return try await notFound(head, outbound) }
             guard let held = try await lookUp(id, head: head, outbound: outbound) else { return }

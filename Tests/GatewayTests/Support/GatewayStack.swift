@@ -25,10 +25,11 @@ struct GatewayStack: Sendable {
         try await GatewayTestClient.connect(port: port)
     }
 
-    func store() -> RedisJobStore {
+    /// A store on the gateway's Redis, connected as the gateway is, or with `redis` (another ACL user).
+    func store(redis: RedisConnectionConfiguration? = nil) -> RedisJobStore {
         var configuration = JobStoreConfiguration()
         configuration.schema = JobKeySchema(prefix: self.configuration.keyPrefix)
-        return RedisJobStore(redis: RedisConnectionPool(configuration: self.configuration.redis, size: 1), configuration: configuration)
+        return RedisJobStore(redis: RedisConnectionPool(configuration: redis ?? self.configuration.redis, size: 1), configuration: configuration)
     }
 }
 
@@ -36,10 +37,11 @@ struct GatewayStack: Sendable {
 func withGatewayStack<T: Sendable>(
     _ configure: (inout GatewayConfiguration) -> Void = { _ in },
     logger: Logger = Logger(label: "test.gateway"),
+    redisArguments: [String] = [],
     _ body: @Sendable (GatewayStack) async throws -> T
 ) async throws -> T {
     try await withLocalServer(.gearmand) { gearmand in
-        try await withLocalServer(.redis) { redis in
+        try await withLocalServer(.redis, arguments: redisArguments) { redis in
             var configuration = GatewayConfiguration()
             configuration.port = 0
             configuration.gearmanServers = [GearmanServerAddress(host: gearmand.host, port: gearmand.port)]
@@ -69,10 +71,11 @@ typealias ProgressReporter = @Sendable (UInt32, UInt32, String) async throws -> 
 func withTestWorker<T: Sendable>(
     _ stack: GatewayStack,
     concurrency: Int = 4,
+    redis: RedisConnectionConfiguration? = nil,
     _ handlers: [String: @Sendable (ByteBuffer, ProgressReporter) async throws -> ByteBuffer],
     _ body: @Sendable () async throws -> T
 ) async throws -> T {
-    let store = stack.store()
+    let store = stack.store(redis: redis)
     var gearmanHandlers: [String: GearmanJobHandler] = [:]
     for (function, handler) in handlers {
         gearmanHandlers[function] = { job, reporter in
