@@ -25,6 +25,10 @@ public struct BenchmarkOptions: Sendable, Codable {
     public var legacyJobs = 200
     /// Jobs the legacy worker runs at once (each holds 0.5–1.5 s).
     public var legacyConcurrency = 50
+    /// Jobs of each worker section's throughput part (swift-worker, command-worker, php-worker).
+    public var workerJobs = 5_000
+    /// Jobs one at a time of each worker section's latency part.
+    public var workerLatencySamples = 1_000
 
     public init() {}
 
@@ -43,20 +47,51 @@ public struct BenchmarkOptions: Sendable, Codable {
         options.watchers = 100
         options.legacyJobs = 20
         options.legacyConcurrency = 10
+        options.workerJobs = 300
+        options.workerLatencySamples = 50
         return options
     }
 }
 
-/// Everything `jobgate bench` measured, as written with `--json`.
+/// Everything `jobgate bench` measured, as written with `--json`; a section not run (`--only`) is absent.
 public struct BenchmarkReport: Sendable, Codable {
     public var machine: Machine
     public var options: BenchmarkOptions
-    public var submit: Throughput
-    public var endToEnd: Throughput
-    public var pushLatency: PushLatency
-    public var watchers: Watchers
-    public var legacyBridge: LegacyBridge
-    public var largeResults: LargeResults
+    /// The sections run, in the order they ran.
+    public var sections: [BenchmarkSection]
+    public var submit: Throughput?
+    public var endToEnd: Throughput?
+    public var pushLatency: PushLatency?
+    public var watchers: Watchers?
+    public var legacyBridge: LegacyBridge?
+    public var largeResults: LargeResults?
+    public var swiftWorker: UserWorker?
+    public var commandWorker: UserWorker?
+    public var phpWorker: UserWorker?
+
+    public init(machine: Machine, options: BenchmarkOptions, sections: [BenchmarkSection]) {
+        self.machine = machine
+        self.options = options
+        self.sections = sections
+    }
+
+    /// End to end through one kind of worker as users run it, with the CPU each process spent per job.
+    public struct UserWorker: Sendable, Codable {
+        public var what: String
+        public var worker: String
+        public var jobs: Int
+        public var inFlight: Int
+        public var jobsPerSecond: Double
+        /// One job at a time: `SUBMIT` written → `EVENT … DONE` decoded.
+        public var latency: Distribution
+        /// Per process (or group of processes, such as a worker's children), over the throughput part.
+        public var cpuSecondsPer1000Jobs: [ProcessCPU]
+    }
+
+    public struct ProcessCPU: Sendable, Codable {
+        public var process: String
+        public var seconds: Double
+    }
 
     public struct Machine: Sendable, Codable {
         public var cpus: Int
@@ -229,56 +264,78 @@ extension BenchmarkReport {
         lines.append("open files limit raised to \(machine.openFilesLimit) (setrlimit RLIMIT_NOFILE; the gateway process inherits it)")
         lines.append("")
         for (title, section) in [("1. submit", submit), ("2. end to end", endToEnd)] {
+            guard let section else { continue }
             lines.append("\(title): \(section.what)")
             lines.append("   gateway \(rate(section.gatewayJobsPerSecond))   rounds: \(section.gatewayRounds.map { String(format: "%.0f", $0) }.joined(separator: ", "))")
             lines.append("   direct  \(rate(section.directJobsPerSecond))   rounds: \(section.directRounds.map { String(format: "%.0f", $0) }.joined(separator: ", "))   (\(section.direct))")
             lines.append("   ratio   \(String(format: "%.2f", section.ratio))×   target \(section.target): \(verdict(section.met))")
             lines.append("")
         }
-        lines.append("3. push latency: \(pushLatency.what)")
-        lines.append("   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "samples      mean       p50       p99     p99.9       max")
+        let header = "   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "samples      mean       p50       p99     p99.9       max"
         func row(_ name: String, _ d: Distribution) -> String {
             "   " + name.padding(toLength: 22, withPad: " ", startingAt: 0)
                 + [String(d.samples), us(d.meanMicroseconds), us(d.p50Microseconds), us(d.p99Microseconds), us(d.p999Microseconds), us(d.maxMicroseconds)]
                 .map { $0.leftPadded(to: 9) }.joined(separator: " ")
         }
-        lines.append(row("push (EVENT DONE)", pushLatency.push))
-        for polling in pushLatency.polling {
-            lines.append(row("poll STATUS \(polling.intervalMilliseconds) ms", polling.detection))
+        if let pushLatency {
+            lines.append("3. push latency: \(pushLatency.what)")
+            lines.append(header)
+            lines.append(row("push (EVENT DONE)", pushLatency.push))
+            for polling in pushLatency.polling {
+                lines.append(row("poll STATUS \(polling.intervalMilliseconds) ms", polling.detection))
+            }
+            lines.append("   mean 1 s polling ÷ mean push: \(String(format: "%.0f", pushLatency.meanRatioToOneSecondPolling))×   target \(pushLatency.target): \(verdict(pushLatency.met))")
+            lines.append("")
         }
-        lines.append("   mean 1 s polling ÷ mean push: \(String(format: "%.0f", pushLatency.meanRatioToOneSecondPolling))×   target \(pushLatency.target): \(verdict(pushLatency.met))")
-        lines.append("")
-        lines.append("4. watchers: \(watchers.what)")
-        lines.append("   gateway RSS \(String(format: "%.1f", watchers.gatewayRSSBeforeMiB)) MiB before, \(String(format: "%.1f", watchers.gatewayRSSIdleMiB)) MiB with \(watchers.watchers) idle watchers (\(String(format: "%.0f", watchers.bytesPerWatcher)) B each; \(String(format: "%.1f", watchers.gatewayRSSJustAfterMiB)) MiB 1 s after the last WATCHING, before malloc's free pages went back)")
-        lines.append("   worker finished the jobs in \(String(format: "%.0f", watchers.completionSpanMilliseconds)) ms; last DONE \(String(format: "%.1f", watchers.lastDoneAfterLastCompletionMilliseconds)) ms after the last outcome write")
-        lines.append(row("delivery per job", watchers.delivery))
-        lines.append("   target \(watchers.target): \(verdict(watchers.met))")
-        lines.append("")
-        lines.append("5. legacy bridge: \(legacyBridge.what)")
-        lines.append("   polling side: \(legacyBridge.polling)")
-        lines.append("   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "samples      mean       p50       p99     p99.9       max")
-        lines.append(row("gateway (EVENT DONE)", legacyBridge.gatewaySide.latency))
-        lines.append(row("poll 1 s + memcached", legacyBridge.pollingSide.latency))
-        lines.append("   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "   done  job-s  GET_STATUS  per job-s  round trips  per job-s  mc gets")
-        for (name, side) in [("gateway", legacyBridge.gatewaySide), ("polling", legacyBridge.pollingSide)] {
+        if let watchers {
+            lines.append("4. watchers: \(watchers.what)")
+            lines.append("   gateway RSS \(String(format: "%.1f", watchers.gatewayRSSBeforeMiB)) MiB before, \(String(format: "%.1f", watchers.gatewayRSSIdleMiB)) MiB with \(watchers.watchers) idle watchers (\(String(format: "%.0f", watchers.bytesPerWatcher)) B each; \(String(format: "%.1f", watchers.gatewayRSSJustAfterMiB)) MiB 1 s after the last WATCHING, before malloc's free pages went back)")
+            lines.append("   worker finished the jobs in \(String(format: "%.0f", watchers.completionSpanMilliseconds)) ms; last DONE \(String(format: "%.1f", watchers.lastDoneAfterLastCompletionMilliseconds)) ms after the last outcome write")
+            lines.append(row("delivery per job", watchers.delivery))
+            lines.append("   target \(watchers.target): \(verdict(watchers.met))")
+            lines.append("")
+        }
+        if let legacyBridge {
+            lines.append("5. legacy bridge: \(legacyBridge.what)")
+            lines.append("   polling side: \(legacyBridge.polling)")
+            lines.append(header)
+            lines.append(row("gateway (EVENT DONE)", legacyBridge.gatewaySide.latency))
+            lines.append(row("poll 1 s + memcached", legacyBridge.pollingSide.latency))
+            lines.append("   " + "".padding(toLength: 22, withPad: " ", startingAt: 0) + "   done  job-s  GET_STATUS  per job-s  round trips  per job-s  mc gets")
+            for (name, side) in [("gateway", legacyBridge.gatewaySide), ("polling", legacyBridge.pollingSide)] {
+                lines.append(
+                    "   " + name.padding(toLength: 22, withPad: " ", startingAt: 0)
+                        + String(side.done).leftPadded(to: 7) + String(format: "%.0f", side.watchedJobSeconds).leftPadded(to: 7)
+                        + String(side.statusRequests).leftPadded(to: 12) + String(format: "%.2f", side.statusRequestsPerJobSecond).leftPadded(to: 11)
+                        + String(side.statusRoundTrips).leftPadded(to: 13) + String(format: "%.3f", side.statusRoundTripsPerJobSecond).leftPadded(to: 11)
+                        + String(side.memcachedGets).leftPadded(to: 9)
+                )
+            }
             lines.append(
-                "   " + name.padding(toLength: 22, withPad: " ", startingAt: 0)
-                    + String(side.done).leftPadded(to: 7) + String(format: "%.0f", side.watchedJobSeconds).leftPadded(to: 7)
-                    + String(side.statusRequests).leftPadded(to: 12) + String(format: "%.2f", side.statusRequestsPerJobSecond).leftPadded(to: 11)
-                    + String(side.statusRoundTrips).leftPadded(to: 13) + String(format: "%.3f", side.statusRoundTripsPerJobSecond).leftPadded(to: 11)
-                    + String(side.memcachedGets).leftPadded(to: 9)
+                "   gateway ÷ polling: GET_STATUS per job-second \(String(format: "%.2f", legacyBridge.statusRequestRatio))×, round trips \(String(format: "%.3f", legacyBridge.roundTripRatio))×, mean latency \(String(format: "%.3f", legacyBridge.latencyRatio))×"
             )
+            lines.append("")
         }
-        lines.append(
-            "   gateway ÷ polling: GET_STATUS per job-second \(String(format: "%.2f", legacyBridge.statusRequestRatio))×, round trips \(String(format: "%.3f", legacyBridge.roundTripRatio))×, mean latency \(String(format: "%.3f", legacyBridge.latencyRatio))×"
-        )
-        lines.append("")
-        lines.append("6. large results: \(largeResults.what)")
-        lines.append(
-            "   gateway RSS \(String(format: "%.1f", largeResults.gatewayRSSIdleMiB)) MiB idle, peak \(String(format: "%.1f", largeResults.gatewayRSSPeakAboveIdleMiB)) MiB above it; each burst read in \(String(format: "%.0f", largeResults.elapsedMilliseconds)) ms (median)"
-        )
-        lines.append(row("STATUS meanwhile", largeResults.status))
-        lines.append("   target \(largeResults.target): \(verdict(largeResults.met))")
+        if let largeResults {
+            lines.append("6. large results: \(largeResults.what)")
+            lines.append(
+                "   gateway RSS \(String(format: "%.1f", largeResults.gatewayRSSIdleMiB)) MiB idle, peak \(String(format: "%.1f", largeResults.gatewayRSSPeakAboveIdleMiB)) MiB above it; each burst read in \(String(format: "%.0f", largeResults.elapsedMilliseconds)) ms (median)"
+            )
+            lines.append(row("STATUS meanwhile", largeResults.status))
+            lines.append("   target \(largeResults.target): \(verdict(largeResults.met))")
+            lines.append("")
+        }
+        for (title, section) in [("7. swift worker", swiftWorker), ("8. command worker", commandWorker), ("9. php worker", phpWorker)] {
+            guard let section else { continue }
+            lines.append("\(title): \(section.worker); \(section.what)")
+            lines.append("   \(rate(section.jobsPerSecond)) (\(section.jobs) jobs, \(section.inFlight) in flight)")
+            lines.append(header)
+            lines.append(row("SUBMIT → EVENT DONE", section.latency))
+            let total = section.cpuSecondsPer1000Jobs.reduce(0) { $0 + $1.seconds }
+            lines.append("   CPU-s per 1,000 jobs: " + section.cpuSecondsPer1000Jobs.map { "\($0.process) \(String(format: "%.3f", $0.seconds))" }.joined(separator: ", ") + "; all \(String(format: "%.3f", total))")
+            lines.append("")
+        }
+        while lines.last == "" { lines.removeLast() }
         return lines.joined(separator: "\n")
     }
 }

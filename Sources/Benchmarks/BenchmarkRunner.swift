@@ -18,10 +18,20 @@ public struct BenchmarkRunner: Sendable {
     public var redis: (host: String, port: Int)?
     /// The `jobgate` executable, started as `jobgate serve`.
     public var executable: String
+    /// What to measure (`--only`); every section by default.
+    public var sections: Set<BenchmarkSection>
     public var logger: Logger
 
-    public init(options: BenchmarkOptions, gearman: GearmanServerAddress? = nil, redis: (host: String, port: Int)? = nil, executable: String, logger: Logger) {
+    public init(
+        options: BenchmarkOptions,
+        sections: Set<BenchmarkSection> = Set(BenchmarkSection.allCases),
+        gearman: GearmanServerAddress? = nil,
+        redis: (host: String, port: Int)? = nil,
+        executable: String,
+        logger: Logger
+    ) {
         self.options = options
+        self.sections = sections
         self.gearman = gearman
         self.redis = redis
         self.executable = executable
@@ -29,9 +39,9 @@ public struct BenchmarkRunner: Sendable {
     }
 
     public func run(progress: @escaping @Sendable (String) -> Void) async throws -> BenchmarkReport {
-        let options = self.options
+        let (options, sections) = (self.options, self.sections)
         let openFiles = raiseOpenFilesLimit()
-        guard openFiles >= options.watchers + 512 else {
+        guard !sections.contains(.watchers) || openFiles >= options.watchers + 512 else {
             throw BenchmarkError(
                 "\(options.watchers) watchers need more than \(openFiles) open files (the hard limit); lower --watchers or raise `ulimit -Hn`"
             )
@@ -39,58 +49,23 @@ public struct BenchmarkRunner: Sendable {
         return try await BenchmarkStack.with(gearman: gearman, redis: redis, executable: executable, logger: logger) { stack in
             progress("stack: gearmand \(stack.gearman), redis \(stack.redis.host):\(stack.redis.port), gateway pid \(stack.gateway.pid) on port \(stack.gatewayPort)")
 
-            progress("1. submit: \(options.jobs) jobs × \(options.rounds) rounds per side")
-            let submit = try await Self.compare(rounds: options.rounds, warmUp: min(500, options.jobs), jobs: options.jobs) { round, jobs in
-                try await stack.gatewaySubmitRate(function: "bench.submit.gateway", jobs: jobs, connections: options.connections, window: options.submitWindow)
-            } direct: { round, jobs in
-                try await stack.directSubmitRate(
-                    function: "bench.submit.direct", jobs: jobs, connections: options.connections, window: options.submitWindow, round: round
-                )
-            }
-            let submitRatio = submit.gateway / submit.direct
-
-            progress("2. end to end: \(options.jobs) jobs × \(options.rounds) rounds per side")
-            let endToEnd = try await stack.withJobWorker("bench.e2e.gateway", concurrency: options.workerConcurrency, handler: { job, _ in job.payload }) {
-                try await stack.withGearmanWorker("bench.e2e.direct", concurrency: options.workerConcurrency) {
-                    try await Self.compare(rounds: options.rounds, warmUp: min(200, options.jobs), jobs: options.jobs) { round, jobs in
-                        try await stack.gatewayEndToEndRate(function: "bench.e2e.gateway", jobs: jobs, connections: options.connections, window: options.endToEndWindow)
-                    } direct: { round, jobs in
-                        try await stack.directEndToEndRate(
-                            function: "bench.e2e.direct", jobs: jobs, connections: options.connections, window: options.endToEndWindow, round: round
-                        )
-                    }
-                }
-            }
-
-            progress("3. push latency: \(options.latencySamples) samples; polling every 1 s (\(options.pollSamplesSlow) jobs) and 100 ms (\(options.pollSamplesFast) jobs)")
-            let latencies = try await stack.latencies(
-                samples: options.latencySamples,
-                polls: [(.seconds(1), options.pollSamplesSlow), (.milliseconds(100), options.pollSamplesFast)]
-            )
-            let push = BenchmarkReport.Distribution(nanoseconds: latencies.push)
-            let polling = zip([1_000, 100], latencies.polling).map { BenchmarkReport.Polling(intervalMilliseconds: $0, detection: .init(nanoseconds: $1)) }
-            let pollingRatio = polling[0].detection.meanMicroseconds / push.meanMicroseconds
-
-            progress("4. watchers: \(options.watchers) connections, one job each")
-            let watched = try await stack.watchers(count: options.watchers, workerConcurrency: options.workerConcurrency, progress: progress)
-            let rssIdleMiB = Double(watched.rssIdle) / 1_048_576
-            let lastDone = watched.lastDoneAfterLastCompletion.seconds * 1_000
-
-            progress("5. legacy bridge: \(options.legacyJobs) memcached-backed jobs per side, worker concurrency \(options.legacyConcurrency)")
-            let legacy = try await stack.legacyBridge(jobs: options.legacyJobs, concurrency: options.legacyConcurrency, progress: progress)
-            let gatewaySide = BenchmarkReport.LegacySide(legacy.gateway)
-            let pollingSide = BenchmarkReport.LegacySide(legacy.polling)
-
-            let (lookups, lookupConnections, resultBytes, bursts) = (100, 4, 1 << 20, 5)
-            progress("6. large results: \(bursts) × \(lookups) pipelined RESULTs of a 1 MiB result on \(lookupConnections) connections")
-            let large = try await stack.largeResults(lookups: lookups, connections: lookupConnections, size: resultBytes, bursts: bursts)
-            let largeStatus = BenchmarkReport.Distribution(nanoseconds: large.status)
-            let largePeakMiB = Double(large.rssPeak - large.rssIdle) / 1_048_576
-
-            return BenchmarkReport(
+            var report = BenchmarkReport(
                 machine: .current(openFilesLimit: openFiles),
                 options: options,
-                submit: .init(
+                sections: BenchmarkSection.allCases.filter { sections.contains($0) }
+            )
+
+            if sections.contains(.submit) {
+                progress("1. submit: \(options.jobs) jobs × \(options.rounds) rounds per side")
+                let submit = try await Self.compare(rounds: options.rounds, warmUp: min(500, options.jobs), jobs: options.jobs) { round, jobs in
+                    try await stack.gatewaySubmitRate(function: "bench.submit.gateway", jobs: jobs, connections: options.connections, window: options.submitWindow)
+                } direct: { round, jobs in
+                    try await stack.directSubmitRate(
+                        function: "bench.submit.direct", jobs: jobs, connections: options.connections, window: options.submitWindow, round: round
+                    )
+                }
+                let submitRatio = submit.gateway / submit.direct
+                report.submit = .init(
                     what: "background SUBMITs, \(options.connections) connections × \(options.submitWindow) outstanding, 16-byte payloads, no worker",
                     direct: "SUBMIT_JOB_BG to the same gearmand, same connections and window, GearmanConnection.submitBackground batches",
                     gatewayJobsPerSecond: submit.gateway,
@@ -100,8 +75,23 @@ public struct BenchmarkRunner: Sendable {
                     directRounds: submit.directRounds,
                     target: "≥ 0.8× direct",
                     met: submitRatio >= 0.8
-                ),
-                endToEnd: .init(
+                )
+            }
+
+            if sections.contains(.endToEnd) {
+                progress("2. end to end: \(options.jobs) jobs × \(options.rounds) rounds per side")
+                let endToEnd = try await stack.withJobWorker("bench.e2e.gateway", concurrency: options.workerConcurrency, handler: { job, _ in job.payload }) {
+                    try await stack.withGearmanWorker("bench.e2e.direct", concurrency: options.workerConcurrency) {
+                        try await Self.compare(rounds: options.rounds, warmUp: min(200, options.jobs), jobs: options.jobs) { round, jobs in
+                            try await stack.gatewayEndToEndRate(function: "bench.e2e.gateway", jobs: jobs, connections: options.connections, window: options.endToEndWindow)
+                        } direct: { round, jobs in
+                            try await stack.directEndToEndRate(
+                                function: "bench.e2e.direct", jobs: jobs, connections: options.connections, window: options.endToEndWindow, round: round
+                            )
+                        }
+                    }
+                }
+                report.endToEnd = .init(
                     what: "SUBMIT + WATCH → no-op JobWorker (Swift handler, in the bench process, concurrency \(options.workerConcurrency)) → result in Redis → EVENT DONE; \(options.connections) connections × \(options.endToEndWindow) jobs in flight",
                     direct: "foreground SUBMIT_JOB → no-op GearmanWorker (in process, same concurrency) → WORK_COMPLETE, same connections and jobs in flight",
                     gatewayJobsPerSecond: endToEnd.gateway,
@@ -111,16 +101,34 @@ public struct BenchmarkRunner: Sendable {
                     directRounds: endToEnd.directRounds,
                     target: "≥ 20,000 jobs/s through the gateway",
                     met: endToEnd.gateway >= 20_000
-                ),
-                pushLatency: .init(
+                )
+            }
+
+            if sections.contains(.push) {
+                progress("3. push latency: \(options.latencySamples) samples; polling every 1 s (\(options.pollSamplesSlow) jobs) and 100 ms (\(options.pollSamplesFast) jobs)")
+                let latencies = try await stack.latencies(
+                    samples: options.latencySamples,
+                    polls: [(.seconds(1), options.pollSamplesSlow), (.milliseconds(100), options.pollSamplesFast)]
+                )
+                let push = BenchmarkReport.Distribution(nanoseconds: latencies.push)
+                let polling = zip([1_000, 100], latencies.polling).map { BenchmarkReport.Polling(intervalMilliseconds: $0, detection: .init(nanoseconds: $1)) }
+                let pollingRatio = polling[0].detection.meanMicroseconds / push.meanMicroseconds
+                report.pushLatency = .init(
                     what: "worker's outcome write (in-process JobWorker) → client decoded EVENT DONE, one job at a time; pollers send STATUS at a fixed interval from a random phase",
                     push: push,
                     polling: polling,
                     meanRatioToOneSecondPolling: pollingRatio,
                     target: "p50 ≤ 200 µs, p99 ≤ 1 ms, ≥ 1,000× lower mean than 1 s polling",
                     met: push.p50Microseconds <= 200 && push.p99Microseconds <= 1_000 && pollingRatio >= 1_000
-                ),
-                watchers: .init(
+                )
+            }
+
+            if sections.contains(.watchers) {
+                progress("4. watchers: \(options.watchers) connections, one job each")
+                let watched = try await stack.watchers(count: options.watchers, workerConcurrency: options.workerConcurrency, progress: progress)
+                let rssIdleMiB = Double(watched.rssIdle) / 1_048_576
+                let lastDone = watched.lastDoneAfterLastCompletion.seconds * 1_000
+                report.watchers = .init(
                     what: "\(options.watchers) connections (one bench process, NIO), each watching one queued job; gateway is a separate `jobgate serve` process; then an in-process JobWorker (concurrency \(options.workerConcurrency)) runs the jobs",
                     watchers: options.watchers,
                     gatewayRSSBeforeMiB: Double(watched.rssBefore) / 1_048_576,
@@ -132,8 +140,15 @@ public struct BenchmarkRunner: Sendable {
                     delivery: .init(nanoseconds: watched.delivery),
                     target: "≤ 64 MiB RSS idle with 10,000 watchers, every DONE within 1 s of the jobs completing",
                     met: options.watchers >= 10_000 && rssIdleMiB <= 64 && lastDone <= 1_000
-                ),
-                legacyBridge: .init(
+                )
+            }
+
+            if sections.contains(.legacy) {
+                progress("5. legacy bridge: \(options.legacyJobs) memcached-backed jobs per side, worker concurrency \(options.legacyConcurrency)")
+                let legacy = try await stack.legacyBridge(jobs: options.legacyJobs, concurrency: options.legacyConcurrency, progress: progress)
+                let gatewaySide = BenchmarkReport.LegacySide(legacy.gateway)
+                let pollingSide = BenchmarkReport.LegacySide(legacy.polling)
+                report.legacyBridge = .init(
                     what: "PHP-style GearmanWorker (in the bench process; WORK_STATUS 1/3 and 2/3, holds 0.5–1.5 s, stores its result in memcached under the job handle, pecl-memcache format, then WORK_COMPLETE); a second `jobgate serve` with --legacy-functions bridges the jobs: SUBMIT + WATCH on 4 connections until EVENT DONE; gearmand reached through a counting proxy",
                     polling: "the same jobs submitted as SUBMIT_JOB_BG; per job its own Gearman connection sends GET_STATUS every 1 s (random phase) and, once the handle is unknown, reads memcached by handle (the PHP monitor)",
                     jobs: options.legacyJobs,
@@ -143,8 +158,17 @@ public struct BenchmarkRunner: Sendable {
                     statusRequestRatio: gatewaySide.statusRequestsPerJobSecond / pollingSide.statusRequestsPerJobSecond,
                     roundTripRatio: gatewaySide.statusRoundTripsPerJobSecond / pollingSide.statusRoundTripsPerJobSecond,
                     latencyRatio: gatewaySide.latency.meanMicroseconds / pollingSide.latency.meanMicroseconds
-                ),
-                largeResults: .init(
+                )
+            }
+
+            if sections.contains(.largeResults) {
+                let (lookups, lookupConnections, resultBytes, bursts) = (100, 4, 1 << 20, 5)
+                progress("6. large results: \(bursts) × \(lookups) pipelined RESULTs of a 1 MiB result on \(lookupConnections) connections")
+                let large = try await stack.largeResults(lookups: lookups, connections: lookupConnections, size: resultBytes, bursts: bursts)
+                let largeStatus = BenchmarkReport.Distribution(nanoseconds: large.status)
+                let largePeakMiB = Double(large.rssPeak - large.rssIdle) / 1_048_576
+
+                report.largeResults = .init(
                     what: "a job's 1 MiB result read with \(lookups) pipelined RESULTs spread over \(lookupConnections) connections, each reading its replies, \(bursts) bursts in a row; meanwhile one more client (on an event loop of its own) sends STATUS of the job one at a time (1 ms apart); default lookup limits",
                     lookups: lookups,
                     connections: lookupConnections,
@@ -156,7 +180,19 @@ public struct BenchmarkRunner: Sendable {
                     target: "≤ 64 MiB RSS above idle, STATUS p99 ≤ 10 ms",
                     met: largePeakMiB <= 64 && largeStatus.p99Microseconds <= 10_000
                 )
-            )
+            }
+
+            for (number, section, kind) in [(7, BenchmarkSection.swiftWorker, BenchmarkStack.UserWorker.swift), (8, .commandWorker, .command), (9, .phpWorker, .php)]
+            where sections.contains(section) {
+                progress("\(number). \(section.rawValue): \(options.workerJobs) jobs, \(options.connections) connections × \(options.endToEndWindow) in flight, then \(options.workerLatencySamples) one at a time")
+                let measured = try await stack.userWorker(kind, options: options)
+                switch kind {
+                case .swift: report.swiftWorker = measured
+                case .command: report.commandWorker = measured
+                case .php: report.phpWorker = measured
+                }
+            }
+            return report
         }
     }
 

@@ -18,14 +18,25 @@ final class BenchmarkStack: Sendable {
     let redis: (host: String, port: Int)
     let gateway: LocalProcess
     let gatewayPort: Int
+    /// The servers this stack started, to meter their CPU (nil: given with --gearman/--redis).
+    let serverPIDs: (redis: pid_t?, gearmand: pid_t?)
     let store: RedisJobStore
     let redisPool: RedisConnectionPool
     /// The `jobgate` executable, for gateways a section starts itself.
     let executable: String
     let logger: Logger
 
-    private init(gearman: GearmanServerAddress, redis: (String, Int), gateway: LocalProcess, gatewayPort: Int, executable: String, logger: Logger) {
+    private init(
+        gearman: GearmanServerAddress,
+        redis: (String, Int),
+        serverPIDs: (redis: pid_t?, gearmand: pid_t?),
+        gateway: LocalProcess,
+        gatewayPort: Int,
+        executable: String,
+        logger: Logger
+    ) {
         self.gearman = gearman
+        self.serverPIDs = serverPIDs
         self.redis = redis
         self.gateway = gateway
         self.gatewayPort = gatewayPort
@@ -47,6 +58,7 @@ final class BenchmarkStack: Sendable {
         var started: [LocalServer] = []
         defer { for server in started { server.stop() } }
         let gearman: GearmanServerAddress
+        var serverPIDs: (redis: pid_t?, gearmand: pid_t?) = (nil, nil)
         if let given {
             gearman = given
         } else {
@@ -54,6 +66,7 @@ final class BenchmarkStack: Sendable {
             // (baselines.md), which would favour whichever side runs first.
             let server = try await LocalServer.start(.gearmand, arguments: ["--hashtable-buckets=1000003"])
             started.append(server)
+            serverPIDs.gearmand = server.pid
             gearman = GearmanServerAddress(host: server.host, port: server.port)
         }
         let redis: (host: String, port: Int)
@@ -62,6 +75,7 @@ final class BenchmarkStack: Sendable {
         } else {
             let server = try await LocalServer.start(.redis)
             started.append(server)
+            serverPIDs.redis = server.pid
             redis = (server.host, server.port)
         }
         let (gateway, port) = try await launchGateway(
@@ -69,7 +83,7 @@ final class BenchmarkStack: Sendable {
             ["--gearman", gearman.description, "--redis", "\(redis.host):\(redis.port)", "--max-connections", "30000"]
         )
         defer { gateway.stop() }
-        let stack = BenchmarkStack(gearman: gearman, redis: redis, gateway: gateway, gatewayPort: port, executable: executable, logger: logger)
+        let stack = BenchmarkStack(gearman: gearman, redis: redis, serverPIDs: serverPIDs, gateway: gateway, gatewayPort: port, executable: executable, logger: logger)
         do {
             let result = try await body(stack)
             await stack.redisPool.close()

@@ -113,12 +113,13 @@ public final class RedisJobStore: Sendable {
     }
 
     /// Creates the record of a new job (state `queued`), or finds the unfinished job it coalesces with.
-    /// Check and create are one script, so two gateways cannot both create a job for the same unique.
+    /// For a job with a unique key, check and create are one script, so two gateways cannot both create a job for
+    /// the same unique; a job without one gets a fresh id, so its record is plain `HSET` and `EXPIRE`.
     ///
     /// Every job is also entered in the unaccepted index (`JobKeySchema.unacceptedKey`) until the caller clears it
     /// once gearmand answered (`clearUnaccepted`): a gateway that dies in between leaves the entry, and whichever
-    /// gateway sweeps the index finds the job (`unacceptedJobs`). One `SADD` for the whole batch, sent in the same
-    /// pipeline before the create scripts, so no record exists without its entry; the entries of submissions that
+    /// gateway sweeps the index finds the job (`unacceptedJobs`). One `SADD` for the whole batch, in the same
+    /// pipeline before the records, so no record exists without its entry; the entries of submissions that
     /// joined another job are cleared with the rest. (A set, not a sorted set by time: `SADD`/`SREM` cost a tenth of
     /// `ZADD`/`ZREM` per job, and the sweep reads the creation time from the records it reads anyway.)
     public func create(id: JobID, function: String, unique: String?, resultTTL: Int? = nil) async throws(JobStoreError) -> CreateOutcome {
@@ -126,55 +127,78 @@ public final class RedisJobStore: Sendable {
     }
 
     /// `create` for many jobs in one pipelined write (in order: a later job with the same unique joins an earlier one).
-    /// Throws when Redis cannot be reached; a script error fails only its job.
+    /// The index entries and the records of jobs without a unique key are one `MULTI/EXEC` (no record without its
+    /// TTL); the jobs with one follow, one create script each.
+    /// Throws when Redis cannot be reached; a failed write fails only its job.
     public func create(_ jobs: [NewJob]) async throws(JobStoreError) -> [Result<CreateOutcome, JobStoreError>] {
         guard !jobs.isEmpty else { return [] }
         let now = Self.now()
-        let replies: [Result<RedisReply, RedisError>]
-        do {
-            let acceptedSince = RedisArgument(now - Int64(configuration.acceptanceGrace / .milliseconds(1)))
-            let index: [RedisArgument] = ["SADD", unacceptedKeyArgument] + jobs.map { "\($0.id.rawValue)" }
-            replies = try await redis.pipeline([RedisCommand(index)] + jobs.map { createCommand($0, now: now, acceptedSince: acceptedSince) })
-        } catch {
-            throw JobStoreError(redis: error)
+        let acceptedSince = RedisArgument(now - Int64(configuration.acceptanceGrace / .milliseconds(1)))
+        let plain = jobs.indices.filter { jobs[$0].unique == nil }
+        let coalescing = jobs.indices.filter { jobs[$0].unique != nil }
+        var commands: [RedisCommand] = [["MULTI"], RedisCommand(["SADD", unacceptedKeyArgument] + jobs.map { "\($0.id.rawValue)" })]
+        for index in plain {
+            let key = RedisArgument(schema.jobKey(jobs[index].id))
+            commands.append(RedisCommand("HSET", [key] + recordFields(jobs[index], now: now)))
+            commands.append(["EXPIRE", key, inFlightTTLArgument])
         }
-        if case .failure(let error) = replies[0] { throw JobStoreError(redis: error) }
-        return zip(jobs, replies.dropFirst()).map { job, reply in
+        commands.append(["EXEC"])
+        commands += coalescing.map { createCommand(jobs[$0], now: now, acceptedSince: acceptedSince) }
+        let replies = try await evaluate(commands, Self.create)
+
+        var outcomes = [Result<CreateOutcome, JobStoreError>](repeating: .success(.created), count: jobs.count)
+        let exec = replies[commands.count - coalescing.count - 1]
+        guard case .success(let written) = exec, let writes = written.array, writes.count == 1 + 2 * plain.count else {
+            if case .failure(let error) = exec { throw JobStoreError(redis: error) }
+            throw JobStoreError(.unexpectedReply, "EXEC of the new records answered \(exec)")
+        }
+        if let error = writes[0].errorMessage { throw JobStoreError(redis: RedisError(.serverError, error)) }
+        for (number, index) in plain.enumerated() {
+            if let error = writes[1 + 2 * number].errorMessage ?? writes[2 + 2 * number].errorMessage {
+                outcomes[index] = .failure(JobStoreError(redis: RedisError(.serverError, error)))
+            }
+        }
+        for (index, reply) in zip(coalescing, replies.suffix(coalescing.count)) {
+            let job = jobs[index]
             switch reply {
             case .success(let reply):
                 if let unaccepted = reply.array?.first?.string, let existingID = JobID(rawValue: unaccepted) {
-                    return .success(.unaccepted(existingID))
+                    outcomes[index] = .success(.unaccepted(existingID))
+                } else if let existing = reply.string, let existingID = JobID(rawValue: existing) {
+                    outcomes[index] = .success(existingID == job.id ? .created : .joined(existingID))
+                } else {
+                    outcomes[index] = .failure(JobStoreError(.unexpectedReply, "create script answered \(reply)"))
                 }
-                guard let existing = reply.string, let existingID = JobID(rawValue: existing) else {
-                    return .failure(JobStoreError(.unexpectedReply, "create script answered \(reply)"))
-                }
-                return .success(existingID == job.id ? .created : .joined(existingID))
             case .failure(let error):
-                return .failure(JobStoreError(redis: error))
+                outcomes[index] = .failure(JobStoreError(redis: error))
             }
         }
+        return outcomes
+    }
+
+    /// The fields of a new record, as `HSET` and the create script take them.
+    private func recordFields(_ job: NewJob, now: Int64) -> [RedisArgument] {
+        typealias Constant = CreateCommandConstants
+        let nowArgument = RedisArgument(now)
+        var fields = [Constant.state, Constant.queued, Constant.function, "\(job.function)"]
+        fields += Constant.zeroProgress
+        fields += [Constant.created, nowArgument, Constant.updated, nowArgument, Constant.resultTTL]
+        fields.append(job.resultTTL.map { RedisArgument($0) } ?? resultTTLArgument)
+        if let unique = job.unique { fields += [Constant.unique, "\(unique)"] }
+        return fields
     }
 
     private func createCommand(_ job: NewJob, now: Int64, acceptedSince: RedisArgument) -> RedisCommand {
-        typealias Constant = CreateCommandConstants
-        let nowArgument = RedisArgument(now)
-        var arguments = [Constant.script, job.unique == nil ? Constant.twoKeys : Constant.threeKeys, "\(schema.jobKey(job.id))"]
-        arguments.append(unacceptedKeyArgument)
-        if let unique = job.unique { arguments.append("\(schema.uniqueKey(function: job.function, unique: unique, namespace: job.namespace))") }
-        arguments += ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince]
-        arguments += [Constant.state, Constant.queued, Constant.function, "\(job.function)"]
-        arguments += Constant.zeroProgress
-        arguments += [Constant.created, nowArgument, Constant.updated, nowArgument, Constant.resultTTL]
-        arguments.append(job.resultTTL.map { RedisArgument($0) } ?? resultTTLArgument)
-        if let unique = job.unique { arguments += [Constant.unique, "\(unique)"] }
-        return RedisCommand("EVAL", arguments)
+        var keys: [RedisArgument] = ["\(schema.jobKey(job.id))", unacceptedKeyArgument]
+        if let unique = job.unique { keys.append("\(schema.uniqueKey(function: job.function, unique: unique, namespace: job.namespace))") }
+        return Self.create.call(
+            keys: keys,
+            arguments: ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince] + recordFields(job, now: now)
+        )
     }
 
-    /// The parts of every create command that never change, made once (each argument is a buffer).
+    /// The parts of every new record that never change, made once (each argument is a buffer).
     private enum CreateCommandConstants {
-        static let script = RedisArgument(RedisJobStore.createScript)
-        static let twoKeys: RedisArgument = "2"
-        static let threeKeys: RedisArgument = "3"
         static let state = RedisArgument(JobField.state)
         static let queued = RedisArgument(JobState.queued.rawValue)
         static let function = RedisArgument(JobField.function)
@@ -207,6 +231,7 @@ public final class RedisJobStore: Sendable {
         redis.call('EXPIRE', KEYS[1], ARGV[2])
         return ARGV[1]
         """
+    static let create = StoredScript(createScript)
 
     /// Clears the unaccepted-index entries of jobs gearmand accepted, or whose fate is settled otherwise (one `SREM`).
     public func clearUnaccepted(_ ids: [JobID]) async throws(JobStoreError) {
@@ -249,13 +274,7 @@ public final class RedisJobStore: Sendable {
         let commands = locations.map {
             updateCommand($0.id, [JobField.handle: ByteBuffer(string: $0.handle), JobField.server: ByteBuffer(string: $0.server)])
         }
-        let replies: [Result<RedisReply, RedisError>]
-        do {
-            replies = try await redis.pipeline(commands)
-        } catch {
-            throw JobStoreError(redis: error)
-        }
-        for case .failure(let error) in replies { throw JobStoreError(redis: error) }
+        for case .failure(let error) in try await evaluate(commands, Self.update) { throw JobStoreError(redis: error) }
     }
 
     /// Notes the CAS watermark of a memcached-backed job (see `LegacyResultStore`).
@@ -278,16 +297,11 @@ public final class RedisJobStore: Sendable {
     }
 
     private func finishUnlessFinished(_ id: JobID, state: JobState, field: String, payload: ByteBuffer) async throws(JobStoreError) -> Bool {
-        let reply = try await send(
-            RedisCommand(
-                "EVAL",
-                [
-                    "\(Self.finishUnlessFinishedScript)", "1", "\(schema.jobKey(id))", "\(configuration.resultTTL)",
-                    "\(field)", .bytes(payload), "\(Self.now())", "\(state.rawValue)",
-                ]
-            )
+        let call = Self.finishUnlessFinished.call(
+            keys: ["\(schema.jobKey(id))"],
+            arguments: ["\(configuration.resultTTL)", "\(field)", .bytes(payload), "\(Self.now())", "\(state.rawValue)"]
         )
-        return reply.int == 1
+        return try await evaluate(call, Self.finishUnlessFinished).int == 1
     }
 
     /// KEYS[1] job hash; ARGV default TTL, field, value, now, state. Writes the outcome over an unfinished record
@@ -299,6 +313,7 @@ public final class RedisJobStore: Sendable {
         redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[1]))
         return 1
         """
+    static let finishUnlessFinished = StoredScript(finishUnlessFinishedScript)
 
     public func record(_ id: JobID) async throws(JobStoreError) -> JobRecord? {
         try await records([id])[0]
@@ -465,17 +480,43 @@ public final class RedisJobStore: Sendable {
         redis.call('EXPIRE', KEYS[1], ARGV[1])
         return tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or '0')
         """
+    static let update = StoredScript(updateScript)
 
     private func updateUnlessFinished(_ id: JobID, _ fields: [String: ByteBuffer]) async throws(JobStoreError) -> Int? {
-        let reply = try await send(updateCommand(id, fields))
+        let reply = try await evaluate(updateCommand(id, fields), Self.update)
         guard let ttl = reply.int else { throw JobStoreError(.unexpectedReply, "update script answered \(reply)") }
         return ttl > 0 ? ttl : nil
     }
 
     private func updateCommand(_ id: JobID, _ fields: [String: ByteBuffer]) -> RedisCommand {
-        var arguments: [RedisArgument] = ["\(Self.updateScript)", "1", "\(schema.jobKey(id))", "\(configuration.inFlightTTL)"]
+        var arguments: [RedisArgument] = [inFlightTTLArgument]
         for (field, value) in fields.sorted(by: { $0.key < $1.key }) { arguments += ["\(field)", .bytes(value)] }
-        return RedisCommand("EVAL", arguments)
+        return Self.update.call(keys: ["\(schema.jobKey(id))"], arguments: arguments)
+    }
+
+    /// Sends `commands` in one write; the calls of `script` that Redis answers `NOSCRIPT` (it restarted or flushed its
+    /// scripts) go again with the script's text, in their order, in one more write.
+    private func evaluate(_ commands: [RedisCommand], _ script: StoredScript) async throws(JobStoreError) -> [Result<RedisReply, RedisError>] {
+        do {
+            var replies = try await redis.pipeline(commands)
+            let missing = replies.indices.filter { if case .failure(let error) = replies[$0] { StoredScript.isMissing(error) } else { false } }
+            guard !missing.isEmpty else { return replies }
+            let again = try await redis.pipeline(missing.map { script.withSource(commands[$0]) })
+            for (index, reply) in zip(missing, again) { replies[index] = reply }
+            return replies
+        } catch {
+            throw JobStoreError(redis: error)
+        }
+    }
+
+    /// `evaluate` of one call; an error reply throws.
+    private func evaluate(_ call: RedisCommand, _ script: StoredScript) async throws(JobStoreError) -> RedisReply {
+        let reply = try await evaluate([call], script)[0]
+        do {
+            return try reply.get()
+        } catch {
+            throw JobStoreError(redis: error)
+        }
     }
 
     private func send(_ command: RedisCommand) async throws(JobStoreError) -> RedisReply {

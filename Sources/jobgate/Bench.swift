@@ -17,18 +17,27 @@ struct Bench: AsyncParsableCommand {
             gearmand), push latency vs STATUS polling every 1 s and 100 ms, and many idle watchers (gateway \
             RSS, time to deliver every DONE), and memcached-backed legacy jobs watched through a gateway \
             bridging them vs each polled with GET_STATUS every 1 s (latency, status requests per job-second, \
-            counted by a proxy in front of gearmand; needs memcached). Raises the soft open-files limit to the hard limit.
+            counted by a proxy in front of gearmand; needs memcached), and end to end through workers as \
+            users run them: the in-process Swift worker, `jobgate worker -- cat` and the README's PHP worker \
+            × 4 (each with jobs/s, latency one job at a time, and CPU-s per 1,000 jobs of the gateway, \
+            redis-server, gearmand and the worker, from /proc/<pid>/stat). --only picks sections: \
+            \(BenchmarkSection.allCases.map(\.rawValue).joined(separator: ", ")). Raises the soft \
+            open-files limit to the hard limit.
 
             Build with `swift build -c release` first: debug figures say little.
 
             Examples:
               .build/release/jobgate bench
               .build/release/jobgate bench --quick --json /tmp/bench.json
+              .build/release/jobgate bench --only command-worker,php-worker --json /tmp/workers.json
             """
     )
 
     @Flag(help: "A small smoke run: every section, small sizes.")
     var quick = false
+
+    @Option(help: ArgumentHelp("Only these sections, comma-separated (default: all).", valueName: "section,…"))
+    var only: String?
 
     @Option(help: "Jobs per throughput measurement, per side and round.")
     var jobs: Int?
@@ -54,6 +63,12 @@ struct Bench: AsyncParsableCommand {
     @Option(name: .customLong("legacy-concurrency"), help: "Jobs the legacy worker runs at once (each takes 0.5–1.5 s).")
     var legacyConcurrency: Int?
 
+    @Option(name: .customLong("worker-jobs"), help: "Jobs of each worker section's throughput part.")
+    var workerJobs: Int?
+
+    @Option(name: .customLong("worker-latency-samples"), help: "Jobs one at a time of each worker section's latency part.")
+    var workerLatencySamples: Int?
+
     @Option(help: ArgumentHelp("Use this gearmand instead of starting one.", valueName: "host:port"))
     var gearman: HostPort?
 
@@ -66,8 +81,12 @@ struct Bench: AsyncParsableCommand {
     func validate() throws {
         for (name, value) in [("jobs", jobs), ("connections", connections), ("watchers", watchers), ("rounds", rounds),
                               ("latency-samples", latencySamples), ("worker-concurrency", workerConcurrency),
-                              ("legacy-jobs", legacyJobs), ("legacy-concurrency", legacyConcurrency)] {
+                              ("legacy-jobs", legacyJobs), ("legacy-concurrency", legacyConcurrency),
+                              ("worker-jobs", workerJobs), ("worker-latency-samples", workerLatencySamples)] {
             if let value, value < 1 { throw ValidationError("--\(name) must be at least 1") }
+        }
+        if let only {
+            do { _ = try BenchmarkSection.parse(only) } catch { throw ValidationError("--only: \(error)") }
         }
     }
 
@@ -86,9 +105,12 @@ struct Bench: AsyncParsableCommand {
         if let workerConcurrency { options.workerConcurrency = workerConcurrency }
         if let legacyJobs { options.legacyJobs = legacyJobs }
         if let legacyConcurrency { options.legacyConcurrency = legacyConcurrency }
+        if let workerJobs { options.workerJobs = workerJobs }
+        if let workerLatencySamples { options.workerLatencySamples = workerLatencySamples }
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let runner = BenchmarkRunner(
             options: options,
+            sections: try only.map(BenchmarkSection.parse) ?? Set(BenchmarkSection.allCases),
             gearman: gearman.map { GearmanServerAddress(host: $0.host, port: $0.port) },
             redis: redis.map { ($0.host, $0.port) },
             executable: executable,

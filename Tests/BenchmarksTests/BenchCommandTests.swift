@@ -16,7 +16,8 @@ import Testing
         func sane(_ value: Double, _ name: String) {
             #expect(value.isFinite && value > 0, "\(name) = \(value)")
         }
-        for (name, section) in [("submit", report.submit), ("endToEnd", report.endToEnd)] {
+        #expect(report.sections == BenchmarkSection.allCases)
+        for (name, section) in [("submit", try #require(report.submit)), ("endToEnd", try #require(report.endToEnd))] {
             sane(section.gatewayJobsPerSecond, "\(name).gateway")
             sane(section.directJobsPerSecond, "\(name).direct")
             sane(section.ratio, "\(name).ratio")
@@ -32,24 +33,26 @@ import Testing
             }
             #expect(distribution.p50Microseconds <= distribution.p99Microseconds && distribution.p99Microseconds <= distribution.maxMicroseconds)
         }
-        sane(report.pushLatency.push, "push", samples: report.options.latencySamples)
-        #expect(report.pushLatency.polling.map(\.intervalMilliseconds) == [1_000, 100])
-        sane(report.pushLatency.polling[0].detection, "poll 1 s", samples: report.options.pollSamplesSlow)
-        sane(report.pushLatency.polling[1].detection, "poll 100 ms", samples: report.options.pollSamplesFast)
-        sane(report.pushLatency.meanRatioToOneSecondPolling, "polling ratio")
+        let pushLatency = try #require(report.pushLatency)
+        sane(pushLatency.push, "push", samples: report.options.latencySamples)
+        #expect(pushLatency.polling.map(\.intervalMilliseconds) == [1_000, 100])
+        sane(pushLatency.polling[0].detection, "poll 1 s", samples: report.options.pollSamplesSlow)
+        sane(pushLatency.polling[1].detection, "poll 100 ms", samples: report.options.pollSamplesFast)
+        sane(pushLatency.meanRatioToOneSecondPolling, "polling ratio")
 
-        #expect(report.watchers.watchers == report.options.watchers)
-        sane(report.watchers.gatewayRSSBeforeMiB, "RSS before")
-        sane(report.watchers.gatewayRSSIdleMiB, "RSS idle")
-        sane(report.watchers.gatewayRSSJustAfterMiB, "RSS right after the watches")
-        sane(report.watchers.completionSpanMilliseconds, "completion span")
-        #expect(report.watchers.lastDoneAfterLastCompletionMilliseconds.isFinite && report.watchers.lastDoneAfterLastCompletionMilliseconds >= 0)
-        sane(report.watchers.delivery, "delivery", samples: report.options.watchers)
+        let watchers = try #require(report.watchers)
+        #expect(watchers.watchers == report.options.watchers)
+        sane(watchers.gatewayRSSBeforeMiB, "RSS before")
+        sane(watchers.gatewayRSSIdleMiB, "RSS idle")
+        sane(watchers.gatewayRSSJustAfterMiB, "RSS right after the watches")
+        sane(watchers.completionSpanMilliseconds, "completion span")
+        #expect(watchers.lastDoneAfterLastCompletionMilliseconds.isFinite && watchers.lastDoneAfterLastCompletionMilliseconds >= 0)
+        sane(watchers.delivery, "delivery", samples: report.options.watchers)
 
         // Legacy bridge: every job's outcome seen on both sides, after its memcached write, with status requests
         // gearmand really received. The polling side asks once per second per job, so over its watched
         // job-seconds it sent at least one GET_STATUS per job and about one per job-second.
-        let legacy = report.legacyBridge
+        let legacy = try #require(report.legacyBridge)
         #expect(legacy.jobs == report.options.legacyJobs && legacy.workerConcurrency == report.options.legacyConcurrency)
         for (name, side) in [("legacy gateway", legacy.gatewaySide), ("legacy polling", legacy.pollingSide)] {
             #expect(side.done == legacy.jobs, "\(name): \(side.done) of \(legacy.jobs) jobs seen done")
@@ -76,7 +79,7 @@ import Testing
 
         // Large results: every lookup read its whole result (the section throws otherwise), STATUS was answered
         // meanwhile.
-        let large = report.largeResults
+        let large = try #require(report.largeResults)
         #expect(large.lookups == 100 && large.connections == 4 && large.resultBytes == 1 << 20)
         sane(large.gatewayRSSIdleMiB, "large results RSS idle")
         #expect(large.gatewayRSSPeakAboveIdleMiB.isFinite && large.gatewayRSSPeakAboveIdleMiB >= 0)
@@ -84,8 +87,14 @@ import Testing
         #expect(large.status.samples > 0)
         sane(large.status, "STATUS during large results", samples: large.status.samples)
 
+        for (name, section) in [("swift", report.swiftWorker), ("command", report.commandWorker), ("php", report.phpWorker)] {
+            let section = try #require(section, "\(name) worker section missing")
+            BenchSectionsTests.checkWorkerSection(section, options: report.options, serversStarted: true)
+        }
+
         // The table names every section.
-        for heading in ["1. submit", "2. end to end", "3. push latency", "4. watchers", "5. legacy bridge", "6. large results"] {
+        for heading in ["1. submit", "2. end to end", "3. push latency", "4. watchers", "5. legacy bridge", "6. large results",
+                        "7. swift worker", "8. command worker", "9. php worker"] {
             #expect(run.outputText.contains(heading), "table lacks \(heading)")
         }
     }
