@@ -19,6 +19,8 @@ public struct GatewayConfiguration: Sendable {
     public var httpPort: Int?
     /// Accepted `AUTH` secrets; none means no authentication. Several allow rotating a secret.
     public var secrets: [String] = []
+    /// TLS on the line-protocol and HTTP ports; nil: plain TCP.
+    public var tls: GatewayTLSConfiguration?
 
     // MARK: Legacy workers that store results in memcached under the Gearman job handle
     /// Memcached-backed functions and the PHP extension their workers store with; all others use Redis.
@@ -95,6 +97,8 @@ public struct GatewayConfiguration: Sendable {
         result.authFailureDelay = new.authFailureDelay
         result.outputStallTimeout = new.outputStallTimeout
         result.maximumOutcomeBytesPerConnection = new.maximumOutcomeBytesPerConnection
+        // New certificate files (or the same files renewed) for new connections; turning TLS on or off needs a restart.
+        if result.tls != nil, let tls = new.tls { result.tls = tls }
         return result
     }
 }

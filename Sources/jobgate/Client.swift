@@ -40,6 +40,8 @@ struct GatewayClientOptions: ParsableArguments {
     @Option(help: "Secret to AUTH with (or JOBGATE_SECRET; prefer the variable: a command line is visible to other users).")
     var secret: String?
 
+    @OptionGroup var tls: ClientTLSOptions
+
     func address() throws -> (host: String, port: Int) {
         let text = gateway ?? ProcessInfo.processInfo.environment["JOBGATE_GATEWAY"] ?? "127.0.0.1:4740"
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port),
@@ -51,6 +53,7 @@ struct GatewayClientOptions: ParsableArguments {
     /// Connects, authenticates when a secret is given, runs `body`, closes; every failure becomes a ``ClientFailure``.
     func withConnection<T: Sendable>(_ body: (inout GatewayClientConnection) async throws -> T) async throws -> T {
         let (host, port) = try address()
+        let tlsContext = try tls.context()
         let channel: NIOAsyncChannel<GatewayResponse, GatewayRequest>
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -58,6 +61,7 @@ struct GatewayClientOptions: ParsableArguments {
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .connect(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try ClientTLSOptions.secure(channel, context: tlsContext, host: host)
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(GatewayResponseDecoder()))
                         try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(GatewayRequestEncoder()))
                         return try NIOAsyncChannel<GatewayResponse, GatewayRequest>(wrappingChannelSynchronously: channel)

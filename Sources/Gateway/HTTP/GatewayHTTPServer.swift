@@ -23,11 +23,17 @@ final class GatewayHTTPServer: Sendable {
     private let logger: Logger
     private let requestTimeout: TimeAmount = .seconds(10)
     private let maximumConnections: Int
+    /// HTTPS when the gateway's ports speak TLS.
+    private let tls: GatewayTLSContext
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     /// Largest result shown on a job page; the rest is cut (the line protocol has all of it).
     static let maximumResultShown = 256 * 1024
 
-    init(host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int, logger: Logger) {
+    init(
+        host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int,
+        tls: GatewayTLSContext = GatewayTLSContext(), logger: Logger
+    ) {
+        self.tls = tls
         self.host = host
         self.port = port
         self.backend = backend
@@ -42,8 +48,9 @@ final class GatewayHTTPServer: Sendable {
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: host, port: port) { channel in
+            .bind(host: host, port: port) { [tls = self.tls, logger = self.logger] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try tls.secureInFront(channel, port: "HTTP", logger: logger)
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     return try Connection(wrappingChannelSynchronously: channel)
                 }
