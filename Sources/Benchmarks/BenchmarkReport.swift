@@ -57,6 +57,8 @@ public struct BenchmarkReport: Sendable, Codable {
     public var watchers: Watchers
     public var legacyBridge: LegacyBridge
     public var largeResults: LargeResults
+    /// Section 7: the submit rate and push latency through TLS beside plain TCP.
+    public var tls: TLSCost? = nil
 
     public struct Machine: Sendable, Codable {
         public var cpus: Int
@@ -279,6 +281,7 @@ extension BenchmarkReport {
         )
         lines.append(row("STATUS meanwhile", largeResults.status))
         lines.append("   target \(largeResults.target): \(verdict(largeResults.met))")
+        if let tls { lines += tls.tableLines }
         return lines.joined(separator: "\n")
     }
 }

@@ -87,7 +87,12 @@ public struct BenchmarkRunner: Sendable {
             let largeStatus = BenchmarkReport.Distribution(nanoseconds: large.status)
             let largePeakMiB = Double(large.rssPeak - large.rssIdle) / 1_048_576
 
-            return BenchmarkReport(
+            progress("7. TLS: submit (\(options.jobs) jobs × \(options.rounds) rounds) and push latency (\(options.latencySamples) samples), TLS beside plain TCP")
+            let tlsCost = try await stack.tlsCost(
+                jobs: options.jobs, rounds: options.rounds, connections: options.connections, window: options.submitWindow, samples: options.latencySamples
+            )
+
+            var report = BenchmarkReport(
                 machine: .current(openFilesLimit: openFiles),
                 options: options,
                 submit: .init(
@@ -157,6 +162,11 @@ public struct BenchmarkRunner: Sendable {
                     met: largePeakMiB <= 64 && largeStatus.p99Microseconds <= 10_000
                 )
             )
+            report.tls = .init(
+                what: "a second `jobgate serve` with --tls-cert (P-256 certificate, TLS 1.3) on the same gearmand and Redis; sections 1 and 3's measurements through it and through the plain gateway, alternating",
+                tlsCost
+            )
+            return report
         }
     }
 
