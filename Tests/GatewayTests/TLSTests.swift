@@ -105,6 +105,22 @@ struct TLSTests {
                 let again = try await GatewayTestClient.connect(port: stack.port, tls: try clientContext(trusting: certificates.caFile, presenting: alice))
                 defer { Task { await again.close() } }
                 #expect(try await again.request("PING\n") == .reply(.pong, tag: nil), "the gateway goes on")
+
+                // The command-line and example clients present a certificate with --tls-cert and --tls-key: an id
+                // nobody issued gets through to NOT_FOUND with it, and no further than the handshake without.
+                let unknown = "a" + String(repeating: "b", count: 38)
+                let gateway = ["--gateway", "127.0.0.1:\(stack.port)", "--tls-ca", certificates.caFile]
+                let withCertificate = ["--tls-cert", alice.certificateFile, "--tls-key", alice.keyFile]
+                let status = try await runProgram(jobgateExecutable(), ["status", unknown] + gateway + withCertificate, timeout: .seconds(30))
+                #expect(status.status == 5, "\(status.errors)")
+                let refused = try await runProgram(jobgateExecutable(), ["status", unknown] + gateway, timeout: .seconds(30))
+                #expect(refused.status == 6, "\(refused.errors)")
+                for client in ExampleClient.allCases {
+                    let run = try await client.run(stack, ["--tls-ca", certificates.caFile] + withCertificate + ["wait", unknown, "100"])
+                    #expect(run.status == 2 && run.errors.hasPrefix("error: NOT_FOUND "), "\(client): \(run.errors)")
+                    let without = try await client.run(stack, ["--tls-ca", certificates.caFile, "wait", unknown, "100"])
+                    #expect(without.status == 2 && !without.errors.contains("NOT_FOUND"), "\(client): \(without.errors)")
+                }
             }
         }
     }
@@ -191,6 +207,14 @@ struct TLSTests {
                     try await eventually("the reload's log line") { gateway.log.contains("configuration reloaded") }
                     #expect(try await handshake(port: port, context: context).get()?.commonName == "second", "\(gateway.log)")
                     #expect(try await before.request("PING\n") == .reply(.pong, tag: nil))
+
+                    // A certificate file that cannot be read on the next reload changes nothing: logged, and the
+                    // running certificate stays.
+                    try "not a certificate".write(toFile: certificate, atomically: true, encoding: .utf8)
+                    gateway.signal(SIGHUP)
+                    try await eventually("the refused reload's log line") { gateway.log.contains("configuration not reloaded") }
+                    #expect(gateway.log.contains("cannot read the TLS certificate \(certificate)"), "\(gateway.log)")
+                    #expect(try await handshake(port: port, context: context).get()?.commonName == "second")
                 }
             }
         }
@@ -225,6 +249,29 @@ struct TLSTests {
                     #expect(try await gateway.waitForExit() == 0, "\(gateway.log)")
                 }
             }
+        }
+    }
+
+    /// TLS files that cannot be used stop the start and `--check-config` (exit 78), naming the file.
+    @Test func unusableFilesAreConfigurationErrors() async throws {
+        try await withCertificates { certificates in
+            let server = try await certificates.issue("server")
+            let other = try await certificates.issue("other")
+            let missing = certificates.directory.appendingPathComponent("missing.pem").path
+            for (arguments, message) in [
+                (["--tls-cert", missing, "--tls-key", server.keyFile], "cannot read the TLS certificate \(missing)"),
+                (["--tls-cert", server.certificateFile, "--tls-key", other.keyFile], "cannot be used together"),
+                (["--tls-cert", server.certificateFile], "needs both tls-cert and tls-key"),
+                (["--redis-tls-ca", missing], "cannot read the Redis TLS CA file \(missing)"),
+            ] {
+                let run = try await runProgram(jobgateExecutable(), ["serve", "--check-config"] + arguments, timeout: .seconds(10))
+                #expect(run.status == 78, "\(arguments): \(run.outputText)")
+                #expect(run.errors.contains(message), "\(arguments): \(run.errors)")
+            }
+            let good = try await runProgram(
+                jobgateExecutable(), ["serve", "--check-config", "--tls-cert", server.certificateFile, "--tls-key", server.keyFile], timeout: .seconds(10)
+            )
+            #expect(good.status == 0 && good.outputText.contains("tls-cert = \(server.certificateFile)"), "\(good.errors)")
         }
     }
 
