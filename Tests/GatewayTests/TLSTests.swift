@@ -125,6 +125,25 @@ struct TLSTests {
         }
     }
 
+    /// Over the connection limit a TLS client gets its `ERR BUSY` over TLS, after the handshake, then is closed;
+    /// connections still in their handshake count against the limit.
+    @Test func connectionLimit() async throws {
+        try await withCertificates { certificates in
+            let server = try await certificates.issue("server")
+            try await withGatewayStack({ $0.tls = .init(certificateFile: server.certificateFile, keyFile: server.keyFile); $0.maximumConnections = 2 }) { stack in
+                let context = try clientContext(trusting: certificates.caFile)
+                let first = try await GatewayTestClient.connect(port: stack.port, tls: context)
+                defer { Task { await first.close() } }
+                #expect(try await first.request("PING\n") == .reply(.pong, tag: nil))
+                let handshaking = try LoopbackSocket(port: stack.port)  // connected, no handshake
+                let refused = try await GatewayTestClient.connect(port: stack.port, tls: context)
+                try await refused.expectError(.busy)
+                #expect(try await refused.next() == nil, "a refused connection is closed")
+                withExtendedLifetime(handshaking) {}
+            }
+        }
+    }
+
     /// Plain text on the TLS ports: the connection is closed, a log line says why, the gateway goes on.
     @Test func plainTextOnTheTLSPort() async throws {
         try await withCertificates { certificates in
