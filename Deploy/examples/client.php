@@ -8,8 +8,10 @@
  * "EVENT ..." lines; they can arrive before the reply of a later request, so readReply() keeps them aside.
  *
  * Demo:
- *   php client.php HOST PORT [--auth SECRET] submit FUNCTION PAYLOAD [WAIT_MS]   submit, watch, then wait
- *   php client.php HOST PORT [--auth SECRET] wait ID WAIT_MS
+ *   php client.php HOST PORT [--auth SECRET] [--tls-ca FILE] submit FUNCTION PAYLOAD [WAIT_MS]   submit, watch, then wait
+ *   php client.php HOST PORT [--auth SECRET] [--tls-ca FILE] wait ID WAIT_MS
+ * --tls-ca (or JOBGATE_TLS_CA) speaks TLS to a gateway serving it, trusting the authorities in FILE; JOBGATE_TLS=1
+ * alone trusts the system's. --tls-cert FILE --tls-key FILE add a client certificate (mutual TLS).
  * PAYLOAD is text, or hex:<digits> for binary. Results and failure reasons print as hex so any bytes print
  * safely. Exit status: 0 done, 1 failed/expired/timed out, 2 an ERR reply or a broken connection.
  */
@@ -27,8 +29,17 @@ class JobgateClient {
     private $socket;
     private $events = [];  // events that arrived while we waited for a reply
 
-    public function __construct($host, $port, $timeout = 30) {
-        $this->socket = @fsockopen($host, $port, $errno, $errstr, 10);
+    /** $tls: null for plain TCP, or PHP's `ssl` context options (e.g. ['cafile' => ...]); the gateway's certificate
+     *  is checked against $host, a name or an IP address. */
+    public function __construct($host, $port, $timeout = 30, $tls = null) {
+        if ($tls === null) {
+            $this->socket = @fsockopen($host, $port, $errno, $errstr, 10);
+        } else {
+            $context = stream_context_create(['ssl' => $tls + ['verify_peer' => true, 'verify_peer_name' => true, 'peer_name' => $host]]);
+            $address = strpos($host, ':') === false ? $host : "[$host]";
+            $this->socket = @stream_socket_client("tls://$address:$port", $errno, $errstr, 10, STREAM_CLIENT_CONNECT, $context);
+            if (!$this->socket) $errstr = $errstr ?: (error_get_last()['message'] ?? 'TLS handshake failed');
+        }
         if (!$this->socket) throw new JobgateException('PROTOCOL', "cannot connect: $errstr");
         stream_set_timeout($this->socket, (int)$timeout);  // no read blocks forever
     }
@@ -121,12 +132,25 @@ function main($args) {
         $secret = $args[$i + 1];
         array_splice($args, $i, 2);
     }
+    $options = [];
+    foreach (['--tls-ca', '--tls-cert', '--tls-key'] as $name) {
+        if (($i = array_search($name, $args, true)) !== false) {
+            $options[$name] = $args[$i + 1];
+            array_splice($args, $i, 2);
+        }
+    }
+    $ca = $options['--tls-ca'] ?? (getenv('JOBGATE_TLS_CA') ?: null);
+    $tls = null;
+    if ($ca !== null || getenv('JOBGATE_TLS') === '1') {
+        $tls = $ca !== null ? ['cafile' => $ca] : [];
+        if (isset($options['--tls-cert'])) $tls += ['local_cert' => $options['--tls-cert'], 'local_pk' => $options['--tls-key'] ?? null];
+    }
     [$host, $port, $command] = $args;
     $rest = array_slice($args, 3);
     $waitMs = (int)($command === 'submit' ? ($rest[2] ?? 5000) : $rest[1]);
     $client = null;
     try {
-        $client = new JobgateClient($host, (int)$port, $waitMs / 1000 + 30);
+        $client = new JobgateClient($host, (int)$port, $waitMs / 1000 + 30, $tls);
         if ($secret !== null) $client->auth($secret);
         if ($command === 'submit') {
             $payload = strncmp($rest[1], 'hex:', 4) === 0 ? hex2bin(substr($rest[1], 4)) : $rest[1];

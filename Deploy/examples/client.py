@@ -7,12 +7,16 @@ line break (a "data block"), so payloads and results may contain any bytes. Afte
 "EVENT ..." lines; they can arrive before the reply of a later request, so read_reply() keeps them aside.
 
 Demo:
-  client.py HOST PORT [--auth SECRET] submit FUNCTION PAYLOAD [WAIT_MS]   submit, watch, then wait
-  client.py HOST PORT [--auth SECRET] wait ID WAIT_MS
+  client.py HOST PORT [--auth SECRET] [--tls-ca FILE] submit FUNCTION PAYLOAD [WAIT_MS]   submit, watch, then wait
+  client.py HOST PORT [--auth SECRET] [--tls-ca FILE] wait ID WAIT_MS
+--tls-ca (or JOBGATE_TLS_CA) speaks TLS to a gateway serving it, trusting the authorities in FILE; JOBGATE_TLS=1
+alone trusts the system's. --tls-cert FILE --tls-key FILE add a client certificate (mutual TLS).
 PAYLOAD is text, or hex:<digits> for binary. Results and failure reasons print as hex so any bytes print
 safely. Exit status: 0 done, 1 failed/expired/timed out, 2 an ERR reply or a broken connection.
 """
+import os
 import socket
+import ssl
 import sys
 
 
@@ -25,8 +29,12 @@ class JobgateError(Exception):
 
 
 class Client:
-    def __init__(self, host, port, timeout=30.0):
+    def __init__(self, host, port, timeout=30.0, tls=None):
+        """tls: None for plain TCP, or an ssl.SSLContext (e.g. ssl.create_default_context(cafile=...)); the
+        gateway's certificate is checked against host, a name or an IP address."""
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.file = self.sock.makefile("rb")  # buffered: readline() for lines, read(n) for exact byte counts
         self.events = []  # events that arrived while we waited for a reply
 
@@ -110,11 +118,23 @@ def main(argv):
         i = args.index("--auth")
         secret = args[i + 1]
         del args[i:i + 2]
+    options = {}
+    for name in ("--tls-ca", "--tls-cert", "--tls-key"):
+        if name in args:
+            i = args.index(name)
+            options[name] = args[i + 1]
+            del args[i:i + 2]
+    ca = options.get("--tls-ca", os.environ.get("JOBGATE_TLS_CA"))
+    tls = None
+    if ca is not None or os.environ.get("JOBGATE_TLS") == "1":
+        tls = ssl.create_default_context(cafile=ca)
+        if "--tls-cert" in options:
+            tls.load_cert_chain(options["--tls-cert"], options.get("--tls-key"))
     host, port, command, rest = args[0], int(args[1]), args[2], args[3:]
     wait_ms = int(rest[2]) if command == "submit" and len(rest) > 2 else int(rest[1]) if command == "wait" else 5000
     client = None
     try:
-        client = Client(host, port, timeout=wait_ms / 1000 + 30)
+        client = Client(host, port, timeout=wait_ms / 1000 + 30, tls=tls)
         if secret is not None:
             client.auth(secret)
         if command == "submit":

@@ -68,6 +68,8 @@ public struct BenchmarkReport: Sendable, Codable {
     public var swiftWorker: UserWorker?
     public var commandWorker: UserWorker?
     public var phpWorker: UserWorker?
+    /// Section 10: the submit rate and push latency through TLS beside plain TCP.
+    public var tls: TLSCost?
 
     public init(machine: Machine, options: BenchmarkOptions, sections: [BenchmarkSection]) {
         self.machine = machine
@@ -333,6 +335,10 @@ extension BenchmarkReport {
             lines.append(row("SUBMIT → EVENT DONE", section.latency))
             let total = section.cpuSecondsPer1000Jobs.reduce(0) { $0 + $1.seconds }
             lines.append("   CPU-s per 1,000 jobs: " + section.cpuSecondsPer1000Jobs.map { "\($0.process) \(String(format: "%.3f", $0.seconds))" }.joined(separator: ", ") + "; all \(String(format: "%.3f", total))")
+            lines.append("")
+        }
+        if let tls {
+            lines += tls.tableLines
             lines.append("")
         }
         while lines.last == "" { lines.removeLast() }

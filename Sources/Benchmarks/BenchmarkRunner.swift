@@ -192,6 +192,17 @@ public struct BenchmarkRunner: Sendable {
                 case .php: report.phpWorker = measured
                 }
             }
+
+            if sections.contains(.tls) {
+                progress("10. TLS: submit (\(options.jobs) jobs × \(options.rounds) rounds) and push latency (\(options.latencySamples) samples), TLS beside plain TCP")
+                let tlsCost = try await stack.tlsCost(
+                    jobs: options.jobs, rounds: options.rounds, connections: options.connections, window: options.submitWindow, samples: options.latencySamples
+                )
+                report.tls = .init(
+                    what: "a second `jobgate serve` with --tls-cert (P-256 certificate, TLS 1.3) on the same gearmand and Redis; sections 1 and 3's measurements through it and through the plain gateway, alternating",
+                    tlsCost
+                )
+            }
             return report
         }
     }

@@ -1,6 +1,7 @@
 import GatewayProtocol
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// A reply or event with the instant its bytes were decoded on the event loop: latencies end there, not when a
 /// task got around to looking at it.
@@ -34,13 +35,15 @@ enum GatewayRequests {
     }
 }
 
-/// Connects a client of the gateway whose replies arrive stamped.
-func connectGateway(port: Int, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> GatewayChannel {
+/// Connects a client of the gateway whose replies arrive stamped; with `tls`, over TLS (the certificate checked
+/// against 127.0.0.1).
+func connectGateway(port: Int, tls: NIOSSLContext? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> GatewayChannel {
     try await ClientBootstrap(group: group)
         .channelOption(.socketOption(.tcp_nodelay), value: 1)
         .connectTimeout(.seconds(10))
         .connect(host: "127.0.0.1", port: port) { channel in
             channel.eventLoop.makeCompletedFuture {
+                if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
                 try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(GatewayResponseDecoder()))
                 try channel.pipeline.syncOperations.addHandler(StampingHandler())
                 return try GatewayChannel(wrappingChannelSynchronously: channel)

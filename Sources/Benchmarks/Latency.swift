@@ -1,6 +1,7 @@
 import GatewayProtocol
 import Gearman
 import NIOCore
+import NIOSSL
 import Synchronization
 
 /// Push latency and the polling it replaces. A held handler of an in-process `JobWorker` returns when the bench
@@ -29,9 +30,10 @@ extension BenchmarkStack {
     }
 
     /// One job at a time: submit, watch, release, read `EVENT … DONE`. The first few samples warm up and are dropped.
-    private func pushLatencies(samples: Int, board: ReleaseBoard, instants: Instants) async throws -> [Int64] {
+    /// `port` and `tls`: another gateway than the stack's (section 10 measures one with TLS).
+    func pushLatencies(samples: Int, board: ReleaseBoard, instants: Instants, port: Int? = nil, tls: NIOSSLContext? = nil) async throws -> [Int64] {
         let warmUp = min(20, samples)
-        return try await connectGateway(port: gatewayPort).executeThenClose { inbound, outbound in
+        return try await connectGateway(port: port ?? gatewayPort, tls: tls).executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
             var latencies: [Int64] = []
             latencies.reserveCapacity(samples)

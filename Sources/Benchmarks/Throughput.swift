@@ -1,6 +1,7 @@
 import Gearman
 import GatewayProtocol
 import NIOCore
+import NIOSSL
 import Synchronization
 
 /// The submit and end-to-end comparisons: N connections, each keeping a window of jobs outstanding.
@@ -35,9 +36,10 @@ extension BenchmarkStack {
     // MARK: Submit
 
     /// Background submits through the gateway: `SUBMIT` pipelined, refilled by half a window at a time.
-    func gatewaySubmitRate(function: String, jobs: Int, connections: Int, window: Int) async throws -> Double {
-        let port = gatewayPort
-        return try await Self.rate(jobs: jobs, connections: connections, connect: { try await connectGateway(port: port) }) { channel, share in
+    /// `port` and `tls`: another gateway than the stack's (section 10 measures one with TLS).
+    func gatewaySubmitRate(function: String, jobs: Int, connections: Int, window: Int, port: Int? = nil, tls: NIOSSLContext? = nil) async throws -> Double {
+        let port = port ?? gatewayPort
+        return try await Self.rate(jobs: jobs, connections: connections, connect: { try await connectGateway(port: port, tls: tls) }) { channel, share in
             _ = try await Self.submitThroughGateway(channel, function: function, jobs: share, window: window)
         }
     }

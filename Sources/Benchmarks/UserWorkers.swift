@@ -19,6 +19,7 @@ public enum BenchmarkSection: String, CaseIterable, Codable, Sendable {
     case swiftWorker = "swift-worker"
     case commandWorker = "command-worker"
     case phpWorker = "php-worker"
+    case tls
 
     /// The sections of a comma-separated list (`--only`); throws naming an unknown one and the known ones.
     public static func parse(_ list: String) throws -> Set<BenchmarkSection> {

@@ -25,6 +25,8 @@ public struct GatewayConfiguration: Sendable {
 
     /// Whether clients must `AUTH` before anything but HELLO, AUTH, PING, HEALTH and QUIT.
     public var requiresAuthentication: Bool { !secrets.isEmpty || credentials != nil }
+    /// TLS on the line-protocol and HTTP ports; nil: plain TCP.
+    public var tls: GatewayTLSConfiguration?
 
     // MARK: Legacy workers that store results in memcached under the Gearman job handle
     /// Memcached-backed functions and the PHP extension their workers store with; all others use Redis.
@@ -108,6 +110,8 @@ public struct GatewayConfiguration: Sendable {
         result.outputStallTimeout = new.outputStallTimeout
         result.contendedOutputStallTimeout = new.contendedOutputStallTimeout
         result.maximumOutcomeBytesPerConnection = new.maximumOutcomeBytesPerConnection
+        // New certificate files (or the same files renewed) for new connections; turning TLS on or off needs a restart.
+        if result.tls != nil, let tls = new.tls { result.tls = tls }
         return result
     }
 }

@@ -23,6 +23,8 @@ public final class GatewayServer: Service {
     private let logger: Logger
     private let listening = Mutex<ListenState>(.init())
     private let httpAddress = ListeningAddress()
+    /// The certificate new connections get, when the ports speak TLS (`configuration.tls`).
+    private let tls = GatewayTLSContext()
 
     private struct ListenState {
         var address: SocketAddress?
@@ -45,9 +47,18 @@ public final class GatewayServer: Service {
 
     /// Takes the secrets, limits and timeouts of `new` for what follows (new `AUTH`s, new requests, new
     /// connections); the rest of `new` needs a restart. Returns the configuration now in effect.
+    /// A reload reads the TLS certificate and key files again (renewed in place, or new paths).
     @discardableResult
     public func reload(_ new: GatewayConfiguration) -> GatewayConfiguration {
-        live.reload(from: new)
+        let configuration = live.reload(from: new)
+        if let tlsConfiguration = configuration.tls {
+            do {
+                try tls.load(tlsConfiguration)
+            } catch {
+                logger.error("TLS certificate not reloaded: new connections keep the running one", metadata: ["tls.error": "\(error)"])
+            }
+        }
+        return configuration
     }
 
     /// The address the server listens on, once it does (port 0 in the configuration picks a free port).
@@ -93,6 +104,7 @@ public final class GatewayServer: Service {
             gearmandServers: configuration.gearmanServers.map { "\($0)" },
             logger: logger
         )
+        if let tlsConfiguration = configuration.tls { try tls.load(tlsConfiguration) }
         let statistics = GatewayStatistics(registry: metrics, backends: backends, maximumOutcomeBytes: configuration.maximumOutcomeBytes)
         let redis = RedisConnectionPool(configuration: configuration.redis, size: 4, logger: logger)
         let outcomeRedis = RedisConnectionPool(configuration: configuration.redis, size: 2, logger: logger)
@@ -137,7 +149,7 @@ public final class GatewayServer: Service {
                 if let httpPort = configuration.httpPort {
                     let http = GatewayHTTPServer(
                         host: configuration.httpHost, port: httpPort, backend: backend, hub: hub, statistics: statistics,
-                        maximumConnections: configuration.maximumConnections, logger: logger,
+                        maximumConnections: configuration.maximumConnections, tls: tls, logger: logger,
                         servesJobPages: { [live] in live.value.credentials == nil }
                     )
                     group.addTask {
@@ -195,13 +207,15 @@ public final class GatewayServer: Service {
             // Each connection keeps its receive buffer between reads: start it small (it grows with the traffic), as
             // most connections are idle watchers and there may be 10,000 of them.
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
-            .childChannelInitializer { channel in
+            .childChannelInitializer { [tls = self.tls, logger = self.logger] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    let pipeline = channel.pipeline.syncOperations
-                    if let refusal = connections.admit(channel) {
-                        return try pipeline.addHandler(ConnectionRefusal(message: refusal))
+                    let refusal = connections.admit(channel)
+                    try tls.secure(channel, port: "line protocol", logger: logger) { pipeline, peerSubject in
+                        if let refusal {
+                            return try pipeline.addHandler(ConnectionRefusal(message: refusal))
+                        }
+                        try pipeline.addHandler(GatewaySessionHandler(services: services, tlsPeerSubject: peerSubject))
                     }
-                    try pipeline.addHandler(GatewaySessionHandler(services: services))
                 }
             }
             .bind(host: configuration.host, port: configuration.port)

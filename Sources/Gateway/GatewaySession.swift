@@ -157,8 +157,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// The last sign that the socket takes output: a reply's result written, or the channel writable again.
     private var lastOutputProgress = NIODeadline.now()
 
-    init(services: SessionServices) {
+    /// The subject (`CN=…,O=…`) of the client certificate verified under mutual TLS (`--tls-client-ca`); nil otherwise.
+    let tlsPeerSubject: String?
+
+    init(services: SessionServices, tlsPeerSubject: String? = nil) {
         self.services = services
+        self.tlsPeerSubject = tlsPeerSubject
         self.decoder = GatewayRequestDecoder(
             maximumLineLength: services.configuration.maximumLineLength,
             maximumPayloadSize: services.configuration.maximumPayloadSize

@@ -44,6 +44,7 @@ struct GatewayClientOptions: ParsableArguments {
 
     @Option(help: "Credential name to AUTH with, for a gateway with a credentials file (or JOBGATE_USER).")
     var user: String?
+    @OptionGroup var tls: ClientTLSOptions
 
     func address() throws -> (host: String, port: Int) {
         let text = gateway ?? ProcessInfo.processInfo.environment["JOBGATE_GATEWAY"] ?? "127.0.0.1:4740"
@@ -56,6 +57,7 @@ struct GatewayClientOptions: ParsableArguments {
     /// Connects, authenticates when a secret is given, runs `body`, closes; every failure becomes a ``ClientFailure``.
     func withConnection<T: Sendable>(_ body: (inout GatewayClientConnection) async throws -> T) async throws -> T {
         let (host, port) = try address()
+        let tlsContext = try tls.context()
         let channel: NIOAsyncChannel<GatewayResponse, GatewayRequest>
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -63,6 +65,7 @@ struct GatewayClientOptions: ParsableArguments {
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .connect(host: host, port: port) { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try ClientTLSOptions.secure(channel, context: tlsContext, host: host)
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(GatewayResponseDecoder()))
                         try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(GatewayRequestEncoder()))
                         return try NIOAsyncChannel<GatewayResponse, GatewayRequest>(wrappingChannelSynchronously: channel)

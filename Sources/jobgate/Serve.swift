@@ -25,7 +25,7 @@ struct Serve: AsyncParsableCommand {
             Command-line options win over the environment, which wins over the file. An unknown name in the \
             file, an unknown JOBGATE_ variable or a bad value stops the start (exit 78) naming it; \
             --check-config checks and prints the effective configuration without starting. \
-            SIGHUP reloads the secrets, the credentials file, limits, timeouts and log level; SIGTERM or SIGINT stop gracefully.
+            SIGHUP reloads the secrets, the credentials file, limits, timeouts, TLS certificate and log level; SIGTERM or SIGINT stop gracefully.
 
             Example (everything on this machine, the defaults):
               jobgate serve --listen 127.0.0.1:4740 --gearman 127.0.0.1:4730 \\
@@ -178,6 +178,40 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "text, or json: one JSON object per line. (default: text)")
     var logFormat: LogFormat?
 
+    // MARK: TLS
+    @Option(
+        name: .customLong("tls-cert"),
+        help: ArgumentHelp("Certificate chain (PEM) the line-protocol and HTTP ports speak TLS with, with --tls-key; reread on SIGHUP. (default: plain TCP)", valueName: "file")
+    )
+    var tlsCert: String?
+
+    @Option(name: .customLong("tls-key"), help: ArgumentHelp("Private key (PEM) of --tls-cert.", valueName: "file"))
+    var tlsKey: String?
+
+    @Option(
+        name: .customLong("tls-client-ca"),
+        help: ArgumentHelp("Mutual TLS: clients must present a certificate signed by an authority in this PEM file.", valueName: "file")
+    )
+    var tlsClientCA: String?
+
+    @Option(name: .customLong("tls-handshake-timeout"), help: "Seconds a client may take to finish the TLS handshake before it is closed. (default: 10)")
+    var tlsHandshakeTimeout: Int?
+
+    @Option(
+        name: .customLong("redis-tls-ca"),
+        help: ArgumentHelp("Speak TLS to Redis (its tls-port), trusting the authorities in this PEM file. (default: plain TCP)", valueName: "file")
+    )
+    var redisTLSCA: String?
+
+    @Option(
+        name: .customLong("redis-tls-cert"),
+        help: ArgumentHelp("Client certificate (PEM) for a Redis with tls-auth-clients yes, with --redis-tls-key.", valueName: "file")
+    )
+    var redisTLSCert: String?
+
+    @Option(name: .customLong("redis-tls-key"), help: ArgumentHelp("Private key (PEM) of --redis-tls-cert.", valueName: "file"))
+    var redisTLSKey: String?
+
     func run() async throws {
         GlibcMalloc.limitArenas()
         let loaded = try checkingConfiguration { try loadConfiguration() }
@@ -287,6 +321,10 @@ struct Serve: AsyncParsableCommand {
             ("lost-grace", seconds(gateway.lostJobGrace)),
             ("log-level", loaded.logLevel.rawValue),
             ("log-format", loaded.logFormat.rawValue),
+            ("tls-cert", gateway.tls?.certificateFile ?? ""),
+            ("tls-key", gateway.tls?.keyFile ?? ""),
+            ("tls-client-ca", gateway.tls?.clientCAFile ?? ""),
+            ("tls-handshake-timeout", gateway.tls.map { seconds($0.handshakeTimeout) } ?? ""),
         ]
     }
 
@@ -313,6 +351,8 @@ struct Serve: AsyncParsableCommand {
             configuration.redis.authentication = .init(username: user, password: password)
         }
         configuration.redis.database = try settings.int("redis-db", redisDB)
+        configuration.redis.tls = try settings.redisTLS(ca: redisTLSCA, certificate: redisTLSCert, key: redisTLSKey)
+        configuration.tls = try settings.gatewayTLS(certificate: tlsCert, key: tlsKey, clientCA: tlsClientCA, handshakeTimeout: tlsHandshakeTimeout)
         configuration.keyPrefix = settings.value("key-prefix", keyPrefix) ?? configuration.keyPrefix
         if let secrets = settings.value("secrets", secrets) {
             configuration.secrets = secrets.split(separator: ",").map(String.init)

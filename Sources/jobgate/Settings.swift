@@ -104,6 +104,7 @@ final class Settings {
     static let otherProgramsVariables: Set = [
         "JOBGATE_GATEWAY", "JOBGATE_SECRET", "JOBGATE_USER", "JOBGATE_FUNCTION", "JOBGATE_HANDLE", "JOBGATE_UNIQUE", "JOBGATE_JOB_ID",
         "JOBGATE_PROGRESS_FD", "JOBGATE_TEST_PID_DIR", "JOBGATE_DEMO_DIR", "JOBGATE_FUZZ",
+        "JOBGATE_TLS", "JOBGATE_TLS_CA", "JOBGATE_CLIENT_CERT", "JOBGATE_CLIENT_KEY",
     ]
 
     func hostPort(_ text: String, of name: String, commandLine: Bool) throws(ConfigurationError) -> (String, Int) {

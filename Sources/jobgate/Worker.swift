@@ -4,6 +4,7 @@ import Gearman
 import JobStore
 import Logging
 import Memcache
+import NIOSSL
 import Redis
 import ServiceLifecycle
 import UnixSignals
@@ -89,6 +90,21 @@ struct Worker: AsyncParsableCommand {
     var keyPrefix: String?
 
     @Option(
+        name: .customLong("redis-tls-ca"),
+        help: ArgumentHelp("Speak TLS to Redis (its tls-port), trusting the authorities in this PEM file. (default: plain TCP)", valueName: "file")
+    )
+    var redisTLSCA: String?
+
+    @Option(
+        name: .customLong("redis-tls-cert"),
+        help: ArgumentHelp("Client certificate (PEM) for a Redis with tls-auth-clients yes, with --redis-tls-key.", valueName: "file")
+    )
+    var redisTLSCert: String?
+
+    @Option(name: .customLong("redis-tls-key"), help: ArgumentHelp("Private key (PEM) of --redis-tls-cert.", valueName: "file"))
+    var redisTLSKey: String?
+
+    @Option(
         name: .customLong("result-ttl"),
         help: ArgumentHelp("Seconds a finished job's record is kept, when its submitter did not choose. (default: 86400)", valueName: "seconds")
     )
@@ -133,6 +149,7 @@ struct Worker: AsyncParsableCommand {
         var redisUser: String?
         var redisPassword: String?
         var redisDatabase = 0
+        var redisTLS: TLSConfiguration?
         var keyPrefix = "jobgate:"
         var resultTTL = 86_400
         var memcached: [MemcacheServer] = []
@@ -163,6 +180,7 @@ struct Worker: AsyncParsableCommand {
         loaded.redisUser = settings.value("redis-user", redisUser)
         loaded.redisPassword = settings.value("redis-password", redisPassword)
         loaded.redisDatabase = try settings.int("redis-db", redisDatabase) ?? loaded.redisDatabase
+        loaded.redisTLS = try settings.redisTLS(ca: redisTLSCA, certificate: redisTLSCert, key: redisTLSKey)
         loaded.keyPrefix = settings.value("key-prefix", keyPrefix) ?? loaded.keyPrefix
         loaded.resultTTL = try settings.int("result-ttl", resultTTL) ?? loaded.resultTTL
         guard loaded.resultTTL >= 1 else { throw ConfigurationError("\(settings.source("result-ttl", commandLine: resultTTL != nil)) must be at least 1 second") }
@@ -215,7 +233,8 @@ struct Worker: AsyncParsableCommand {
                 port: loaded.redis.port,
                 authentication: loaded.redisPassword.map { .init(username: loaded.redisUser, password: $0) },
                 database: loaded.redisDatabase == 0 ? nil : loaded.redisDatabase,
-                commandTimeout: .seconds(10)
+                commandTimeout: .seconds(10),
+                tls: loaded.redisTLS
             ),
             size: min(max(loaded.concurrency, 2), 16),
             logger: logger

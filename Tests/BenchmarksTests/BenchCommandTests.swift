@@ -92,9 +92,19 @@ import Testing
             BenchSectionsTests.checkWorkerSection(section, options: report.options, serversStarted: true)
         }
 
+        // TLS beside plain TCP: both sides of both measurements, in the same run.
+        let tls = try #require(report.tls, "section 10 (TLS) is in the report")
+        sane(tls.submitPlainJobsPerSecond, "TLS section: plain submit")
+        sane(tls.submitTLSJobsPerSecond, "TLS section: TLS submit")
+        sane(tls.submitRatio, "TLS section: submit ratio")
+        #expect(tls.submitPlainRounds.count == report.options.rounds && tls.submitTLSRounds.count == report.options.rounds)
+        sane(tls.pushPlain, "TLS section: plain push", samples: report.options.latencySamples)
+        sane(tls.pushTLS, "TLS section: TLS push", samples: report.options.latencySamples)
+        sane(tls.pushMeanRatio, "TLS section: push ratio")
+
         // The table names every section.
         for heading in ["1. submit", "2. end to end", "3. push latency", "4. watchers", "5. legacy bridge", "6. large results",
-                        "7. swift worker", "8. command worker", "9. php worker"] {
+                        "7. swift worker", "8. command worker", "9. php worker", "10. TLS"] {
             #expect(run.outputText.contains(heading), "table lacks \(heading)")
         }
     }

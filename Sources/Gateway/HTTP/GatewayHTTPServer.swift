@@ -23,6 +23,8 @@ final class GatewayHTTPServer: Sendable {
     private let logger: Logger
     private let requestTimeout: TimeAmount = .seconds(10)
     private let maximumConnections: Int
+    /// HTTPS when the gateway's ports speak TLS.
+    private let tls: GatewayTLSContext
     private let connections = Mutex<[ObjectIdentifier: any Channel]>([:])
     /// Job pages answer 403 while the gateway has a credentials file: the HTTP port has no credentials, and the
     /// `read` scope would mean nothing if a page showed any job to whoever holds its id.
@@ -31,9 +33,11 @@ final class GatewayHTTPServer: Sendable {
     static let maximumResultShown = 256 * 1024
 
     init(
-        host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int, logger: Logger,
+        host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int,
+        tls: GatewayTLSContext = GatewayTLSContext(), logger: Logger,
         servesJobPages: @escaping @Sendable () -> Bool = { true }
     ) {
+        self.tls = tls
         self.host = host
         self.port = port
         self.backend = backend
@@ -49,8 +53,9 @@ final class GatewayHTTPServer: Sendable {
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: host, port: port) { channel in
+            .bind(host: host, port: port) { [tls = self.tls, logger = self.logger] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try tls.secureInFront(channel, port: "HTTP", logger: logger)
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
                     return try Connection(wrappingChannelSynchronously: channel)
                 }

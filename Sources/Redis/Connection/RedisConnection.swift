@@ -1,6 +1,8 @@
 public import Logging
 public import NIOCore
 import NIOPosix
+import NIOSSL
+import NIOTLS
 
 #if canImport(Glibc)
 import Glibc
@@ -56,9 +58,26 @@ public actor RedisConnection {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .connectTimeout(TimeAmount(configuration.connectTimeout))
         let (channel, handler): (any Channel, NIOLoopBound<RedisChannelHandler>)
+        let tlsContext: NIOSSLContext?
+        do {
+            tlsContext = try configuration.tls.map { try NIOSSLContext(configuration: $0) }
+        } catch {
+            throw RedisError(.connectionFailed, "TLS to \(peer) cannot be set up: \(error)")
+        }
+        let handshake = eventLoop.makePromise(of: Void.self)
         do {
             (channel, handler) = try await bootstrap.connect(host: configuration.host, port: configuration.port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tlsContext {
+                        // An IP address is checked against the certificate's IP addresses; a name is also sent as SNI.
+                        let isAddress = (try? SocketAddress(ipAddress: configuration.host, port: 0)) != nil
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(context: tlsContext, serverHostname: isAddress ? nil : configuration.host)
+                        )
+                        try channel.pipeline.syncOperations.addHandler(TLSHandshakeWatch(done: handshake))
+                    } else {
+                        handshake.succeed()
+                    }
                     let handler = RedisChannelHandler(
                         maximumReplySize: configuration.maximumReplySize,
                         commandTimeout: configuration.commandTimeout.map(TimeAmount.init),
@@ -70,7 +89,14 @@ public actor RedisConnection {
                 }
             }
         } catch {
+            handshake.succeed()
             throw connectError(error, peer: peer)
+        }
+        do {
+            try await handshake.futureResult.get()
+        } catch {
+            try? await channel.close()
+            throw RedisError(.connectionFailed, "TLS handshake with \(peer) failed: \(error)")
         }
         let connection = RedisConnection(channel: channel, handler: handler, configuration: configuration, logger: logger)
         do {
@@ -186,6 +212,36 @@ public actor RedisConnection {
 
     /// Completes when the connection is closed or lost.
     nonisolated var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+}
+
+/// Completes `done` when the TLS handshake succeeds or fails (before any command is sent), so that a certificate
+/// problem is a connect error that says so, not a closed connection.
+private final class TLSHandshakeWatch: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let done: EventLoopPromise<Void>
+
+    init(done: EventLoopPromise<Void>) {
+        self.done = done
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let tlsEvent = event as? TLSUserEvent, case .handshakeCompleted = tlsEvent {
+            done.succeed()
+            context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        done.fail(error)
+        context.fireErrorCaught(error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        done.fail(RedisError.closed("closed during the TLS handshake"))
+        context.fireChannelInactive()
+    }
 }
 
 /// Maps NIO's connect errors to ``RedisError``.

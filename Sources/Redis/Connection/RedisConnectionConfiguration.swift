@@ -1,3 +1,5 @@
+public import NIOSSL
+
 /// Where and how to connect to one Redis server.
 public struct RedisConnectionConfiguration: Sendable {
     /// `AUTH password` (`requirepass`) or, with a username, `AUTH username password` (ACL).
@@ -23,6 +25,9 @@ public struct RedisConnectionConfiguration: Sendable {
     public var commandTimeout: Duration?
     /// Largest reply accepted, in bytes on the wire; a larger one closes the connection.
     public var maximumReplySize: Int
+    /// TLS to Redis (`tls-port`), checking the server's certificate against `host` (or its IP address); nil: plain TCP.
+    /// ``RedisConnectionConfiguration/tls(caFile:certificateFile:keyFile:)`` makes one from files.
+    public var tls: TLSConfiguration?
 
     public init(
         host: String = "127.0.0.1",
@@ -31,8 +36,10 @@ public struct RedisConnectionConfiguration: Sendable {
         database: Int? = nil,
         connectTimeout: Duration = .seconds(5),
         commandTimeout: Duration? = .seconds(30),
-        maximumReplySize: Int = RedisReplyDecoder.defaultMaximumReplySize
+        maximumReplySize: Int = RedisReplyDecoder.defaultMaximumReplySize,
+        tls: TLSConfiguration? = nil
     ) {
+        self.tls = tls
         self.host = host
         self.port = port
         self.authentication = authentication
@@ -40,6 +47,34 @@ public struct RedisConnectionConfiguration: Sendable {
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
         self.maximumReplySize = maximumReplySize
+    }
+}
+
+extension RedisConnectionConfiguration {
+    /// TLS that trusts the authorities in `caFile` (PEM) and, for a Redis with `tls-auth-clients yes` (its default),
+    /// presents the client certificate in `certificateFile` with its key. Reads the files now, so a wrong path is
+    /// an error at start, naming the file.
+    public static func tls(caFile: String, certificateFile: String? = nil, keyFile: String? = nil) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        do {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile))
+        } catch {
+            throw RedisError(.connectionFailed, "cannot read the Redis TLS CA file \(caFile): \(error)")
+        }
+        switch (certificateFile, keyFile) {
+        case (nil, nil):
+            break
+        case let (certificateFile?, keyFile?):
+            do {
+                tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificateFile).map { .certificate($0) }
+                tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyFile, format: .pem))
+            } catch {
+                throw RedisError(.connectionFailed, "cannot read the Redis TLS client certificate \(certificateFile) or key \(keyFile): \(error)")
+            }
+        default:
+            throw RedisError(.connectionFailed, "a Redis TLS client certificate needs both its certificate file and its key file")
+        }
+        return tls
     }
 }
 

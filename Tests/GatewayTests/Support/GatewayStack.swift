@@ -6,6 +6,7 @@ import LocalServers
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Redis
 import ServiceLifecycle
 import Synchronization
@@ -135,12 +136,14 @@ final class GatewayTestClient: Sendable {
         self.reader = ResponseReader(responses)
     }
 
-    static func connect(port: Int) async throws -> GatewayTestClient {
+    /// With `tls`, speaks TLS and checks the gateway's certificate against 127.0.0.1.
+    static func connect(port: Int, tls: NIOSSLContext? = nil) async throws -> GatewayTestClient {
         let (stream, continuation) = AsyncStream<GatewayResponse>.makeStream()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(GatewayResponseDecoder()))
                     try channel.pipeline.syncOperations.addHandler(Collector(continuation: continuation))
                 }
