@@ -28,6 +28,9 @@ struct GatewayStack: Sendable {
     func store() -> RedisJobStore {
         var configuration = JobStoreConfiguration()
         configuration.schema = JobKeySchema(prefix: self.configuration.keyPrefix)
+        configuration.logRetention = CompletionLogRetention(
+            age: self.configuration.subscriptionRetention, maximumLength: self.configuration.subscriptionLogLength
+        )
         return RedisJobStore(redis: RedisConnectionPool(configuration: self.configuration.redis, size: 1), configuration: configuration)
     }
 }
@@ -132,12 +135,16 @@ final class GatewayTestClient: Sendable {
         self.reader = ResponseReader(responses)
     }
 
-    static func connect(port: Int) async throws -> GatewayTestClient {
+    /// `receiveBuffer`: a small socket receive buffer (`SO_RCVBUF`), for a client that is to fall behind soon.
+    static func connect(port: Int, receiveBuffer: Int? = nil) async throws -> GatewayTestClient {
         let (stream, continuation) = AsyncStream<GatewayResponse>.makeStream()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let receiveBuffer {
+                        try channel.syncOptions?.setOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+                    }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(GatewayResponseDecoder()))
                     try channel.pipeline.syncOperations.addHandler(Collector(continuation: continuation))
                 }
