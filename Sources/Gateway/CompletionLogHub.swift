@@ -30,6 +30,9 @@ final class CompletionLogHub: Sendable {
     private let state = Mutex(State())
 
     private struct Follow {
+        /// Tells this follow from a later one of the same function (after every subscriber had left): a read under
+        /// way for an earlier one must not touch it.
+        let number: UInt64
         var subscribers: [ObjectIdentifier: any LogSubscriber] = [:]
         /// The last entry read; nil until the first read found where the log ends.
         var head: GatewayLogCursor?
@@ -39,6 +42,7 @@ final class CompletionLogHub: Sendable {
 
     private struct State {
         var follows: [String: Follow] = [:]
+        var followsMade: UInt64 = 0
     }
 
     init(store: RedisJobStore, redis: RedisConnectionConfiguration, sweepInterval: Duration, logger: Logger) {
@@ -79,7 +83,11 @@ final class CompletionLogHub: Sendable {
     func follow(_ function: String, _ subscriber: any LogSubscriber) {
         let isFirst = state.withLock { state in
             let isFirst = state.follows[function] == nil
-            state.follows[function, default: Follow()].subscribers[ObjectIdentifier(subscriber)] = subscriber
+            if isFirst {
+                state.followsMade += 1
+                state.follows[function] = Follow(number: state.followsMade)
+            }
+            state.follows[function]!.subscribers[ObjectIdentifier(subscriber)] = subscriber
             return isFirst
         }
         if isFirst { advance(function) }  // finds where the log ends
@@ -132,22 +140,23 @@ final class CompletionLogHub: Sendable {
     /// Reads what was added to `function`'s log since the last read, unless a read is under way (then it reads again
     /// once that one ends).
     private func advance(_ function: String) {
-        let starts = state.withLock { state -> Bool in
-            guard state.follows[function] != nil else { return false }
-            if state.follows[function]!.isReading {
+        let starts = state.withLock { state -> UInt64? in
+            guard let follow = state.follows[function] else { return nil }
+            if follow.isReading {
                 state.follows[function]!.readAgain = true
-                return false
+                return nil
             }
             state.follows[function]!.isReading = true
-            return true
+            return follow.number
         }
-        guard starts else { return }
-        Task { await self.readOn(function) }
+        guard let number = starts else { return }
+        Task { await self.readOn(function, number) }
     }
 
-    private func readOn(_ function: String) async {
+    private func readOn(_ function: String, _ number: UInt64) async {
+        func follow(_ state: State) -> Follow? { state.follows[function].flatMap { $0.number == number ? $0 : nil } }
         while true {
-            guard let head = state.withLock({ state -> GatewayLogCursor?? in state.follows[function].map { $0.head } }) else { return }
+            guard let head = state.withLock({ state -> GatewayLogCursor?? in follow(state).map { $0.head } }) else { return }
             let run: LogRun
             do {
                 if let head {
@@ -158,17 +167,17 @@ final class CompletionLogHub: Sendable {
                 }
             } catch {
                 logger.debug("completion log read failed", metadata: ["job.function": "\(function)", "redis.error": "\(error)"])
-                state.withLock { $0.follows[function]?.isReading = false }
+                state.withLock { state in if follow(state) != nil { state.follows[function]!.isReading = false } }
                 return  // the next reconnect or sweep reads again
             }
             let (subscribers, again) = state.withLock { state -> ([any LogSubscriber], Bool) in
-                guard var follow = state.follows[function] else { return ([], false) }
-                follow.head = run.entries.last?.cursor ?? (head ?? run.after)
-                let again = follow.readAgain || !run.isComplete
-                follow.readAgain = false
-                follow.isReading = again
-                state.follows[function] = follow
-                return (Array(follow.subscribers.values), again)
+                guard var current = follow(state) else { return ([], false) }
+                current.head = run.entries.last?.cursor ?? (head ?? run.after)
+                let again = current.readAgain || !run.isComplete
+                current.readAgain = false
+                current.isReading = again
+                state.follows[function] = current
+                return (Array(current.subscribers.values), again)
             }
             if head != nil, !run.entries.isEmpty {
                 for subscriber in subscribers { subscriber.logAdvanced(function, run) }
