@@ -72,7 +72,8 @@ extension RedisJobStore {
     /// Expects locals `logKey` (nil: no function known, nothing is logged), `jobID`, `endState`, and
     /// `maxLength`, `minID` (the oldest entry id to keep by age). Trimming is exact, and notes the newest entry it
     /// removed as the stream's max-deleted-entry-id (XTRIM leaves that alone): so a reader tells a cursor the log no
-    /// longer covers from one that is merely old. In steady state that is one `XREVRANGE … COUNT 1` more per job.
+    /// longer covers from one that is merely old. Only the oldest entry is looked at unless something is due to go
+    /// (an `XREVRANGE` from a bound older than every entry walks the whole stream).
     static let appendToLogLua =
         "\n" + """
         if logKey then
@@ -84,9 +85,9 @@ extension RedisJobStore {
             trimmed = gone[#gone][1]
             redis.call('XTRIM', logKey, 'MAXLEN', maxLength)
           end
-          local old = redis.call('XREVRANGE', logKey, '(' .. minID, '-', 'COUNT', 1)
-          if old[1] then
-            trimmed = old[1][1]
+          local first = redis.call('XRANGE', logKey, '-', '+', 'COUNT', 1)[1][1]
+          if tonumber(string.match(first, '^%d+')) < tonumber(string.match(minID, '^%d+')) then
+            trimmed = redis.call('XREVRANGE', logKey, '(' .. minID, '-', 'COUNT', 1)[1][1]
             redis.call('XTRIM', logKey, 'MINID', minID)
           end
           if trimmed then redis.call('XSETID', logKey, id, 'MAXDELETEDID', trimmed) end
