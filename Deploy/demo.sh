@@ -62,7 +62,7 @@ for port in $gearman_port $redis_port $memcached_port $gateway_port; do
 done
 start gearmand /usr/sbin/gearmand --listen=127.0.0.1 --port=$gearman_port --threads=1 --log-file=stderr
 start redis redis-server --bind 127.0.0.1 --port $redis_port --save "" --appendonly yes --appendfsync everysec \
-    --dir "$state" --notify-keyspace-events Ehx
+    --dir "$state" --notify-keyspace-events Ehtx
 start memcached memcached -l 127.0.0.1 -p $memcached_port -U 0 -u "$(id -un)"
 wait_for_port $gearman_port
 wait_for_port $redis_port

@@ -10,6 +10,8 @@
  * Demo:
  *   php client.php HOST PORT [--auth SECRET] [--tls-ca FILE] submit FUNCTION PAYLOAD [WAIT_MS]   submit, watch, then wait
  *   php client.php HOST PORT [--auth SECRET] [--tls-ca FILE] wait ID WAIT_MS
+ *   php client.php HOST PORT [--auth SECRET] [--tls-ca FILE] subscribe FUNCTION [FROM] [COUNT]   every job of FUNCTION
+ *       that ends after cursor FROM (now, start, or a cursor printed before), as `<cursor> <id> <kind> <hex>` lines
  * --tls-ca (or JOBGATE_TLS_CA) speaks TLS to a gateway serving it, trusting the authorities in FILE; JOBGATE_TLS=1
  * alone trusts the system's. --tls-cert FILE --tls-key FILE add a client certificate (mutual TLS).
  * PAYLOAD is text, or hex:<digits> for binary. Results and failure reasons print as hex so any bytes print
@@ -71,9 +73,11 @@ class JobgateClient {
     /** One reply or event as [words, data]; data is the block's bytes, or null if the line has none. */
     private function message() {
         $words = $this->line();
-        $kind = ($words[0] ?? '') === 'EVENT' ? ($words[2] ?? '') : ($words[0] ?? '');
-        $hasBlock = in_array($kind, ['PROGRESS', 'DONE', 'FAILED', 'STATS'], true);
-        return [$words, $hasBlock ? $this->block((int)end($words)) : null];
+        $isEvent = ($words[0] ?? '') === 'EVENT';
+        $kind = $isEvent ? ($words[2] ?? '') : ($words[0] ?? '');
+        // Where the byte count is: options such as cursor= may follow it.
+        $countAt = ($isEvent ? ['PROGRESS' => 5, 'DONE' => 3, 'FAILED' => 3] : ['DONE' => 2, 'FAILED' => 2, 'STATS' => 1])[$kind] ?? null;
+        return [$words, $countAt !== null ? $this->block((int)$words[$countAt]) : null];
     }
 
     /** The next reply, keeping pushed events for nextEvent(); throws JobgateException on ERR. */
@@ -118,6 +122,21 @@ class JobgateClient {
         return [$words[2], (int)$words[3], (int)$words[4]];
     }
 
+    /** Pushes the end of every job of $function that ended after $since (a cursor from nextEnded(), 'start' for all
+     *  the gateway's log holds, or 'now'), then of every job that ends from now on, each once. */
+    public function subscribe($function, $since = 'now') {
+        $this->request("SUBSCRIBE $function from=$since");
+    }
+
+    /** The next ended job of a subscription as [cursor, id, kind, data]: kind DONE, FAILED or EXPIRED. Keep the cursor
+     *  of the last one you handled: subscribe($function, $cursor) resumes right after it, on any gateway. */
+    public function nextEnded() {
+        [$id, $kind, $words, $data] = $this->nextEvent();
+        $cursor = null;
+        foreach ($words as $word) if (strncmp($word, 'cursor=', 7) === 0) $cursor = substr($word, 7);
+        return [$cursor, $id, $kind, $data];
+    }
+
     /** Blocks until the job ends: ['DONE', result], ['FAILED', reason], ['EXPIRED', null], or ['TIMEOUT', null]
      *  when $timeoutMs passes first. The stream timeout must exceed $timeoutMs. */
     public function wait($id, $timeoutMs) {
@@ -147,11 +166,20 @@ function main($args) {
     }
     [$host, $port, $command] = $args;
     $rest = array_slice($args, 3);
-    $waitMs = (int)($command === 'submit' ? ($rest[2] ?? 5000) : $rest[1]);
+    $waitMs = (int)($command === 'submit' ? ($rest[2] ?? 5000) : ($command === 'subscribe' ? 3600 * 1000 : $rest[1]));
     $client = null;
     try {
         $client = new JobgateClient($host, (int)$port, $waitMs / 1000 + 30, $tls);
         if ($secret !== null) $client->auth($secret);
+        if ($command === 'subscribe') {
+            $client->subscribe($rest[0], $rest[1] ?? 'now');
+            echo "SUBSCRIBED $rest[0]\n";
+            for ($n = 0; !isset($rest[2]) || $n < (int)$rest[2]; $n++) {
+                [$cursor, $id, $kind, $data] = $client->nextEnded();
+                echo "$cursor $id $kind " . bin2hex($data ?? '') . "\n";
+            }
+            return 0;
+        }
         if ($command === 'submit') {
             $payload = strncmp($rest[1], 'hex:', 4) === 0 ? hex2bin(substr($rest[1], 4)) : $rest[1];
             $id = $client->submit($rest[0], $payload);

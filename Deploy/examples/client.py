@@ -9,6 +9,9 @@ line break (a "data block"), so payloads and results may contain any bytes. Afte
 Demo:
   client.py HOST PORT [--auth SECRET] [--tls-ca FILE] submit FUNCTION PAYLOAD [WAIT_MS]   submit, watch, then wait
   client.py HOST PORT [--auth SECRET] [--tls-ca FILE] wait ID WAIT_MS
+  client.py HOST PORT [--auth SECRET] [--tls-ca FILE] subscribe FUNCTION [FROM] [COUNT]   every job of FUNCTION that
+      ends after cursor FROM (now, start, or a cursor printed before), as `<cursor> <id> <kind> <hex>` lines;
+      COUNT: stop after that many
 --tls-ca (or JOBGATE_TLS_CA) speaks TLS to a gateway serving it, trusting the authorities in FILE; JOBGATE_TLS=1
 alone trusts the system's. --tls-cert FILE --tls-key FILE add a client certificate (mutual TLS).
 PAYLOAD is text, or hex:<digits> for binary. Results and failure reasons print as hex so any bytes print
@@ -63,9 +66,11 @@ class Client:
     def _message(self):
         """One reply or event as (words, data); data is the block's bytes, or None if the line has none."""
         words = self._line()
-        kind = words[2] if words[:1] == ["EVENT"] and len(words) > 2 else words[0] if words else ""
-        has_block = kind in ("PROGRESS", "DONE", "FAILED", "STATS")
-        return words, self._block(int(words[-1])) if has_block else None
+        is_event = words[:1] == ["EVENT"]
+        kind = words[2] if is_event and len(words) > 2 else words[0] if words else ""
+        # Where the byte count is: options such as cursor= may follow it.
+        count_at = ({"PROGRESS": 5, "DONE": 3, "FAILED": 3} if is_event else {"DONE": 2, "FAILED": 2, "STATS": 1}).get(kind)
+        return words, self._block(int(words[count_at])) if count_at is not None else None
 
     def read_reply(self):
         """The next reply, keeping pushed events for next_event(); raises JobgateError on ERR."""
@@ -104,6 +109,18 @@ class Client:
         words, _ = self.request("WATCH " + job_id)
         return words[2], int(words[3]), int(words[4])
 
+    def subscribe(self, function, since="now"):
+        """Pushes the end of every job of `function` that ended after `since` (a cursor from next_ended(), "start"
+        for all the gateway's log holds, or "now"), then of every job that ends from now on, each once."""
+        self.request(f"SUBSCRIBE {function} from={since}")
+
+    def next_ended(self):
+        """The next ended job of a subscription as (cursor, id, kind, data): kind DONE, FAILED or EXPIRED. Keep the
+        cursor of the last one you handled: subscribe(function, cursor) resumes right after it, on any gateway."""
+        job_id, kind, words, data = self.next_event()
+        cursor = next((word[len("cursor="):] for word in words if word.startswith("cursor=")), None)
+        return cursor, job_id, kind, data
+
     def wait(self, job_id, timeout_ms):
         """Blocks until the job ends: ("DONE", result), ("FAILED", reason), ("EXPIRED", None), or
         ("TIMEOUT", None) when timeout_ms passes first. The socket timeout must exceed timeout_ms."""
@@ -132,11 +149,20 @@ def main(argv):
             tls.load_cert_chain(options["--tls-cert"], options.get("--tls-key"))
     host, port, command, rest = args[0], int(args[1]), args[2], args[3:]
     wait_ms = int(rest[2]) if command == "submit" and len(rest) > 2 else int(rest[1]) if command == "wait" else 5000
+    if command == "subscribe":
+        wait_ms = 3600 * 1000  # an idle function may end nothing for long
     client = None
     try:
         client = Client(host, port, timeout=wait_ms / 1000 + 30, tls=tls)
         if secret is not None:
             client.auth(secret)
+        if command == "subscribe":
+            client.subscribe(rest[0], rest[1] if len(rest) > 1 else "now")
+            print("SUBSCRIBED", rest[0], flush=True)
+            for _ in range(int(rest[2])) if len(rest) > 2 else iter(int, 1):
+                cursor, job_id, kind, data = client.next_ended()
+                print(cursor, job_id, kind, data.hex() if data is not None else "", flush=True)
+            return 0
         if command == "submit":
             payload = bytes.fromhex(rest[1][4:]) if rest[1].startswith("hex:") else rest[1].encode()
             job_id = client.submit(rest[0], payload)

@@ -84,6 +84,10 @@ public struct GatewayConfiguration: Sendable {
     /// Backstop re-read of every followed job, for anything a notification missed; also how often the job id keys
     /// are re-synchronized with Redis (`JobIDKeyring`).
     public var sweepInterval: Duration = .seconds(30)
+    /// Seconds, and entries per function, that the completion log keeps for resuming subscribers
+    /// (`SUBSCRIBE … from=<cursor>`); the workers trim it with their own settings of the same names.
+    public var subscriptionRetention = 86_400
+    public var subscriptionLogLength = 100_000
 
     public init() {}
 

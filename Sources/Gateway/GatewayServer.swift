@@ -112,6 +112,7 @@ public final class GatewayServer: Service {
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
         storeConfiguration.resultTTL = configuration.resultTTL
         storeConfiguration.acceptanceGrace = configuration.lostJobGrace
+        storeConfiguration.logRetention = CompletionLogRetention(age: configuration.subscriptionRetention, maximumLength: configuration.subscriptionLogLength)
         let store = RedisJobStore(redis: redis, outcomeRedis: outcomeRedis, configuration: storeConfiguration)
         let logger = self.logger
         let ids = try await cancelWhenGracefulShutdown {
@@ -128,6 +129,7 @@ public final class GatewayServer: Service {
             if link != .down { redisReconnected.yield() }
         }
         let hub = PushHub(feed: feed, statistics: statistics)
+        let logHub = CompletionLogHub(store: store, redis: configuration.redis, sweepInterval: configuration.sweepInterval, logger: logger)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let legacy = try makeLegacyBridge(store: store, gearman: gearman, statistics: statistics)
         let backend = GatewayBackend(
@@ -138,6 +140,7 @@ public final class GatewayServer: Service {
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run(delivering: hub.deliver) }
+                group.addTask { await logHub.run() }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
                 group.addTask { await ids.run(every: configuration.sweepInterval, reconnected: redisReconnects) }
                 group.addTask { await backends.follow(gearman) }
@@ -157,7 +160,7 @@ public final class GatewayServer: Service {
                         do { try await http.run { address in self.httpAddress.resolve(.success(address)) } } catch is CancellationError {}
                     }
                 }
-                try await acceptConnections(backend: backend, hub: hub, statistics: statistics)
+                try await acceptConnections(backend: backend, hub: hub, logHub: logHub, statistics: statistics)
                 group.cancelAll()
             }
         } catch {
@@ -194,9 +197,9 @@ public final class GatewayServer: Service {
     }
 
 
-    private func acceptConnections(backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics) async throws {
+    private func acceptConnections(backend: GatewayBackend, hub: PushHub, logHub: CompletionLogHub, statistics: GatewayStatistics) async throws {
         let configuration = self.configuration
-        let services = SessionServices(backend: backend, hub: hub, configuration: live, statistics: statistics, logger: logger)
+        let services = SessionServices(backend: backend, hub: hub, logHub: logHub, configuration: live, statistics: statistics, logger: logger)
         let connections = GatewayConnections(configuration: live, statistics: statistics)
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)

@@ -10,6 +10,8 @@ import Synchronization
 final class SessionServices: Sendable {
     let backend: GatewayBackend
     let hub: PushHub
+    /// Where subscriptions get their events: the functions' completion logs.
+    let logHub: CompletionLogHub
     let submits: BackendBatcher<GatewayBackend.Submission, GatewayBackend.Submitted>
     let lookups: BackendBatcher<GatewayJobID, JobLookup>
     let live: LiveConfiguration
@@ -21,9 +23,13 @@ final class SessionServices: Sendable {
     /// What is in effect now: a reload (SIGHUP) changes the secrets, limits and timeouts for what follows.
     var configuration: GatewayConfiguration { live.value }
 
-    init(backend: GatewayBackend, hub: PushHub, configuration: LiveConfiguration, statistics: GatewayStatistics, logger: Logger) {
+    init(
+        backend: GatewayBackend, hub: PushHub, logHub: CompletionLogHub, configuration: LiveConfiguration, statistics: GatewayStatistics,
+        logger: Logger
+    ) {
         self.backend = backend
         self.hub = hub
+        self.logHub = logHub
         self.submits = BackendBatcher { submissions, turn in await backend.submit(submissions, turn: turn) }
         self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids) }
         self.outcomes = BackendBatcher { records, _ in await backend.outcomes(of: records) }
@@ -55,8 +61,8 @@ enum SessionEffect {
     /// After `WATCHING`: the watch's events flow from now on. (Indirect: a record is large, and every reply slot of
     /// every connection has room for an effect.)
     indirect case activate(PushHub.Token, shown: JobRecord)
-    /// After `SUBSCRIBED`.
-    case subscribe(String, tag: GatewayTag?)
+    /// After `SUBSCRIBED`: the subscription reads its function's completion log from there.
+    case subscribe(LogSubscriptionStart)
     /// Before `UNWATCHED`: the watch the connection had when it sent `UNWATCH` (not one a later `WATCH` made).
     case unwatch(PushHub.Token)
     /// Before `UNSUBSCRIBED`.
@@ -144,6 +150,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var heldOutcomes = OutcomeLanes.Held()
     /// Results to read once there is room for them, by reply slot.
     private var outcomeReads: [Int: (bytes: Int, read: () -> Void)] = [:]
+    /// Subscriptions, by function: where each is in its completion log.
+    private var logSubscriptions: [String: LogSubscription] = [:]
     /// Slots from `outcomeReadFrontier` on whose results have room reserved.
     private var reservedOutcomeSlots: Set<Int> = []
     /// The first slot neither answered nor with room for its result: only its result may be reserved next. So
@@ -205,6 +213,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         waits = [:]
         hub.removeAll(for: target)
+        endSubscriptions()
         target.detach()
     }
 
@@ -236,6 +245,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private func endInput() {
         inputEnded = true
         hub.removeAll(for: target)
+        endSubscriptions()
         closeIfFinished()
     }
 
@@ -462,13 +472,13 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .unwatch(let gatewayID):
             let token = JobID(rawValue: gatewayID.rawValue).flatMap { hub.watch(of: $0, outbox: target) }
             answer(slot, SessionReply(request.reply(.unwatched(gatewayID)), then: token.map { .unwatch($0) }))
-        case .subscribe(let function):
+        case .subscribe(let function, let from):
             let limit = configuration.maximumSubscriptionsPerConnection
             guard hub.reserveSubscription(function.rawValue, outbox: target, limit: limit) else {
                 let error = GatewayReply.error(code: .tooManySubscriptions, message: "this connection already subscribes to \(limit) functions")
                 return answer(slot, SessionReply(request.reply(error)))
             }
-            answer(slot, SessionReply(request.reply(.subscribed(function)), then: .subscribe(function.rawValue, tag: request.tag)))
+            subscribe(function, from: from, request: request, slot: slot)
         case .unsubscribe(let function):
             answer(slot, SessionReply(request.reply(.unsubscribed(function)), then: .unsubscribe(function.rawValue)))
         }
@@ -743,7 +753,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         guard !isClosed else { return }  // an earlier reply overflowed the output
         switch reply.effect {
         case .unwatch(let token): hub.removeWatcher(token, outbox: target)
-        case .unsubscribe(let function): hub.unsubscribe(function, outbox: target)
+        case .unsubscribe(let function):
+            hub.unsubscribe(function, outbox: target)
+            endSubscription(function)
         default: break
         }
         for (index, response) in reply.responses.enumerated() {
@@ -752,7 +764,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         guard !isClosed else { return }
         switch reply.effect {
         case .activate(let token, let shown): hub.activate(token, shown: shown)
-        case .subscribe(let function, let tag): hub.subscribe(function, outbox: target, tag: tag)
+        case .subscribe(let start): startSubscription(start)
         case .close: closeWhenWritten()
         case .unwatch, .unsubscribe, nil: break
         }
@@ -851,6 +863,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
                 if isClosing { closeAfterPendingWrites() }
                 startUnstarted()
                 resumeReadingIfHeld()
+                resumeSubscriptions()
             }
         } else {
             watchForStall()
@@ -891,19 +904,131 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         return lane.waiting > (ownWaiting ? 1 : 0)
     }
 
-    /// The client does not read: tell it, if the socket still takes it, and close rather than buffer more.
-    private func overflowed(_ reason: String = "output buffer limit exceeded") {
-        statistics.slowConsumersClosed.add(1, ordering: .relaxed)
-        services.logger.notice("closing a connection that does not read its replies")
+    /// The client does not read: tell it, if the socket still takes it, and close rather than buffer more. (Also
+    /// for a subscriber whose events were trimmed from the log before it read them, with `ERR TRIMMED`.)
+    private func overflowed(_ reason: String = "output buffer limit exceeded", code: GatewayErrorCode = .slowConsumer) {
+        if code == .slowConsumer { statistics.slowConsumersClosed.add(1, ordering: .relaxed) }
+        services.logger.notice("closing a connection that does not read its replies", metadata: ["gateway.error": "\(code)"])
         isClosing = true
         let channel = context.channel
         var message = channel.allocator.buffer(capacity: 64)
-        GatewayResponseEncoder.write(.reply(.error(code: GatewayErrorCode.slowConsumer, message: "\(reason); closing")), into: &message)
+        GatewayResponseEncoder.write(.reply(.error(code: code, message: "\(reason); closing")), into: &message)
         writeOutput()
         context.writeAndFlush(wrapOutboundOut(message)).whenComplete { _ in channel.close(promise: nil) }
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(1)) { channel.close(promise: nil) }
         channel.closeFuture.whenComplete { _ in deadline.cancel() }
         endSession()
+    }
+
+    // MARK: Subscriptions
+
+    /// SUBSCRIBE: finds where the subscription starts in the function's completion log (a cursor older than what the
+    /// log retains is refused with `ERR TRIMMED`); it starts reading from there once `SUBSCRIBED` is written.
+    private func subscribe(_ function: GatewayFunctionName, from: GatewaySubscriptionStart?, request: GatewayRequest, slot: Int) {
+        func subscribed(after cursor: GatewayLogCursor) -> SessionReply {
+            let start = LogSubscriptionStart(
+                function: function.rawValue, tag: request.tag, cursor: cursor, fromStart: from == .start, withCursors: from != nil
+            )
+            return SessionReply(request.reply(.subscribed(function)), then: .subscribe(start))
+        }
+        if from == .start { return answer(slot, subscribed(after: .start)) }
+        let logHub = services.logHub
+        let end = context.eventLoop.makePromise(of: (last: GatewayLogCursor, trimmedThrough: GatewayLogCursor).self)
+        end.completeWithTask { try await logHub.end(of: function.rawValue) }
+        end.futureResult.assumeIsolated().whenComplete { result in
+            guard !self.isClosed else { return }
+            switch result {
+            case .failure(let error):
+                if self.logSubscriptions[function.rawValue] == nil { self.hub.unsubscribe(function.rawValue, outbox: self.target) }
+                self.answer(slot, SessionReply(request.reply(.error(code: .backendDown, message: "Redis: \(error)"))))
+            case .success(let end):
+                guard case .after(let cursor) = from else { return self.answer(slot, subscribed(after: end.last)) }
+                guard end.trimmedThrough <= cursor else {
+                    if self.logSubscriptions[function.rawValue] == nil { self.hub.unsubscribe(function.rawValue, outbox: self.target) }
+                    let message = "the log of \(function) no longer holds what ended after \(cursor): entries up to \(end.trimmedThrough) were trimmed (--subscription-retention); resubscribe with from=start"
+                    return self.answer(slot, SessionReply(request.reply(.error(code: .trimmed, message: message))))
+                }
+                self.answer(slot, subscribed(after: cursor))
+            }
+        }
+    }
+
+    /// `SUBSCRIBED` is written: follow the live log first, then replay up to it, so nothing falls in between.
+    private func startSubscription(_ start: LogSubscriptionStart) {
+        logSubscriptions[start.function] = LogSubscription(
+            replay: SubscriptionReplay(after: start.cursor, fromStart: start.fromStart), tag: start.tag, withCursors: start.withCursors
+        )
+        services.logHub.follow(start.function, target)
+        runSubscription(start.function) { $0.start() }
+    }
+
+    private func endSubscription(_ function: String) {
+        guard logSubscriptions.removeValue(forKey: function) != nil else { return }
+        services.logHub.unfollow(function, target)
+    }
+
+    private func endSubscriptions() {
+        for function in logSubscriptions.keys { services.logHub.unfollow(function, target) }
+        logSubscriptions = [:]
+    }
+
+    /// A run of a function's log that the hub read for every subscriber.
+    fileprivate func logAdvanced(_ function: String, _ run: LogRun) {
+        runSubscription(function) { $0.received(run) }
+    }
+
+    /// The output drained: paused subscriptions read on from their cursors.
+    private func resumeSubscriptions() {
+        for function in logSubscriptions.keys { runSubscription(function) { $0.resume() } }
+    }
+
+    /// Subscription events wait in the output up to half its limit; past that a subscription pauses by its cursor.
+    private var hasRoomForEvents: Bool { backlog.bytes <= configuration.outputBufferLimit / 2 }
+
+    private func runSubscription(_ function: String, _ event: (inout SubscriptionReplay) -> SubscriptionReplay.Action) {
+        guard !isClosed, !isClosing, var subscription = logSubscriptions[function] else { return }
+        let action = event(&subscription.replay)
+        logSubscriptions[function] = subscription
+        switch action {
+        case .none:
+            break
+        case .read(let cursor):
+            readLog(function, after: cursor)
+        case .deliver(let entries, let thenRead):
+            var lastDelivered: GatewayLogCursor?
+            for entry in entries {
+                guard hasRoomForEvents else {
+                    logSubscriptions[function]?.replay.outputFull(lastDelivered: lastDelivered)
+                    statistics.subscriptionsPaused.add(1, ordering: .relaxed)
+                    return scheduleFlush()
+                }
+                let event = subscription.withCursors ? GatewayEvent.logged(entry.event, cursor: entry.cursor) : entry.event
+                emit(.event(event, tag: subscription.tag))
+                statistics.eventsPushed.add(1, ordering: .relaxed)
+                lastDelivered = entry.cursor
+            }
+            scheduleFlush()
+            if let thenRead { readLog(function, after: thenRead) }
+        case .trimmed(let after, let through):
+            overflowed("the log of \(function) trimmed what ended after \(after) (up to \(through)) before this subscriber read it", code: .trimmed)
+        }
+    }
+
+    private func readLog(_ function: String, after cursor: GatewayLogCursor) {
+        let logHub = services.logHub
+        let read = context.eventLoop.makePromise(of: LogRun.self)
+        read.completeWithTask { try await logHub.read(function, after: cursor) }
+        read.futureResult.assumeIsolated().whenComplete { result in
+            switch result {
+            case .success(let run):
+                self.runSubscription(function) { $0.readFinished(run) }
+            case .failure(let error):
+                self.services.logger.debug("completion log read failed", metadata: ["job.function": "\(function)", "redis.error": "\(error)"])
+                self.logSubscriptions[function]?.replay.readFailed()
+                // Redis is away: read again in a moment (the hub's reader follows the live end meanwhile).
+                self.context?.eventLoop.assumeIsolated().scheduleTask(in: .seconds(1)) { self.runSubscription(function) { $0.resume() } }
+            }
+        }
     }
 
     // MARK: Idle connections
@@ -995,9 +1120,26 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 }
 
+/// What `SUBSCRIBED` starts (`SessionEffect.subscribe`).
+struct LogSubscriptionStart {
+    let function: String
+    let tag: GatewayTag?
+    let cursor: GatewayLogCursor
+    let fromStart: Bool
+    /// `from=` was given: events carry `cursor=`.
+    let withCursors: Bool
+}
+
+/// One subscription of a session.
+private struct LogSubscription {
+    var replay: SubscriptionReplay
+    let tag: GatewayTag?
+    let withCursors: Bool
+}
+
 /// The session as the push hub sees it: events hop to the session's event loop. Detached when the session ends,
 /// so a hub that still holds it keeps no connection alive.
-final class SessionPushTarget: PushTarget {
+final class SessionPushTarget: PushTarget, LogSubscriber {
     private let handler: NIOLoopBoundBox<GatewaySessionHandler?>
 
     init(handler: NIOLoopBoundBox<GatewaySessionHandler?>) {
@@ -1011,6 +1153,11 @@ final class SessionPushTarget: PushTarget {
         } else {
             handler.eventLoop.execute { handler.value?.pushed(response) }
         }
+    }
+
+    func logAdvanced(_ function: String, _ run: LogRun) {
+        let handler = self.handler
+        handler.eventLoop.execute { handler.value?.logAdvanced(function, run) }
     }
 
     func detach() {

@@ -18,6 +18,8 @@ final class GatewayStatistics: Sendable {
     let eventsPushed: GatewayFigure
     let backendErrors: GatewayFigure
     let slowConsumersClosed: GatewayFigure
+    /// Subscriptions paused by their cursor, their output full (they read on from the completion log later).
+    let subscriptionsPaused: GatewayFigure
     let legacyPolls: GatewayFigure
     /// Wrong `AUTH`s, on all connections.
     let authFailures: GatewayFigure
@@ -58,6 +60,9 @@ final class GatewayStatistics: Sendable {
         eventsPushed = counter("jobgate_events_pushed_total", "Events queued to clients (progress and terminal).")
         backendErrors = counter("jobgate_backend_errors_all_total", "Requests that failed because Redis or gearmand did not answer.")
         slowConsumersClosed = counter("jobgate_slow_consumers_closed_total", "Connections closed for not reading (SLOW_CONSUMER).")
+        subscriptionsPaused = counter(
+            "jobgate_subscriptions_paused_total", "Times a subscription paused at its cursor, its client's output full (it catches up from the log)."
+        )
         legacyPolls = counter("jobgate_legacy_polls_total", "Pipelined gearmand status polls by the legacy memcached bridge.")
         authFailures = counter("jobgate_auth_failures_total", "Wrong AUTH secrets (ERR DENIED).")
         inputBufferedGauge = registry.gauge("jobgate_input_buffered_bytes", help: "Bytes of SUBMIT blocks held now, bounded by --input-buffer.")

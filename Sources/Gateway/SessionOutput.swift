@@ -145,6 +145,7 @@ struct OutputBacklog {
             case .reply(.done(_, let bytes), _), .reply(.failed(_, let bytes), _): bytes.readableBytes
             case .event(.done(_, let bytes), _), .event(.failed(_, let bytes), _): bytes.readableBytes
             case .event(.progress(_, _, _, let bytes), _): bytes.readableBytes
+            case .event(.logged(.done(_, let bytes), _), _), .event(.logged(.failed(_, let bytes), _), _): bytes.readableBytes
             default: 0
             }
         return 96 + block

@@ -43,8 +43,9 @@ public enum GatewayCommand: Hashable, Sendable {
     case watch(GatewayJobID)
     /// `UNWATCH <id>` → `UNWATCHED <id>`
     case unwatch(GatewayJobID)
-    /// `SUBSCRIBE <function>` → `SUBSCRIBED <function>`, then the terminal event of every job of that function
-    case subscribe(GatewayFunctionName)
+    /// `SUBSCRIBE <function> [from=…]` → `SUBSCRIBED <function>`, then the terminal event of every job of that function
+    /// (from the completion log, with cursors, when `from=` is given)
+    case subscribe(GatewayFunctionName, from: GatewaySubscriptionStart? = nil)
     /// `UNSUBSCRIBE <function>` → `UNSUBSCRIBED <function>`
     case unsubscribe(GatewayFunctionName)
     /// `PING` → `PONG`

@@ -37,6 +37,9 @@ public struct GatewayErrorCode: RawRepresentable, Hashable, Sendable, CustomStri
     public static let idleTimeout = GatewayErrorCode(known: "IDLE_TIMEOUT")
     /// Extension: `SUBSCRIBE` past the connection's subscription limit.
     public static let tooManySubscriptions = GatewayErrorCode(known: "TOO_MANY_SUBSCRIPTIONS")
+    /// Extension: `SUBSCRIBE … from=<cursor>` with a cursor older than the retained completion log (or a subscriber
+    /// that fell that far behind, which closes the connection): entries after it were trimmed.
+    public static let trimmed = GatewayErrorCode(known: "TRIMMED")
     /// Extension: a request took longer than the request timeout to arrive whole; the connection is closed.
     public static let requestTimeout = GatewayErrorCode(known: "REQUEST_TIMEOUT")
     /// Extension: the credential the connection authenticated with has no scope for this verb on this function.

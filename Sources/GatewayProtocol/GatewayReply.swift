@@ -65,11 +65,21 @@ public enum GatewayEvent: Hashable, Sendable {
     case failed(GatewayJobID, reason: ByteBuffer)
     /// `EVENT <id> EXPIRED`
     case expired(GatewayJobID)
+    /// Extension: a terminal event of a `SUBSCRIBE … from=`, with the completion log cursor just after it, written as
+    /// a trailing option: `EVENT <id> DONE <bytes> cursor=<cursor>`, `EVENT <id> EXPIRED cursor=<cursor>`.
+    indirect case logged(GatewayEvent, cursor: GatewayLogCursor)
 
     public var jobID: GatewayJobID {
         switch self {
         case .progress(let id, _, _, _), .done(let id, _), .failed(let id, _), .expired(let id): id
+        case .logged(let event, _): event.jobID
         }
+    }
+
+    /// The event without its cursor, if it has one.
+    public var withoutCursor: GatewayEvent {
+        if case .logged(let event, _) = self { return event }
+        return self
     }
 
     /// Whether the event ends a watch.

@@ -95,8 +95,7 @@ enum GatewayRequestParser {
                 try expect(arguments, verb, usage: " <id>")
                 command = .unwatch(try jobID(arguments[0]))
             case "SUBSCRIBE":
-                try expect(arguments, verb, usage: " <function>")
-                command = .subscribe(try function(arguments[0]))
+                command = try subscription(arguments)
             case "UNSUBSCRIBE":
                 try expect(arguments, verb, usage: " <function>")
                 command = .unsubscribe(try function(arguments[0]))
@@ -149,6 +148,28 @@ enum GatewayRequestParser {
             throw .badFormat("invalid function name \(GatewaySyntax.quoted(word)): 1-255 bytes of UTF-8 without whitespace or control characters")
         }
         return name
+    }
+
+    /// `SUBSCRIBE <function> [from=now|start|<cursor>]`.
+    private static func subscription(_ arguments: [ArraySlice<UInt8>]) throws(Failure) -> GatewayCommand {
+        let usage = "SUBSCRIBE <function> [from=now|start|<cursor>]"
+        guard (1...2).contains(arguments.count) else { throw .badFormat("wrong number of arguments: \(usage)") }
+        let function = try function(arguments[0])
+        guard arguments.count == 2 else { return .subscribe(function) }
+        let option = arguments[1]
+        guard let equals = option.firstIndex(of: .equals), GatewaySyntax.asciiLowercased(option[..<equals]) == "from" else {
+            throw .badFormat("unexpected argument \(GatewaySyntax.quoted(option)): \(usage)")
+        }
+        let value = String(decoding: option[option.index(after: equals)...], as: UTF8.self)
+        switch value.lowercased() {
+        case "now": return .subscribe(function, from: .now)
+        case "start": return .subscribe(function, from: .start)
+        default:
+            guard let cursor = GatewayLogCursor(value) else {
+                throw .badFormat("from= must be now, start or a cursor <ms>-<seq> from an event's cursor=")
+            }
+            return .subscribe(function, from: .after(cursor))
+        }
     }
 
     private static func submission(

@@ -24,8 +24,8 @@ public struct GatewayResponseDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
         case failed(GatewayJobID)
         case stats
         case progressEvent(GatewayJobID, numerator: UInt64, denominator: UInt64)
-        case doneEvent(GatewayJobID)
-        case failedEvent(GatewayJobID)
+        case doneEvent(GatewayJobID, cursor: GatewayLogCursor?)
+        case failedEvent(GatewayJobID, cursor: GatewayLogCursor?)
     }
 
     private enum Parsed {
@@ -164,6 +164,12 @@ public struct GatewayResponseDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
             return name
         }
         func reply(_ reply: GatewayReply) -> Parsed { .response(.reply(reply, tag: tag)) }
+        /// The `cursor=` option of a subscription's terminal event (extension), if any.
+        func cursor() throws(GatewayProtocolError) -> GatewayLogCursor? {
+            guard let option = words.dropFirst(3).first(where: { GatewaySyntax.asciiLowercased($0.prefix(7)) == "cursor=" }) else { return nil }
+            guard let cursor = GatewayLogCursor(String(decoding: option.dropFirst(7), as: UTF8.self)) else { throw malformed("invalid cursor") }
+            return cursor
+        }
 
         switch verb {
         case "HELLO":
@@ -252,9 +258,15 @@ public struct GatewayResponseDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
             case "DONE", "FAILED":
                 let arguments = try arguments(3)
                 let id = try id(arguments[0])
-                return .block(length: try blockLength(arguments[2]), kind == "DONE" ? .doneEvent(id) : .failedEvent(id), tag: tag)
+                let cursor = try cursor()
+                return .block(
+                    length: try blockLength(arguments[2]),
+                    kind == "DONE" ? .doneEvent(id, cursor: cursor) : .failedEvent(id, cursor: cursor),
+                    tag: tag
+                )
             case "EXPIRED":
-                return .response(.event(.expired(try id(arguments(2)[0])), tag: tag))
+                let event = GatewayEvent.expired(try id(arguments(2)[0]))
+                return .response(.event(try cursor().map { .logged(event, cursor: $0) } ?? event, tag: tag))
             default:
                 throw malformed("unknown event")
             }
@@ -270,9 +282,13 @@ public struct GatewayResponseDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
         case .stats: .reply(.stats(statistics(in: block)), tag: tag)
         case .progressEvent(let id, let numerator, let denominator):
             .event(.progress(id, numerator: numerator, denominator: denominator, message: block), tag: tag)
-        case .doneEvent(let id): .event(.done(id, result: block), tag: tag)
-        case .failedEvent(let id): .event(.failed(id, reason: block), tag: tag)
+        case .doneEvent(let id, let cursor): .event(logged(.done(id, result: block), cursor), tag: tag)
+        case .failedEvent(let id, let cursor): .event(logged(.failed(id, reason: block), cursor), tag: tag)
         }
+    }
+
+    private static func logged(_ event: GatewayEvent, _ cursor: GatewayLogCursor?) -> GatewayEvent {
+        cursor.map { .logged(event, cursor: $0) } ?? event
     }
 
     /// `name value` lines; a line without a space is a name with an empty value.

@@ -82,12 +82,19 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
 
     private static func writeLeavingBlock(_ event: GatewayEvent, tag: GatewayTag?, into out: inout ByteBuffer) -> ByteBuffer? {
         writeTag(tag, into: &out)
+        var options = ""
+        var event = event
+        if case .logged(let inner, let cursor) = event {
+            options = " cursor=\(cursor)"
+            event = inner
+        }
         switch event {
         case .progress(let id, let numerator, let denominator, let message):
-            return writeBlockLine("EVENT \(id) PROGRESS \(numerator) \(denominator) ", message, into: &out)
-        case .done(let id, let result): return writeBlockLine("EVENT \(id) DONE ", result, into: &out)
-        case .failed(let id, let reason): return writeBlockLine("EVENT \(id) FAILED ", reason, into: &out)
-        case .expired(let id): out.writeString("EVENT \(id) EXPIRED\r\n")
+            return writeBlockLine("EVENT \(id) PROGRESS \(numerator) \(denominator) ", message, options: options, into: &out)
+        case .done(let id, let result): return writeBlockLine("EVENT \(id) DONE ", result, options: options, into: &out)
+        case .failed(let id, let reason): return writeBlockLine("EVENT \(id) FAILED ", reason, options: options, into: &out)
+        case .expired(let id): out.writeString("EVENT \(id) EXPIRED\(options)\r\n")
+        case .logged: preconditionFailure("a logged event holds a plain event")
         }
         return nil
     }
@@ -101,8 +108,8 @@ public struct GatewayResponseEncoder: MessageToByteEncoder, Sendable {
     }
 
     /// `head` (ending in a space), the byte count, CRLF; the block and `blockEnd` follow.
-    private static func writeBlockLine(_ head: String, _ block: ByteBuffer, into out: inout ByteBuffer) -> ByteBuffer {
-        out.writeString("\(head)\(block.readableBytes)\r\n")
+    private static func writeBlockLine(_ head: String, _ block: ByteBuffer, options: String = "", into out: inout ByteBuffer) -> ByteBuffer {
+        out.writeString("\(head)\(block.readableBytes)\(options)\r\n")
         return block
     }
 
@@ -144,7 +151,16 @@ public struct GatewayRequestEncoder: MessageToByteEncoder, Sendable {
             out.writeString("\(tag)\(request.command.verb) \(id)\r\n")
         case .wait(let id, let timeout):
             out.writeString("\(tag)WAIT \(id) \(timeout)\r\n")
-        case .subscribe(let function), .unsubscribe(let function):
+        case .subscribe(let function, let start):
+            let from: String =
+                switch start {
+                case nil: ""
+                case .now: " from=now"
+                case .start: " from=start"
+                case .after(let cursor): " from=\(cursor)"
+                }
+            out.writeString("\(tag)SUBSCRIBE \(function)\(from)\r\n")
+        case .unsubscribe(let function):
             out.writeString("\(tag)\(request.command.verb) \(function)\r\n")
         case .hello, .ping, .stats, .health, .quit:
             out.writeString("\(tag)\(request.command.verb)\r\n")

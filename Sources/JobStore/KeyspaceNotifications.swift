@@ -1,8 +1,9 @@
 public import Redis
 
-/// Keyspace notifications the change feed needs: keyevent (`E`) for hash writes (`h`) and expiries (`x`).
+/// Keyspace notifications the gateway needs: keyevent (`E`) for hash writes (`h`) and expiries (`x`) (the change feed),
+/// and stream appends (`t`, the completion log that subscriptions follow).
 public enum KeyspaceNotifications {
-    public static let requiredFlags: Set<Character> = ["E", "h", "x"]
+    public static let requiredFlags: Set<Character> = ["E", "h", "t", "x"]
 
     /// Checks `notify-keyspace-events` and adds the missing flags with `CONFIG SET`. Where CONFIG is not
     /// allowed (managed Redis often forbids it), the error names the redis.conf line to add instead.
@@ -31,7 +32,7 @@ public enum KeyspaceNotifications {
         }
     }
 
-    /// Required flags not covered by `flags` (`A` stands for every class, `h` and `x` included).
+    /// Required flags not covered by `flags` (`A` stands for every class, `h`, `t` and `x` included).
     static func missingFlags(in flags: String) -> [Character] {
         let present = Set(flags)
         return requiredFlags.sorted().filter { flag in

@@ -49,6 +49,8 @@ public struct JobStoreConfiguration: Sendable {
     /// How long gearmand may take to accept a created job. A submission with the unique key of an unfinished job
     /// still unaccepted after this long does not join it blindly (see `CreateOutcome.unaccepted`).
     public var acceptanceGrace: Duration = .seconds(30)
+    /// How much of each function's completion log is kept (see `CompletionLog.swift`).
+    public var logRetention = CompletionLogRetention()
 
     public init() {}
 }
@@ -58,7 +60,7 @@ public struct JobStoreConfiguration: Sendable {
 /// The gateway creates records (`create`) before submitting to gearmand; workers mark them running,
 /// report progress and write the outcome. Every write fires a keyspace notification that the change feed
 /// turns into pushed events. Running and progress writes never touch a finished record; the outcome is
-/// written in one `MULTI/EXEC` with the TTL, so nobody ever sees `done` without the result.
+/// written in one script with the TTL and its completion log entry, so nobody ever sees `done` without the result.
 public final class RedisJobStore: Sendable {
     public let redis: RedisConnectionPool
     /// Where `outcomes(of:)` reads: connections of their own keep megabytes of results from queueing ahead of
@@ -297,20 +299,25 @@ public final class RedisJobStore: Sendable {
     }
 
     private func finishUnlessFinished(_ id: JobID, state: JobState, field: String, payload: ByteBuffer) async throws(JobStoreError) -> Bool {
+        let now = Self.now()
         let call = Self.finishUnlessFinished.call(
             keys: ["\(schema.jobKey(id))"],
-            arguments: ["\(configuration.resultTTL)", "\(field)", .bytes(payload), "\(Self.now())", "\(state.rawValue)"]
+            arguments: ["\(configuration.resultTTL)", "\(field)", .bytes(payload), "\(now)", "\(state.rawValue)", "\(id.rawValue)"] + logArguments(now: now)
         )
         return try await evaluate(call, Self.finishUnlessFinished).int == 1
     }
 
-    /// KEYS[1] job hash; ARGV default TTL, field, value, now, state. Writes the outcome over an unfinished record
-    /// only, with the record's own result TTL if it has one.
+    /// KEYS[1] job hash; ARGV default TTL, field, value, now, state, id, log key prefix, log length, oldest log id.
+    /// Writes the outcome over an unfinished record only, with the record's own result TTL if it has one, and
+    /// appends it to the function's completion log.
     static let finishUnlessFinishedScript = """
         local state = redis.call('HGET', KEYS[1], 'state')
         if not state or state == 'done' or state == 'failed' then return 0 end
         redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'finished', ARGV[4], 'updated', ARGV[4], 'state', ARGV[5])
         redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[1]))
+        local fn = redis.call('HGET', KEYS[1], 'function')
+        local logKey, jobID, endState, maxLength, minID = fn and (ARGV[7] .. fn), ARGV[6], ARGV[5], ARGV[8], ARGV[9]
+        """ + appendToLogLua + """
         return 1
         """
     static let finishUnlessFinished = StoredScript(finishUnlessFinishedScript)
@@ -445,32 +452,38 @@ public final class RedisJobStore: Sendable {
         _ = try await updateUnlessFinished(id, fields)
     }
 
-    /// Writes `done` and the result with the TTL in one `MULTI/EXEC`.
+    /// Writes `done` and the result with the TTL and its completion log entry in one script.
     public func complete(_ id: JobID, result: ByteBuffer, ttl: Int? = nil) async throws(JobStoreError) {
         try await finish(id, state: .done, payloadField: JobField.result, payload: result, ttl: ttl)
     }
 
-    /// Writes `failed` and the reason with the TTL in one `MULTI/EXEC`.
+    /// Writes `failed` and the reason with the TTL and its completion log entry in one script.
     public func fail(_ id: JobID, reason: ByteBuffer, ttl: Int? = nil) async throws(JobStoreError) {
         try await finish(id, state: .failed, payloadField: JobField.reason, payload: reason, ttl: ttl)
     }
 
     private func finish(_ id: JobID, state: JobState, payloadField: String, payload: ByteBuffer, ttl: Int?) async throws(JobStoreError) {
         let now = Self.now()
-        let key = schema.jobKey(id)
-        do {
-            _ = try await redis.transaction([
-                [
-                    "HSET", "\(key)", "\(payloadField)", .bytes(payload), "\(JobField.finished)", "\(now)", "\(JobField.updated)", "\(now)",
-                    // The state goes last: a reader that sees it sees everything else of this write.
-                    "\(JobField.state)", "\(state.rawValue)",
-                ],
-                ["EXPIRE", "\(key)", "\(ttl ?? configuration.resultTTL)"],
-            ])
-        } catch {
-            throw JobStoreError(redis: error)
-        }
+        let call = Self.finish.call(
+            keys: ["\(schema.jobKey(id))"],
+            arguments: ["\(ttl ?? configuration.resultTTL)", "\(payloadField)", .bytes(payload), "\(now)", "\(state.rawValue)", "\(id.rawValue)"]
+                + logArguments(now: now)
+        )
+        _ = try await evaluate(call, Self.finish)
     }
+
+    /// KEYS[1] job hash; ARGV TTL, field, value, now, state, id, log key prefix, log length, oldest log id. The
+    /// worker's outcome write: the outcome, its TTL and the completion log entry in one step (README "Key schema"
+    /// gives the same as `MULTI/EXEC` for workers in other languages).
+    static let finishScript = """
+        redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'finished', ARGV[4], 'updated', ARGV[4], 'state', ARGV[5])
+        redis.call('EXPIRE', KEYS[1], ARGV[1])
+        local fn = redis.call('HGET', KEYS[1], 'function')
+        local logKey, jobID, endState, maxLength, minID = fn and (ARGV[7] .. fn), ARGV[6], ARGV[5], ARGV[8], ARGV[9]
+        """ + appendToLogLua + """
+        return 1
+        """
+    static let finish = StoredScript(finishScript)
 
     /// KEYS[1] job hash; ARGV in-flight TTL, fields…. Returns the record's result TTL, or -1 when it had finished.
     static let updateScript = """
@@ -510,7 +523,7 @@ public final class RedisJobStore: Sendable {
     }
 
     /// `evaluate` of one call; an error reply throws.
-    private func evaluate(_ call: RedisCommand, _ script: StoredScript) async throws(JobStoreError) -> RedisReply {
+    func evaluate(_ call: RedisCommand, _ script: StoredScript) async throws(JobStoreError) -> RedisReply {
         let reply = try await evaluate([call], script)[0]
         do {
             return try reply.get()
@@ -519,7 +532,7 @@ public final class RedisJobStore: Sendable {
         }
     }
 
-    private func send(_ command: RedisCommand) async throws(JobStoreError) -> RedisReply {
+    func send(_ command: RedisCommand) async throws(JobStoreError) -> RedisReply {
         do {
             return try await redis.send(command)
         } catch {

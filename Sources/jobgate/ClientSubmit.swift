@@ -120,7 +120,7 @@ enum JobOutcome {
         }
         while true {
             guard case .event(let event, _) = try await connection.next(), event.jobID == id else { continue }
-            switch event {
+            switch event.withoutCursor {
             case .progress(_, let numerator, let denominator, let message):
                 display.show(.running, numerator: numerator, denominator: denominator, message: message)
             case .done(_, let result):
@@ -129,7 +129,7 @@ enum JobOutcome {
             case .failed(_, let reason):
                 display.end("failed")
                 return report(.failed(id, reason: reason))
-            case .expired:
+            case .expired, .logged:
                 display.end("expired")
                 return report(.expired(id))
             }

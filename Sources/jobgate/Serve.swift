@@ -163,6 +163,15 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("result-ttl"), help: "Seconds a finished job's result is kept. (default: 86400)")
     var resultTTL: Int?
 
+    @Option(
+        name: .customLong("subscription-retention"),
+        help: "Seconds the completion log keeps what ended, for subscribers resuming with SUBSCRIBE … from=<cursor>. (default: 86400)"
+    )
+    var subscriptionRetention: Int?
+
+    @Option(name: .customLong("subscription-log-length"), help: "Entries the completion log keeps per function at most. (default: 100000)")
+    var subscriptionLogLength: Int?
+
     @Option(name: .customLong("lost-grace"), help: "Seconds a job may be unknown to gearmand without a result before it is failed as lost. (default: 30)")
     var lostGrace: Int?
 
@@ -318,6 +327,8 @@ struct Serve: AsyncParsableCommand {
             ("max-lookup-bytes", "\(gateway.maximumOutcomeBytesPerConnection)"),
             ("max-lookup-bytes-total", "\(gateway.maximumOutcomeBytes)"),
             ("result-ttl", "\(gateway.resultTTL)"),
+            ("subscription-retention", "\(gateway.subscriptionRetention)"),
+            ("subscription-log-length", "\(gateway.subscriptionLogLength)"),
             ("lost-grace", seconds(gateway.lostJobGrace)),
             ("log-level", loaded.logLevel.rawValue),
             ("log-format", loaded.logFormat.rawValue),
@@ -410,6 +421,10 @@ struct Serve: AsyncParsableCommand {
             try settings.positive("max-lookup-bytes", maxLookupBytes) ?? configuration.maximumOutcomeBytesPerConnection
         configuration.maximumOutcomeBytes = try settings.positive("max-lookup-bytes-total", maxLookupBytesTotal) ?? configuration.maximumOutcomeBytes
         configuration.resultTTL = try settings.positive("result-ttl", resultTTL) ?? configuration.resultTTL
+        configuration.subscriptionRetention =
+            try settings.positive("subscription-retention", subscriptionRetention) ?? configuration.subscriptionRetention
+        configuration.subscriptionLogLength =
+            try settings.positive("subscription-log-length", subscriptionLogLength) ?? configuration.subscriptionLogLength
         if let seconds = try settings.positive("idle-timeout", idleTimeout) { configuration.idleTimeout = .seconds(seconds) }
         if let seconds = try settings.positive("max-wait", maxWait) { configuration.maximumWaitTimeout = .seconds(seconds) }
         if let seconds = try settings.positive("lost-grace", lostGrace) { configuration.lostJobGrace = .seconds(seconds) }

@@ -111,6 +111,15 @@ struct Worker: AsyncParsableCommand {
     var resultTTL: Int?
 
     @Option(
+        name: .customLong("subscription-retention"),
+        help: ArgumentHelp("Seconds the completion log keeps what ended (as the gateway's option). (default: 86400)", valueName: "seconds")
+    )
+    var subscriptionRetention: Int?
+
+    @Option(name: .customLong("subscription-log-length"), help: "Entries the completion log keeps per function at most. (default: 100000)")
+    var subscriptionLogLength: Int?
+
+    @Option(
         name: .long,
         help: ArgumentHelp("Also store each result in memcached under the Gearman job handle, for legacy readers.", valueName: "host:port,…")
     )
@@ -152,6 +161,7 @@ struct Worker: AsyncParsableCommand {
         var redisTLS: TLSConfiguration?
         var keyPrefix = "jobgate:"
         var resultTTL = 86_400
+        var logRetention = CompletionLogRetention()
         var memcached: [MemcacheServer] = []
         var distribution = Distribution.peclConsistent
         var logLevel = Logger.Level.info
@@ -184,6 +194,8 @@ struct Worker: AsyncParsableCommand {
         loaded.keyPrefix = settings.value("key-prefix", keyPrefix) ?? loaded.keyPrefix
         loaded.resultTTL = try settings.int("result-ttl", resultTTL) ?? loaded.resultTTL
         guard loaded.resultTTL >= 1 else { throw ConfigurationError("\(settings.source("result-ttl", commandLine: resultTTL != nil)) must be at least 1 second") }
+        loaded.logRetention.age = try settings.positive("subscription-retention", subscriptionRetention) ?? loaded.logRetention.age
+        loaded.logRetention.maximumLength = try settings.positive("subscription-log-length", subscriptionLogLength) ?? loaded.logRetention.maximumLength
         loaded.memcached = try settings.parse("memcached", memcached, expected: "host:port,…")?.servers ?? []
         loaded.distribution = try settings.parse("memcached-distribution", distribution, expected: Distribution.allCases.map(\.rawValue).joined(separator: ", ")) ?? loaded.distribution
         if loaded.distribution == .single, loaded.memcached.count > 1 {
@@ -209,6 +221,8 @@ struct Worker: AsyncParsableCommand {
             ("redis-db", "\(loaded.redisDatabase)"),
             ("key-prefix", loaded.keyPrefix),
             ("result-ttl", "\(loaded.resultTTL)"),
+            ("subscription-retention", "\(loaded.logRetention.age)"),
+            ("subscription-log-length", "\(loaded.logRetention.maximumLength)"),
             ("memcached", loaded.memcached.map { "\($0.host):\($0.port)" }.joined(separator: ",")),
             ("memcached-distribution", loaded.distribution.rawValue),
             ("log-level", loaded.logLevel.rawValue),
@@ -242,6 +256,7 @@ struct Worker: AsyncParsableCommand {
         var storeConfiguration = JobStoreConfiguration()
         storeConfiguration.schema = JobKeySchema(prefix: loaded.keyPrefix, database: loaded.redisDatabase)
         storeConfiguration.resultTTL = loaded.resultTTL
+        storeConfiguration.logRetention = loaded.logRetention
         let store = RedisJobStore(redis: pool, configuration: storeConfiguration)
 
         var memcache: MemcacheClient?

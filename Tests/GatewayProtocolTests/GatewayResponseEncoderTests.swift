@@ -58,6 +58,12 @@ import Testing
         (.event(.done(.sample, result: ByteBuffer(string: "dlrow olleh"))), "EVENT \(id) DONE 11\r\ndlrow olleh\r\n"),
         (.event(.failed(.sample, reason: ByteBuffer(string: "boom"))), "EVENT \(id) FAILED 4\r\nboom\r\n"),
         (.event(.expired(.sample)), "EVENT \(id) EXPIRED\r\n"),
+        // A subscription's events from= carry their completion log cursor after the byte count (extension).
+        (.event(.logged(.done(.sample, result: ByteBuffer(string: "ok")), cursor: GatewayLogCursor(milliseconds: 1_733_241_600_000, sequence: 3))),
+         "EVENT \(id) DONE 2 cursor=1733241600000-3\r\nok\r\n"),
+        (.event(.logged(.failed(.sample, reason: ByteBuffer()), cursor: GatewayLogCursor(milliseconds: 7, sequence: 0))),
+         "EVENT \(id) FAILED 0 cursor=7-0\r\n\r\n"),
+        (.event(.logged(.expired(.sample), cursor: GatewayLogCursor(milliseconds: 8, sequence: 1))), "EVENT \(id) EXPIRED cursor=8-1\r\n"),
     ]
 
     /// Each shape renders to the exact bytes of the spec.

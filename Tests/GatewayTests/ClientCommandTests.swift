@@ -44,6 +44,30 @@ struct ClientCommandTests {
         }
     }
 
+    /// `jobgate subscribe --from start` prints each ended job with its cursor; `--from <cursor>` prints what came after.
+    @Test func subscribeFromACursor() async throws {
+        try await withGatewayStack { stack in
+            try await withTestWorker(stack, ["upper": { payload, _ in ByteBuffer(string: String(buffer: payload).uppercased()) }]) {
+                var ids: [String] = []
+                for data in ["a", "bc"] {
+                    let submitted = try await jobgate(stack, ["submit", "upper", "--data", data, "--wait", "10"])
+                    #expect(submitted.status == 0, "\(submitted.errors)")
+                    ids.append(try await jobgate(stack, ["submit", "upper", "--data", data + "!"]).outputText.trimmingCharacters(in: .newlines))
+                }
+                let client = try await stack.connect()
+                for id in ids { _ = try await client.request("WAIT \(id) 10000\n") }
+                let all = try await jobgate(stack, ["subscribe", "upper", "--from", "start", "--count", "4", "--results"])
+                #expect(all.status == 0, "\(all.errors)")
+                let lines = all.outputText.split(separator: "\n").map(String.init)
+                #expect(lines.count == 8, "\(all.outputText)")
+                let first = try #require(lines.first?.split(separator: " ").map(String.init))
+                #expect(first.count == 4 && GatewayLogCursor(first[0]) != nil && first[2] == "done" && first[3] == "1" && lines[1] == "A")
+                let rest = try await jobgate(stack, ["subscribe", "upper", "--from", first[0], "--count", "3"])
+                #expect(rest.outputText.split(separator: "\n").map(String.init) == [lines[2], lines[4], lines[6]])
+            }
+        }
+    }
+
     /// `jobgate watch` of a job submitted earlier, and of a job already done (its outcome at once).
     @Test func watchAnEarlierJob() async throws {
         try await withGatewayStack { stack in

@@ -133,4 +133,29 @@ struct ExampleClientsTests {
             }
         }
     }
+
+    /// `subscribe FUNCTION start`: each ended job with its cursor and result; resumed from the first cursor, the
+    /// client prints exactly the jobs after it.
+    @Test(arguments: ExampleClient.allCases)
+    func subscribeAndResume(_ client: ExampleClient) async throws {
+        try await withGatewayStack { stack in
+            try await withTestWorker(stack, ["examples.echo": { job, _ in job }]) {
+                let submitter = try await stack.connect()
+                var ids: [GatewayJobID] = []
+                for payload in ["a", "b", "c"] {
+                    let id = try #require(try await submitter.request(submitLine("examples.echo", payload))?.createdID)
+                    #expect(try await submitter.request("WAIT \(id) 10000\n") == .reply(.done(id, result: ByteBuffer(string: payload))))
+                    ids.append(id)
+                }
+                let all = try await client.run(stack, ["subscribe", "examples.echo", "start", "3"])
+                #expect(all.status == 0, "\(all.errors)")
+                let lines = all.outputText.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+                #expect(lines.first == ["SUBSCRIBED", "examples.echo"])
+                #expect(lines.dropFirst().map { $0[1] } == ids.map(\.rawValue), "\(all.outputText)")
+                #expect(lines.dropFirst().map { $0[2] + " " + $0[3] } == ["DONE 61", "DONE 62", "DONE 63"])
+                let resumed = try await client.run(stack, ["subscribe", "examples.echo", lines[1][0], "2"])
+                #expect(resumed.outputText.split(separator: "\n").dropFirst().map { String($0) } == lines.dropFirst(2).map { $0.joined(separator: " ") })
+            }
+        }
+    }
 }

@@ -139,7 +139,7 @@ struct JobStoreTests {
             let store = makeStore(server)
             let error = await #expect(throws: JobStoreError.self) { try await KeyspaceNotifications.ensureEnabled(on: store.redis) }
             #expect(error?.code == .notificationsDisabled)
-            #expect(error?.message.contains("notify-keyspace-events Ehx") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains("notify-keyspace-events Ehtx") == true, "\(error?.message ?? "")")
         }
     }
 

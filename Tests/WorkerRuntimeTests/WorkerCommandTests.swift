@@ -247,6 +247,7 @@ struct ReadmeExampleTests {
             #expect(error?.code == .jobFailed, "\(worker.log)")
             let record = try #require(try await store.record(id))
             #expect(record.state == .failed && record.reason == ByteBuffer(string: "nothing to reverse"))
+            #expect(try await completionLog(store, "reverse") == ["done", "failed"], "each outcome is in the completion log")
         }
     }
 
@@ -281,8 +282,18 @@ struct ReadmeExampleTests {
             #expect((110...120).contains(ttl), "\(ttl)")
             let failure = try #require(try await store.record(failed))
             #expect(failure.state == .failed && failure.reason == ByteBuffer(string: "bad input") && failure.handle == "H:py:2")
+            #expect(try await completionLog(store, "f") == ["done", "failed"], "each outcome is in the completion log")
             await store.redis.close()
         }
+    }
+}
+
+/// The states in a function's completion log, oldest first.
+func completionLog(_ store: RedisJobStore, _ function: String) async throws -> [String] {
+    let entries = try await store.redis.send(["XRANGE", "\(store.schema.completionLogKey(function: function))", "-", "+"]).array ?? []
+    return entries.compactMap { entry in
+        let fields = entry.array?[1].array?.compactMap(\.string) ?? []
+        return fields.firstIndex(of: "state").map { fields[$0 + 1] }
     }
 }
 

@@ -278,7 +278,7 @@ final class GatewayHTTPServer: Sendable {
             case .closed, .overflowed:
                 return
             case .response(.event(let event, _)):
-                switch event {
+                switch event.withoutCursor {
                 case .progress(_, let numerator, let denominator, let message):
                     try await write("state", JobPage.json(state: "running", numerator: numerator, denominator: denominator, message: message))
                 case .done(_, let result):
@@ -287,7 +287,7 @@ final class GatewayHTTPServer: Sendable {
                 case .failed(_, let reason):
                     try await write("end", JobPage.json(state: "failed", reason: reason))
                     return try await outbound.write(.end(nil))
-                case .expired:
+                case .expired, .logged:
                     try await write("end", JobPage.json(state: "expired"))
                     return try await outbound.write(.end(nil))
                 }

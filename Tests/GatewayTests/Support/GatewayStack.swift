@@ -30,6 +30,9 @@ struct GatewayStack: Sendable {
     func store(redis: RedisConnectionConfiguration? = nil) -> RedisJobStore {
         var configuration = JobStoreConfiguration()
         configuration.schema = JobKeySchema(prefix: self.configuration.keyPrefix)
+        configuration.logRetention = CompletionLogRetention(
+            age: self.configuration.subscriptionRetention, maximumLength: self.configuration.subscriptionLogLength
+        )
         return RedisJobStore(redis: RedisConnectionPool(configuration: redis ?? self.configuration.redis, size: 1), configuration: configuration)
     }
 }
@@ -136,14 +139,18 @@ final class GatewayTestClient: Sendable {
         self.reader = ResponseReader(responses)
     }
 
-    /// With `tls`, speaks TLS and checks the gateway's certificate against 127.0.0.1.
-    static func connect(port: Int, tls: NIOSSLContext? = nil) async throws -> GatewayTestClient {
+    /// With `tls`, speaks TLS and checks the gateway's certificate against 127.0.0.1. `receiveBuffer`: a small socket
+    /// receive buffer (`SO_RCVBUF`), for a client that is to fall behind soon.
+    static func connect(port: Int, tls: NIOSSLContext? = nil, receiveBuffer: Int? = nil) async throws -> GatewayTestClient {
         let (stream, continuation) = AsyncStream<GatewayResponse>.makeStream()
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: nil)) }
+                    if let receiveBuffer {
+                        try channel.syncOptions?.setOption(.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+                    }
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(GatewayResponseDecoder()))
                     try channel.pipeline.syncOperations.addHandler(Collector(continuation: continuation))
                 }
