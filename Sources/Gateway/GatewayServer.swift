@@ -87,9 +87,9 @@ public final class GatewayServer: Service {
     }
 
     private func serve() async throws {
-        let configuration = self.configuration
+        let configuration = self.configuration.locatingRedisPrimary(logger: logger)
         let backends = BackendStatus(
-            redisServer: "\(configuration.redis.host):\(configuration.redis.port)",
+            redisServer: configuration.redis.serverDescription,
             gearmandServers: configuration.gearmanServers.map { "\($0)" },
             logger: logger
         )
@@ -100,10 +100,11 @@ public final class GatewayServer: Service {
         storeConfiguration.schema = JobKeySchema(prefix: configuration.keyPrefix, database: configuration.redis.database ?? 0)
         storeConfiguration.resultTTL = configuration.resultTTL
         storeConfiguration.acceptanceGrace = configuration.lostJobGrace
+        storeConfiguration.replicasAck = configuration.redisReplicasAck
         let store = RedisJobStore(redis: redis, outcomeRedis: outcomeRedis, configuration: storeConfiguration)
         let logger = self.logger
         let ids = try await cancelWhenGracefulShutdown {
-            try await untilRedisAnswers(at: "\(configuration.redis.host):\(configuration.redis.port)", logger: logger) {
+            try await untilRedisAnswers(at: configuration.redis.serverDescription, logger: logger) {
                 try await KeyspaceNotifications.ensureEnabled(on: redis)
                 return try await JobIDKeyring.load(from: redis, prefix: configuration.keyPrefix, logger: logger)
             }
@@ -126,6 +127,9 @@ public final class GatewayServer: Service {
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run(delivering: hub.deliver) }
+                if let locator = redis.configuration.primaryLocator {
+                    group.addTask { try await locator.run() }  // failovers announced by the sentinels
+                }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
                 group.addTask { await ids.run(every: configuration.sweepInterval, reconnected: redisReconnects) }
                 group.addTask { await backends.follow(gearman) }

@@ -44,6 +44,9 @@ public struct JobStoreConfiguration: Sendable {
     /// How long gearmand may take to accept a created job. A submission with the unique key of an unfinished job
     /// still unaccepted after this long does not join it blindly (see `CreateOutcome.unaccepted`).
     public var acceptanceGrace: Duration = .seconds(30)
+    /// Replicas that must hold a created record and a written outcome before the write counts as done (`WAIT` after
+    /// it): the gateway answers `CREATED` and the worker tells gearmand only then, so a failover loses neither.
+    public var replicasAck: RedisReplicasAck?
 
     public init() {}
 }
@@ -126,7 +129,10 @@ public final class RedisJobStore: Sendable {
         do {
             let acceptedSince = RedisArgument(now - Int64(configuration.acceptanceGrace / .milliseconds(1)))
             let index: [RedisArgument] = ["SADD", unacceptedKeyArgument] + jobs.map { "\($0.id.rawValue)" }
-            replies = try await redis.pipeline([RedisCommand(index)] + jobs.map { createCommand($0, now: now, acceptedSince: acceptedSince) })
+            replies = try await redis.pipeline(
+                [RedisCommand(index)] + jobs.map { createCommand($0, now: now, acceptedSince: acceptedSince) },
+                acknowledgedBy: configuration.replicasAck
+            )
         } catch {
             throw JobStoreError(redis: error)
         }
@@ -270,15 +276,19 @@ public final class RedisJobStore: Sendable {
     }
 
     private func finishUnlessFinished(_ id: JobID, state: JobState, field: String, payload: ByteBuffer) async throws(JobStoreError) -> Bool {
-        let reply = try await send(
-            RedisCommand(
-                "EVAL",
-                [
-                    "\(Self.finishUnlessFinishedScript)", "1", "\(schema.jobKey(id))", "\(configuration.resultTTL)",
-                    "\(field)", .bytes(payload), "\(Self.now())", "\(state.rawValue)",
-                ]
-            )
+        let command = RedisCommand(
+            "EVAL",
+            [
+                "\(Self.finishUnlessFinishedScript)", "1", "\(schema.jobKey(id))", "\(configuration.resultTTL)",
+                "\(field)", .bytes(payload), "\(Self.now())", "\(state.rawValue)",
+            ]
         )
+        let reply: RedisReply
+        do {
+            reply = try await redis.pipeline([command], acknowledgedBy: configuration.replicasAck)[0].get()
+        } catch {
+            throw JobStoreError(redis: error)
+        }
         return reply.int == 1
     }
 
@@ -443,7 +453,7 @@ public final class RedisJobStore: Sendable {
                     "\(JobField.state)", "\(state.rawValue)",
                 ],
                 ["EXPIRE", "\(key)", "\(ttl ?? configuration.resultTTL)"],
-            ])
+            ], acknowledgedBy: configuration.replicasAck)
         } catch {
             throw JobStoreError(redis: error)
         }

@@ -23,6 +23,9 @@ public struct RedisConnectionConfiguration: Sendable {
     public var commandTimeout: Duration?
     /// Largest reply accepted, in bytes on the wire; a larger one closes the connection.
     public var maximumReplySize: Int
+    /// With Sentinel: connect to the primary it names instead of `host:port`, check with `ROLE` that the server is the
+    /// primary, and close when it stops being it (a failover, a `READONLY` reply). Shared by every connection of a process.
+    public var primaryLocator: RedisPrimaryLocator?
 
     public init(
         host: String = "127.0.0.1",
@@ -31,7 +34,8 @@ public struct RedisConnectionConfiguration: Sendable {
         database: Int? = nil,
         connectTimeout: Duration = .seconds(5),
         commandTimeout: Duration? = .seconds(30),
-        maximumReplySize: Int = RedisReplyDecoder.defaultMaximumReplySize
+        maximumReplySize: Int = RedisReplyDecoder.defaultMaximumReplySize,
+        primaryLocator: RedisPrimaryLocator? = nil
     ) {
         self.host = host
         self.port = port
@@ -40,6 +44,17 @@ public struct RedisConnectionConfiguration: Sendable {
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
         self.maximumReplySize = maximumReplySize
+        self.primaryLocator = primaryLocator
+    }
+
+    /// `host:port`: where a connection goes without a locator, and where one went with it.
+    public var address: RedisAddress { RedisAddress(host: host, port: port) }
+
+    /// What to call the server in messages: `host:port`, or the primary's name and its sentinels.
+    public var serverDescription: String {
+        guard let locator = primaryLocator else { return "\(address)" }
+        let sentinel = locator.configuration
+        return "primary \(sentinel.primaryName) of sentinels \(sentinel.sentinels.map(\.description).joined(separator: ","))"
     }
 }
 
