@@ -157,7 +157,7 @@ public final class RedisPrimaryLocator: Sendable {
             for waiter in waiters { waiter.resume(returning: address) }
             for close in closing { close() }
         case .abandon(let address, let epoch):
-            logger.info("Redis primary lost; asking the sentinels", metadata: ["redis.former_primary": "\(address)"])
+            logger.debug("Redis primary lost; asking the sentinels", metadata: ["redis.former_primary": "\(address)"])
             for close in state.withLock({ $0.removeConnections { $0 == address } }) { close() }
             ask(epoch: epoch)
         case .failWaiters(let error):
