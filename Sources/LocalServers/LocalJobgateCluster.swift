@@ -15,8 +15,11 @@ public final class LocalJobgateCluster: Sendable {
     public let gatewayPorts: [Int]
     public let gateways: [LocalProcess]
     private let workers: Mutex<[LocalProcess]>
+    /// Gateways started by `startGateway`.
+    private let extraGateways = Mutex<[LocalProcess]>([])
     /// `--redis-sentinel …` and the rest that gateways and workers share.
     private let redisOptions: [String]
+    private let lostGrace: Int
     private let queueDirectory: URL
 
     /// What a worker runs by default: waits a little (so jobs are in flight when a test breaks something), then
@@ -24,7 +27,8 @@ public final class LocalJobgateCluster: Sendable {
     public static let echoCommand = ["/bin/sh", "-c", "sleep 0.2; cat"]
 
     private init(
-        redis: LocalRedisSentinels, gearmands: [LocalServer], gatewayPorts: [Int], gateways: [LocalProcess], redisOptions: [String], queueDirectory: URL
+        redis: LocalRedisSentinels, gearmands: [LocalServer], gatewayPorts: [Int], gateways: [LocalProcess], redisOptions: [String], lostGrace: Int,
+        queueDirectory: URL
     ) {
         self.redis = redis
         self.gearmands = gearmands
@@ -32,6 +36,7 @@ public final class LocalJobgateCluster: Sendable {
         self.gateways = gateways
         self.workers = Mutex([])
         self.redisOptions = redisOptions
+        self.lostGrace = lostGrace
         self.queueDirectory = queueDirectory
     }
 
@@ -57,30 +62,17 @@ public final class LocalJobgateCluster: Sendable {
                 let queue = persistentQueues ? ["-q", "libsqlite3", "--libsqlite3-db=\(queueDirectory.path)/gearmand-\(index).sqlite"] : []
                 gearmands.append(try await LocalServer.start(.gearmand, arguments: queue))
             }
-            let redisOptions = [
-                "--redis-sentinel", redis.sentinelList, "--redis-master", LocalRedisSentinels.primaryName,
-                "--redis-replicas-ack", "\(replicasAck)", "--log-level", "info",
-            ]
-            let gearman = gearmands.map(\.address).joined(separator: ",")
+            let redisOptions = Self.redisOptions(redis, replicasAck: replicasAck)
             var ports: [Int] = []
             for _ in 0..<2 {
-                let port = try freeLoopbackPort()
+                let (gateway, port) = try Self.launchGateway(gearmands: gearmands, options: ["--lost-grace", "\(lostGrace)"] + redisOptions)
+                gateways.append(gateway)
                 ports.append(port)
-                gateways.append(
-                    try LocalProcess(
-                        jobgateExecutable(),
-                        ["serve", "--listen", "127.0.0.1:\(port)", "--gearman", gearman, "--lost-grace", "\(lostGrace)"] + redisOptions
-                    )
-                )
             }
-            for (gateway, port) in zip(gateways, ports) {
-                try await eventually("the gateway on port \(port) to listen", timeout: .seconds(30)) {
-                    if let status = gateway.exitStatus { throw LocalServerError(message: "gateway exited (\(status)):\n\(gateway.log)") }
-                    return (try? LoopbackSocket(port: port, timeoutMs: 200)) != nil
-                }
-            }
+            for (gateway, port) in zip(gateways, ports) { try await Self.waitUntilListening(gateway, port: port) }
             let cluster = LocalJobgateCluster(
-                redis: redis, gearmands: gearmands, gatewayPorts: ports, gateways: gateways, redisOptions: redisOptions, queueDirectory: queueDirectory
+                redis: redis, gearmands: gearmands, gatewayPorts: ports, gateways: gateways, redisOptions: redisOptions, lostGrace: lostGrace,
+                queueDirectory: queueDirectory
             )
             if !workerFunctions.isEmpty {
                 for _ in 0..<2 { _ = try cluster.startWorker(functions: workerFunctions) }
@@ -93,6 +85,35 @@ public final class LocalJobgateCluster: Sendable {
             try? FileManager.default.removeItem(at: queueDirectory)
             throw error
         }
+    }
+
+    private static func redisOptions(_ redis: LocalRedisSentinels, replicasAck: Int) -> [String] {
+        [
+            "--redis-sentinel", redis.sentinelList, "--redis-master", LocalRedisSentinels.primaryName,
+            "--redis-replicas-ack", "\(replicasAck)", "--log-level", "info",
+        ]
+    }
+
+    private static func launchGateway(gearmands: [LocalServer], options: [String]) throws -> (LocalProcess, port: Int) {
+        let port = try freeLoopbackPort()
+        let gearman = gearmands.map(\.address).joined(separator: ",")
+        return (try LocalProcess(jobgateExecutable(), ["serve", "--listen", "127.0.0.1:\(port)", "--gearman", gearman] + options), port)
+    }
+
+    private static func waitUntilListening(_ gateway: LocalProcess, port: Int) async throws {
+        try await eventually("the gateway on port \(port) to listen", timeout: .seconds(30)) {
+            if let status = gateway.exitStatus { throw LocalServerError(message: "gateway exited (\(status)):\n\(gateway.log)") }
+            return (try? LoopbackSocket(port: port, timeoutMs: 200)) != nil
+        }
+    }
+
+    /// Starts another gateway on the same servers, with its own `--redis-replicas-ack`; returns its port once it listens.
+    public func startGateway(replicasAck: Int) async throws -> Int {
+        let options = ["--lost-grace", "\(lostGrace)"] + Self.redisOptions(redis, replicasAck: replicasAck)
+        let (gateway, port) = try Self.launchGateway(gearmands: gearmands, options: options)
+        extraGateways.withLock { $0.append(gateway) }
+        try await Self.waitUntilListening(gateway, port: port)
+        return port
     }
 
     /// Starts another `jobgate worker` on both gearmand servers.
@@ -118,7 +139,7 @@ public final class LocalJobgateCluster: Sendable {
     /// Stops every process by pid: workers and gateways first, then gearmand and Redis.
     public func stop() {
         for worker in workers.withLock({ $0 }) { worker.stop() }
-        for gateway in gateways { gateway.stop() }
+        for gateway in gateways + extraGateways.withLock({ $0 }) { gateway.stop() }
         for gearmand in gearmands { gearmand.stop() }
         redis.stop()
         try? FileManager.default.removeItem(at: queueDirectory)

@@ -30,6 +30,14 @@ struct Bench: AsyncParsableCommand {
     @Flag(help: "A small smoke run: every section, small sizes.")
     var quick = false
 
+    @Flag(
+        help: """
+            Instead: the tested scale-out cluster (Redis primary, 2 replicas, 3 sentinels, 2 gearmand, 2 gateways) on \
+            loopback; submit throughput through one gateway vs two, and with --redis-replicas-ack 1 vs 0.
+            """
+    )
+    var cluster = false
+
     @Option(help: "Jobs per throughput measurement, per side and round.")
     var jobs: Int?
 
@@ -86,6 +94,19 @@ struct Bench: AsyncParsableCommand {
         if let workerConcurrency { options.workerConcurrency = workerConcurrency }
         if let legacyJobs { options.legacyJobs = legacyJobs }
         if let legacyConcurrency { options.legacyConcurrency = legacyConcurrency }
+        if cluster {
+            var benchmark = ClusterBenchmark()
+            if quick { (benchmark.jobs, benchmark.rounds) = (2_000, 1) }
+            if let jobs { benchmark.jobs = jobs }
+            if let connections { benchmark.connections = connections }
+            if let rounds { benchmark.rounds = rounds }
+            let report = try await benchmark.run { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+            print(report.table)
+            if let json {
+                try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: json))
+            }
+            return
+        }
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let runner = BenchmarkRunner(
             options: options,
