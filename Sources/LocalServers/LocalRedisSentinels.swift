@@ -45,8 +45,9 @@ public final class LocalRedisSentinels: Sendable {
             for _ in 0..<replicas {
                 nodes.append(try await LocalServer.start(.redis, arguments: nodeArguments + ["--replicaof", primary.host, "\(primary.port)"]))
             }
-            try await eventually("\(replicas) replicas to sync with the primary", timeout: .seconds(20)) {
-                (try? info(port: primary.port, section: "replication"))?["connected_slaves"].flatMap { Int($0) } == replicas
+            try await eventually("\(replicas) replicas to be in sync with the primary", timeout: .seconds(20)) {
+                let fields = (try? info(port: primary.port, section: "replication")) ?? [:]
+                return (0..<replicas).allSatisfy { fields["slave\($0)"]?.contains("state=online") == true }
             }
             let configuration = [
                 "sentinel monitor \(primaryName) \(primary.host) \(primary.port) \(sentinelCount / 2 + 1)",
