@@ -22,21 +22,25 @@ public final class LocalRedisSentinels: Sendable {
         self.sentinels = sentinels
     }
 
-    /// Lines every data node is started with: what `Deploy/redis-jobgate.conf` sets, and a replication that starts at once.
-    static let nodeArguments = [
-        "--notify-keyspace-events", "Ehx", "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
-    ]
+    /// What every data node is started with: a replication that starts at once, and (unless a test wants to see the
+    /// gateway switch them on) the keyspace notifications `Deploy/redis-jobgate.conf` sets.
+    static func nodeArguments(keyspaceNotifications: Bool) -> [String] {
+        ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"] + (keyspaceNotifications ? ["--notify-keyspace-events", "Ehx"] : [])
+    }
 
     /// Starts a primary, `replicas` replicas and `sentinels` sentinels (quorum: a majority).
     /// - Parameters:
     ///   - downAfter: how long the primary may be silent before a sentinel thinks it down (`down-after-milliseconds`).
     ///   - failoverTimeout: `failover-timeout`; also how long before the same sentinels try a failover again.
+    ///   - keyspaceNotifications: whether the nodes start with jobgate's keyspace notifications on.
     public static func start(
         replicas: Int = 2,
         sentinels sentinelCount: Int = 3,
         downAfter: Duration = .milliseconds(1_000),
-        failoverTimeout: Duration = .seconds(3)
+        failoverTimeout: Duration = .seconds(3),
+        keyspaceNotifications: Bool = true
     ) async throws -> LocalRedisSentinels {
+        let nodeArguments = nodeArguments(keyspaceNotifications: keyspaceNotifications)
         var nodes: [LocalServer] = []
         var sentinels: [LocalServer] = []
         do {
