@@ -129,9 +129,15 @@ public actor RedisConnection {
         if configuration.authentication != nil, let message = replies[0].errorMessage {
             throw RedisError(.authenticationFailed, message)
         }
-        // A user whose ACL refuses ROLE cannot check it here; a write to a replica still answers READONLY.
-        if checksRole, let role = replies.removeLast().array?.first?.string, role != "master" {
-            throw RedisError(.notPrimary, "\(configuration.address) is a \(role), not the primary")
+        if checksRole {
+            let reply = replies.removeLast()
+            // A user whose ACL refuses ROLE (NOPERM) cannot check it here; a write to a replica still answers READONLY.
+            if let message = reply.errorMessage, !message.hasPrefix("NOPERM") {
+                throw RedisError(.notPrimary, "\(configuration.address) cannot say its role: \(message)")
+            }
+            if let role = reply.array?.first?.string, role != "master" {
+                throw RedisError(.notPrimary, "\(configuration.address) is a \(role), not the primary")
+            }
         }
         if let message = replies.last?.errorMessage {
             throw RedisError.server(message)
