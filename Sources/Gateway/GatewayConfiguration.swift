@@ -1,4 +1,5 @@
 public import Gearman
+import Logging
 public import Memcache
 public import Redis
 import Synchronization
@@ -12,6 +13,11 @@ public struct GatewayConfiguration: Sendable {
     public var port = Self.defaultPort
     public var gearmanServers = [GearmanServerAddress(host: "127.0.0.1")]
     public var redis = RedisConnectionConfiguration()
+    /// Find the Redis primary through these sentinels and follow failovers (`--redis-sentinel`, `--redis-master`); `redis`
+    /// then gives only the authentication and the database.
+    public var redisSentinel: RedisSentinelConfiguration?
+    /// Replicas that must hold a created record before `CREATED` (and a gateway-written outcome): `--redis-replicas-ack`.
+    public var redisReplicasAck: RedisReplicasAck?
     /// Prefix of every Redis key (several deployments may share a Redis).
     public var keyPrefix = "jobgate:"
     /// The HTTP port for `/metrics` and job pages (`--http`); nil: off. Port 0 picks a free port.
@@ -90,6 +96,15 @@ public struct GatewayConfiguration: Sendable {
     public var subscriptionLogLength = 100_000
 
     public init() {}
+
+    /// With `redisSentinel`: this configuration with one locator for every Redis connection of the gateway (one question
+    /// to the sentinels, one switch on failover).
+    func locatingRedisPrimary(logger: Logger) -> GatewayConfiguration {
+        guard let sentinel = redisSentinel else { return self }
+        var result = self
+        result.redis.primaryLocator = RedisPrimaryLocator(configuration: sentinel, logger: logger)
+        return result
+    }
 
     /// This configuration with what a running gateway takes from `new` on reload (SIGHUP): the secrets and
     /// credentials (for new `AUTH`s; a credential's scopes also for connections using it), the limits and the

@@ -98,9 +98,9 @@ public final class GatewayServer: Service {
     }
 
     private func serve() async throws {
-        let configuration = self.configuration
+        let configuration = self.configuration.locatingRedisPrimary(logger: logger)
         let backends = BackendStatus(
-            redisServer: "\(configuration.redis.host):\(configuration.redis.port)",
+            redisServer: configuration.redis.serverDescription,
             gearmandServers: configuration.gearmanServers.map { "\($0)" },
             logger: logger
         )
@@ -113,10 +113,11 @@ public final class GatewayServer: Service {
         storeConfiguration.resultTTL = configuration.resultTTL
         storeConfiguration.acceptanceGrace = configuration.lostJobGrace
         storeConfiguration.logRetention = CompletionLogRetention(age: configuration.subscriptionRetention, maximumLength: configuration.subscriptionLogLength)
+        storeConfiguration.replicasAck = configuration.redisReplicasAck
         let store = RedisJobStore(redis: redis, outcomeRedis: outcomeRedis, configuration: storeConfiguration)
         let logger = self.logger
         let ids = try await cancelWhenGracefulShutdown {
-            try await untilRedisAnswers(at: "\(configuration.redis.host):\(configuration.redis.port)", logger: logger) {
+            try await untilRedisAnswers(at: configuration.redis.serverDescription, logger: logger) {
                 try await KeyspaceNotifications.ensureEnabled(on: redis)
                 return try await JobIDKeyring.load(from: redis, prefix: configuration.keyPrefix, logger: logger)
             }
@@ -141,6 +142,9 @@ public final class GatewayServer: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await feed.run(delivering: hub.deliver) }
                 group.addTask { await logHub.run() }
+                if let locator = redis.configuration.primaryLocator {
+                    group.addTask { try await locator.run() }  // failovers announced by the sentinels
+                }
                 group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
                 group.addTask { await ids.run(every: configuration.sweepInterval, reconnected: redisReconnects) }
                 group.addTask { await backends.follow(gearman) }

@@ -51,6 +51,9 @@ public struct JobStoreConfiguration: Sendable {
     public var acceptanceGrace: Duration = .seconds(30)
     /// How much of each function's completion log is kept (see `CompletionLog.swift`).
     public var logRetention = CompletionLogRetention()
+    /// Replicas that must hold a created record and a written outcome before the write counts as done (`WAIT` after
+    /// it): the gateway answers `CREATED` and the worker tells gearmand only then, so a failover loses neither.
+    public var replicasAck: RedisReplicasAck?
 
     public init() {}
 }
@@ -146,7 +149,7 @@ public final class RedisJobStore: Sendable {
         }
         commands.append(["EXEC"])
         commands += coalescing.map { createCommand(jobs[$0], now: now, acceptedSince: acceptedSince) }
-        let replies = try await evaluate(commands, Self.create)
+        let replies = try await evaluate(commands, Self.create, acknowledgedBy: configuration.replicasAck)
 
         var outcomes = [Result<CreateOutcome, JobStoreError>](repeating: .success(.created), count: jobs.count)
         let exec = replies[commands.count - coalescing.count - 1]
@@ -304,7 +307,7 @@ public final class RedisJobStore: Sendable {
             keys: ["\(schema.jobKey(id))"],
             arguments: ["\(configuration.resultTTL)", "\(field)", .bytes(payload), "\(now)", "\(state.rawValue)", "\(id.rawValue)"] + logArguments(now: now)
         )
-        return try await evaluate(call, Self.finishUnlessFinished).int == 1
+        return try await evaluate(call, Self.finishUnlessFinished, acknowledgedBy: configuration.replicasAck).int == 1
     }
 
     /// KEYS[1] job hash; ARGV default TTL, field, value, now, state, id, log key prefix, log length, oldest log id.
@@ -469,7 +472,7 @@ public final class RedisJobStore: Sendable {
             arguments: ["\(ttl ?? configuration.resultTTL)", "\(payloadField)", .bytes(payload), "\(now)", "\(state.rawValue)", "\(id.rawValue)"]
                 + logArguments(now: now)
         )
-        _ = try await evaluate(call, Self.finish)
+        _ = try await evaluate(call, Self.finish, acknowledgedBy: configuration.replicasAck)
     }
 
     /// KEYS[1] job hash; ARGV TTL, field, value, now, state, id, log key prefix, log length, oldest log id. The
@@ -509,12 +512,18 @@ public final class RedisJobStore: Sendable {
 
     /// Sends `commands` in one write; the calls of `script` that Redis answers `NOSCRIPT` (it restarted or flushed its
     /// scripts) go again with the script's text, in their order, in one more write.
-    private func evaluate(_ commands: [RedisCommand], _ script: StoredScript) async throws(JobStoreError) -> [Result<RedisReply, RedisError>] {
+    /// Sends `commands`, calls of `script` by its SHA1 among them; those Redis answers `NOSCRIPT` go again with the
+    /// text. `acknowledgedBy`: replicas that must hold the writes before this returns (`WAIT` in the same write).
+    private func evaluate(
+        _ commands: [RedisCommand],
+        _ script: StoredScript,
+        acknowledgedBy replicasAck: RedisReplicasAck? = nil
+    ) async throws(JobStoreError) -> [Result<RedisReply, RedisError>] {
         do {
-            var replies = try await redis.pipeline(commands)
+            var replies = try await redis.pipeline(commands, acknowledgedBy: replicasAck)
             let missing = replies.indices.filter { if case .failure(let error) = replies[$0] { StoredScript.isMissing(error) } else { false } }
             guard !missing.isEmpty else { return replies }
-            let again = try await redis.pipeline(missing.map { script.withSource(commands[$0]) })
+            let again = try await redis.pipeline(missing.map { script.withSource(commands[$0]) }, acknowledgedBy: replicasAck)
             for (index, reply) in zip(missing, again) { replies[index] = reply }
             return replies
         } catch {
@@ -523,8 +532,8 @@ public final class RedisJobStore: Sendable {
     }
 
     /// `evaluate` of one call; an error reply throws.
-    func evaluate(_ call: RedisCommand, _ script: StoredScript) async throws(JobStoreError) -> RedisReply {
-        let reply = try await evaluate([call], script)[0]
+    func evaluate(_ call: RedisCommand, _ script: StoredScript, acknowledgedBy replicasAck: RedisReplicasAck? = nil) async throws(JobStoreError) -> RedisReply {
+        let reply = try await evaluate([call], script, acknowledgedBy: replicasAck)[0]
         do {
             return try reply.get()
         } catch {

@@ -15,18 +15,23 @@ public final class LocalServer: Sendable {
         case gearmand
         case redis = "redis-server"
         case memcached
+        /// `redis-server --sentinel`; its `arguments` are lines of its configuration file (`sentinel monitor …`), which
+        /// it rewrites as it learns the topology and keeps across `restart()`.
+        case redisSentinel = "redis-sentinel"
 
         /// Debian package that provides the binary.
         var package: String {
             switch self {
             case .gearmand: "gearman-job-server"
-            case .redis: "redis-server"
+            case .redis, .redisSentinel: "redis-server"
             case .memcached: "memcached"
             }
         }
 
+        var binary: String { self == .redisSentinel ? "redis-server" : rawValue }
+
         var searchPaths: [String] {
-            ["/usr/sbin/\(rawValue)", "/usr/bin/\(rawValue)", "/usr/local/bin/\(rawValue)", "/usr/local/sbin/\(rawValue)"]
+            ["/usr/sbin/\(binary)", "/usr/bin/\(binary)", "/usr/local/bin/\(binary)", "/usr/local/sbin/\(binary)"]
         }
     }
 
@@ -97,7 +102,18 @@ public final class LocalServer: Sendable {
             ] + extraArguments
         case .memcached:
             return ["-l", host, "-p", "\(port)", "-U", "0", "-u", "root", "-vv"] + extraArguments
+        case .redisSentinel:
+            return [sentinelConfigurationFile, "--sentinel"]
         }
+    }
+
+    private var sentinelConfigurationFile: String { directory.appendingPathComponent("sentinel.conf").path }
+
+    /// A sentinel's configuration file, written at the first launch only: the sentinel rewrites it with what it learnt.
+    private func writeSentinelConfiguration() throws {
+        guard kind == .redisSentinel, !FileManager.default.fileExists(atPath: sentinelConfigurationFile) else { return }
+        let lines = ["port \(port)", "bind \(host)", "dir \(directory.path)", "logfile \(logFile.path)", "daemonize no"] + extraArguments
+        try (lines.joined(separator: "\n") + "\n").write(toFile: sentinelConfigurationFile, atomically: true, encoding: .utf8)
     }
 
     /// Starts the process (again, on the same port after `kill()`) and waits until it answers.
@@ -107,6 +123,7 @@ public final class LocalServer: Sendable {
                 message: "\(kind.rawValue) is not installed: run `apt-get install \(kind.package)` (the README's test command does this)"
             )
         }
+        try writeSentinelConfiguration()
         let pid = try spawnProcess(executable, arguments, stdin: nil, stdout: logFile.path + ".out", stderr: logFile.path + ".out")
         self.process.withLock { $0 = pid }
 
@@ -173,7 +190,7 @@ public final class LocalServer: Sendable {
         let (request, expected): (String, String) =
             switch kind {
             case .gearmand: ("version\n", "OK ")
-            case .redis: ("PING\r\n", "+PONG")
+            case .redis, .redisSentinel: ("PING\r\n", "+PONG")
             case .memcached: ("version\r\n", "VERSION ")
             }
         guard let reply = try? LoopbackSocket.exchange(port: port, request: Array(request.utf8), timeoutMs: 500) else {

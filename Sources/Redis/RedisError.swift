@@ -8,6 +8,7 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         private enum Base: String, Hashable, Sendable {
             case connectionRefused, connectionFailed, connectionClosed, authenticationFailed
             case serverError, protocolError, replyTooLarge, timeout
+            case notPrimary, replicasNotAcknowledged
         }
 
         private let base: Base
@@ -29,6 +30,12 @@ public struct RedisError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let replyTooLarge = Code(.replyTooLarge)
         /// Connecting or waiting for a reply took longer than configured; the connection is closed.
         public static let timeout = Code(.timeout)
+        /// With Sentinel: the server is not (or no longer) the primary (`ROLE` named another role, or it answered
+        /// `READONLY`); the connection is closed and the sentinels are asked again.
+        public static let notPrimary = Code(.notPrimary)
+        /// `WAIT` ended with fewer replicas holding the write than required: it ran on the primary and may be lost if
+        /// the primary fails now, so it is not acknowledged.
+        public static let replicasNotAcknowledged = Code(.replicasNotAcknowledged)
 
         public var description: String { base.rawValue }
     }

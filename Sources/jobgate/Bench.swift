@@ -38,6 +38,13 @@ struct Bench: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Only these sections, comma-separated (default: all).", valueName: "section,…"))
     var only: String?
+    @Flag(
+        help: """
+            Instead: the tested scale-out cluster (Redis primary, 2 replicas, 3 sentinels, 2 gearmand, 2 gateways) on \
+            loopback; submit throughput through one gateway vs two, and with --redis-replicas-ack 1 vs 0.
+            """
+    )
+    var cluster = false
 
     @Option(help: "Jobs per throughput measurement, per side and round.")
     var jobs: Int?
@@ -105,6 +112,19 @@ struct Bench: AsyncParsableCommand {
         if let workerConcurrency { options.workerConcurrency = workerConcurrency }
         if let legacyJobs { options.legacyJobs = legacyJobs }
         if let legacyConcurrency { options.legacyConcurrency = legacyConcurrency }
+        if cluster {
+            var benchmark = ClusterBenchmark()
+            if quick { (benchmark.jobs, benchmark.rounds) = (2_000, 1) }
+            if let jobs { benchmark.jobs = jobs }
+            if let connections { benchmark.connections = connections }
+            if let rounds { benchmark.rounds = rounds }
+            let report = try await benchmark.run { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+            print(report.table)
+            if let json {
+                try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: json))
+            }
+            return
+        }
         if let workerJobs { options.workerJobs = workerJobs }
         if let workerLatencySamples { options.workerLatencySamples = workerLatencySamples }
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]

@@ -59,6 +59,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("redis-db"), help: "Redis database number. (default: 0)")
     var redisDB: Int?
 
+    @OptionGroup(title: "Redis Sentinel and replication")
+    var redisFailover: RedisFailoverOptions
+
     @Option(name: .customLong("key-prefix"), help: "Prefix of every Redis key. (default: jobgate:)")
     var keyPrefix: String?
 
@@ -302,6 +305,10 @@ struct Serve: AsyncParsableCommand {
             ("redis-user", gateway.redis.authentication?.username ?? ""),
             ("redis-password", gateway.redis.authentication?.password ?? ""),
             ("redis-db", "\(gateway.redis.database ?? 0)"),
+            ("redis-sentinel", gateway.redisSentinel.map { $0.sentinels.map(\.description).joined(separator: ",") } ?? ""),
+            ("redis-master", gateway.redisSentinel?.primaryName ?? RedisFailoverOptions.defaultMaster),
+            ("redis-replicas-ack", "\(gateway.redisReplicasAck?.replicas ?? 0)"),
+            ("redis-replicas-ack-timeout", "\(Int((gateway.redisReplicasAck?.timeout ?? .seconds(1)) / .milliseconds(1)))"),
             ("key-prefix", gateway.keyPrefix),
             ("secrets", gateway.secrets.isEmpty ? "none" : gateway.secrets.joined(separator: ",")),
             ("credentials", gateway.credentials?.summary ?? "none"),
@@ -364,6 +371,9 @@ struct Serve: AsyncParsableCommand {
         configuration.redis.database = try settings.int("redis-db", redisDB)
         configuration.redis.tls = try settings.redisTLS(ca: redisTLSCA, certificate: redisTLSCert, key: redisTLSKey)
         configuration.tls = try settings.gatewayTLS(certificate: tlsCert, key: tlsKey, clientCA: tlsClientCA, handshakeTimeout: tlsHandshakeTimeout)
+        let failover = try redisFailover.load(settings)
+        configuration.redisSentinel = failover.sentinel
+        configuration.redisReplicasAck = failover.ack
         configuration.keyPrefix = settings.value("key-prefix", keyPrefix) ?? configuration.keyPrefix
         if let secrets = settings.value("secrets", secrets) {
             configuration.secrets = secrets.split(separator: ",").map(String.init)

@@ -103,7 +103,7 @@ final class Settings {
     /// program, the test harness's and the build's. One shell may well hold them beside a command's own.
     static let otherProgramsVariables: Set = [
         "JOBGATE_GATEWAY", "JOBGATE_SECRET", "JOBGATE_USER", "JOBGATE_FUNCTION", "JOBGATE_HANDLE", "JOBGATE_UNIQUE", "JOBGATE_JOB_ID",
-        "JOBGATE_PROGRESS_FD", "JOBGATE_TEST_PID_DIR", "JOBGATE_DEMO_DIR", "JOBGATE_FUZZ",
+        "JOBGATE_PROGRESS_FD", "JOBGATE_TEST_PID_DIR", "JOBGATE_DEMO_DIR", "JOBGATE_FUZZ", "JOBGATE_CLUSTER_DIR",
         "JOBGATE_TLS", "JOBGATE_TLS_CA", "JOBGATE_CLIENT_CERT", "JOBGATE_CLIENT_KEY",
     ]
 

@@ -86,6 +86,9 @@ struct Worker: AsyncParsableCommand {
     @Option(name: .customLong("redis-db"), help: "Redis database number. (default: 0)")
     var redisDatabase: Int?
 
+    @OptionGroup(title: "Redis Sentinel and replication")
+    var redisFailover: RedisFailoverOptions
+
     @Option(name: .customLong("key-prefix"), help: "Prefix of every Redis key (as the gateway uses). (default: jobgate:)")
     var keyPrefix: String?
 
@@ -159,6 +162,7 @@ struct Worker: AsyncParsableCommand {
         var redisPassword: String?
         var redisDatabase = 0
         var redisTLS: TLSConfiguration?
+        var redisFailover = RedisFailoverOptions.Loaded()
         var keyPrefix = "jobgate:"
         var resultTTL = 86_400
         var logRetention = CompletionLogRetention()
@@ -191,6 +195,7 @@ struct Worker: AsyncParsableCommand {
         loaded.redisPassword = settings.value("redis-password", redisPassword)
         loaded.redisDatabase = try settings.int("redis-db", redisDatabase) ?? loaded.redisDatabase
         loaded.redisTLS = try settings.redisTLS(ca: redisTLSCA, certificate: redisTLSCert, key: redisTLSKey)
+        loaded.redisFailover = try redisFailover.load(settings)
         loaded.keyPrefix = settings.value("key-prefix", keyPrefix) ?? loaded.keyPrefix
         loaded.resultTTL = try settings.int("result-ttl", resultTTL) ?? loaded.resultTTL
         guard loaded.resultTTL >= 1 else { throw ConfigurationError("\(settings.source("result-ttl", commandLine: resultTTL != nil)) must be at least 1 second") }
@@ -219,6 +224,7 @@ struct Worker: AsyncParsableCommand {
             ("redis-user", loaded.redisUser ?? ""),
             ("redis-password", loaded.redisPassword ?? ""),
             ("redis-db", "\(loaded.redisDatabase)"),
+        ] + loaded.redisFailover.entries + [
             ("key-prefix", loaded.keyPrefix),
             ("result-ttl", "\(loaded.resultTTL)"),
             ("subscription-retention", "\(loaded.logRetention.age)"),
@@ -241,6 +247,8 @@ struct Worker: AsyncParsableCommand {
         let logger = Logger(label: "jobgate.worker")
 
         unsetenv("JOBGATE_REDIS_PASSWORD")  // the job programs inherit the environment: keep the password out of it
+        // With Sentinel, one locator finds the primary for every connection and follows failovers.
+        let locator = loaded.redisFailover.sentinel.map { RedisPrimaryLocator(configuration: $0, logger: logger) }
         let pool = RedisConnectionPool(
             configuration: RedisConnectionConfiguration(
                 host: loaded.redis.host,
@@ -248,7 +256,8 @@ struct Worker: AsyncParsableCommand {
                 authentication: loaded.redisPassword.map { .init(username: loaded.redisUser, password: $0) },
                 database: loaded.redisDatabase == 0 ? nil : loaded.redisDatabase,
                 commandTimeout: .seconds(10),
-                tls: loaded.redisTLS
+                tls: loaded.redisTLS,
+                primaryLocator: locator
             ),
             size: min(max(loaded.concurrency, 2), 16),
             logger: logger
@@ -257,6 +266,7 @@ struct Worker: AsyncParsableCommand {
         storeConfiguration.schema = JobKeySchema(prefix: loaded.keyPrefix, database: loaded.redisDatabase)
         storeConfiguration.resultTTL = loaded.resultTTL
         storeConfiguration.logRetention = loaded.logRetention
+        storeConfiguration.replicasAck = loaded.redisFailover.ack
         let store = RedisJobStore(redis: pool, configuration: storeConfiguration)
 
         var memcache: MemcacheClient?
@@ -285,17 +295,18 @@ struct Worker: AsyncParsableCommand {
             metadata: [
                 "worker.functions": "\(loaded.functions.joined(separator: ","))", "worker.command": "\(command.joined(separator: " "))",
                 "worker.concurrency": "\(loaded.concurrency)", "gearman.servers": "\(loaded.gearman.map(\.description).joined(separator: ","))",
-                "redis.server": "\(loaded.redis)",
+                "redis.server": "\(pool.configuration.serverDescription)",
             ]
         )
         // Redis first, as the gateway does: a job taken while Redis is down could not be published.
-        let service = WorkerService(redis: "\(loaded.redis)", pool: pool, worker: worker, logger: logger)
+        let service = WorkerService(redis: pool.configuration.serverDescription, pool: pool, worker: worker, logger: logger)
         let lifecycle = ProcessLifecycle(
             ready: { await service.waitUntilRedisAnswered() },
             reload: { reloadLogLevel(logger: logger) }
         )
+        let services: [any Service] = [locator.map(SentinelService.init)].compactMap { $0 } + [service, lifecycle]
         let group = ServiceGroup(
-            configuration: .init(services: [service, lifecycle], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+            configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         )
         var failed = false
         do {
@@ -357,6 +368,15 @@ private final class WorkerService: Service {
 
     func waitUntilRedisAnswered() async {
         for await _ in answered.stream {}
+    }
+}
+
+/// Follows the sentinels' failover announcements until shutdown.
+private struct SentinelService: Service {
+    let locator: RedisPrimaryLocator
+
+    func run() async throws {
+        try await cancelWhenGracefulShutdown { try await locator.run() }
     }
 }
 

@@ -52,6 +52,36 @@ public actor RedisConnection {
         logger: Logger,
         pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?
     ) async throws -> RedisConnection {
+        guard let locator = configuration.primaryLocator else {
+            return try await connect(directlyTo: configuration, eventLoop: eventLoop, logger: logger, pushHandler: pushHandler)
+        }
+        let address = try await locator.primary()
+        var direct = configuration
+        direct.host = address.host
+        direct.port = address.port
+        let connection: RedisConnection
+        do {
+            connection = try await connect(directlyTo: direct, eventLoop: eventLoop, logger: logger, pushHandler: pushHandler)
+        } catch let error as RedisError where error.code != .authenticationFailed && error.code != .serverError {
+            // Refused, unreachable or not the primary: a failover may have begun, ask the sentinels again.
+            locator.primaryFailed(address)
+            throw error
+        }
+        // Closed when `address` stops being the primary, so pools and subscribers reconnect to the new one.
+        guard let id = locator.watch(address, close: { [channel = connection.channel] in channel.close(promise: nil) }) else {
+            await connection.close()
+            throw RedisError(.notPrimary, "\(address) stopped being the primary while connecting")
+        }
+        connection.closeFuture.whenComplete { _ in locator.forget(id) }
+        return connection
+    }
+
+    private static func connect(
+        directlyTo configuration: RedisConnectionConfiguration,
+        eventLoop: any EventLoop,
+        logger: Logger,
+        pushHandler: (@Sendable (RedisPubSubMessage) -> Void)?
+    ) async throws -> RedisConnection {
         var logger = logger
         logger[metadataKey: "redis.address"] = "\(configuration.host):\(configuration.port)"
         let peer = "\(configuration.host):\(configuration.port)"
@@ -109,6 +139,7 @@ public actor RedisConnection {
         return connection
     }
 
+    /// `AUTH`, `SELECT` and, with a primary locator, `ROLE` (never write to a replica), in one round trip.
     private func handshake() async throws {
         var commands: [RedisCommand] = []
         if let auth = configuration.authentication {
@@ -117,10 +148,22 @@ public actor RedisConnection {
         if let database = configuration.database {
             commands.append(["SELECT", .init(database)])
         }
+        let checksRole = configuration.primaryLocator != nil
+        if checksRole { commands.append(["ROLE"]) }
         guard !commands.isEmpty else { return }
-        let replies = try await execute(commands)
+        var replies = try await execute(commands)
         if configuration.authentication != nil, let message = replies[0].errorMessage {
             throw RedisError(.authenticationFailed, message)
+        }
+        if checksRole {
+            let reply = replies.removeLast()
+            // A user whose ACL refuses ROLE (NOPERM) cannot check it here; a write to a replica still answers READONLY.
+            if let message = reply.errorMessage, !message.hasPrefix("NOPERM") {
+                throw RedisError(.notPrimary, "\(configuration.address) cannot say its role: \(message)")
+            }
+            if let role = reply.array?.first?.string, role != "master" {
+                throw RedisError(.notPrimary, "\(configuration.address) is a \(role), not the primary")
+            }
         }
         if let message = replies.last?.errorMessage {
             throw RedisError.server(message)
@@ -138,9 +181,12 @@ public actor RedisConnection {
     }
 
     /// Writes all `commands` with one flush and returns their replies in order. An error reply fails
-    /// only its own command; a lost connection throws for the whole batch.
-    public func pipeline(_ commands: [RedisCommand]) async throws -> [Result<RedisReply, RedisError>] {
-        try await execute(commands).map { reply in
+    /// only its own command; a lost connection throws for the whole batch. With `ack`, a `WAIT` follows in the same
+    /// write and throws `.replicasNotAcknowledged` when too few replicas took the commands in time.
+    public func pipeline(_ commands: [RedisCommand], acknowledgedBy ack: RedisReplicasAck? = nil) async throws -> [Result<RedisReply, RedisError>] {
+        var replies = try await execute(ack.map { commands + [$0.command] } ?? commands)
+        if let ack { try ack.check(replies.removeLast()) }
+        return replies.map { reply in
             reply.errorMessage.map { .failure(.server($0)) } ?? .success(reply)
         }
     }
@@ -148,9 +194,9 @@ public actor RedisConnection {
     /// Runs `commands` between `MULTI` and `EXEC` in one write and returns `EXEC`'s replies, which hold
     /// `.error` elements for commands that failed while running (`WRONGTYPE`). Throws `.serverError`
     /// with the refused command's error when one was refused while queueing (nothing ran), or when a
-    /// `WATCH`ed key changed (`EXEC` answered null).
-    public func transaction(_ commands: [RedisCommand]) async throws -> [RedisReply] {
-        let results = try await pipeline([["MULTI"]] + commands + [["EXEC"]])
+    /// `WATCH`ed key changed (`EXEC` answered null). With `ack`, as ``pipeline(_:acknowledgedBy:)``.
+    public func transaction(_ commands: [RedisCommand], acknowledgedBy ack: RedisReplicasAck? = nil) async throws -> [RedisReply] {
+        let results = try await pipeline([["MULTI"]] + commands + [["EXEC"]], acknowledgedBy: ack)
         for case .failure(let error) in results.dropLast() where error.serverErrorPrefix != "EXECABORT" {
             // A command refused while queueing makes EXEC abort; report that command's error.
             throw error
@@ -167,11 +213,18 @@ public actor RedisConnection {
         try Task.checkCancellation()
         let promise = channel.eventLoop.makePromise(of: [RedisReply].self)
         let id = handler.value.send(commands, promise: promise)
-        return try await withTaskCancellationHandler {
+        let replies = try await withTaskCancellationHandler {
             try await promise.futureResult.get()
         } onCancel: { [handler] in
             handler.eventLoop.execute { handler.value.cancel(id) }
         }
+        if let locator = configuration.primaryLocator, let refusal = replies.lazy.compactMap(\.errorMessage).first(where: { $0.hasPrefix("READONLY") }) {
+            // The server became a replica (a failover this connection missed): nothing more goes to it.
+            locator.primaryFailed(configuration.address)
+            channel.close(promise: nil)
+            throw RedisError(.notPrimary, refusal)
+        }
+        return replies
     }
 
     /// ``pipeline(_:)`` for code that runs on event loops: no hop through Swift concurrency. The future completes

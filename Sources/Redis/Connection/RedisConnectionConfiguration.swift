@@ -28,6 +28,9 @@ public struct RedisConnectionConfiguration: Sendable {
     /// TLS to Redis (`tls-port`), checking the server's certificate against `host` (or its IP address); nil: plain TCP.
     /// ``RedisConnectionConfiguration/tls(caFile:certificateFile:keyFile:)`` makes one from files.
     public var tls: TLSConfiguration?
+    /// With Sentinel: connect to the primary it names instead of `host:port`, check with `ROLE` that the server is the
+    /// primary, and close when it stops being it (a failover, a `READONLY` reply). Shared by every connection of a process.
+    public var primaryLocator: RedisPrimaryLocator?
 
     public init(
         host: String = "127.0.0.1",
@@ -37,7 +40,8 @@ public struct RedisConnectionConfiguration: Sendable {
         connectTimeout: Duration = .seconds(5),
         commandTimeout: Duration? = .seconds(30),
         maximumReplySize: Int = RedisReplyDecoder.defaultMaximumReplySize,
-        tls: TLSConfiguration? = nil
+        tls: TLSConfiguration? = nil,
+        primaryLocator: RedisPrimaryLocator? = nil
     ) {
         self.tls = tls
         self.host = host
@@ -47,6 +51,17 @@ public struct RedisConnectionConfiguration: Sendable {
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
         self.maximumReplySize = maximumReplySize
+        self.primaryLocator = primaryLocator
+    }
+
+    /// `host:port`: where a connection goes without a locator, and where one went with it.
+    public var address: RedisAddress { RedisAddress(host: host, port: port) }
+
+    /// What to call the server in messages: `host:port`, or the primary's name and its sentinels.
+    public var serverDescription: String {
+        guard let locator = primaryLocator else { return "\(address)" }
+        let sentinel = locator.configuration
+        return "primary \(sentinel.primaryName) of sentinels \(sentinel.sentinels.map(\.description).joined(separator: ","))"
     }
 }
 

@@ -54,14 +54,14 @@ public final class RedisConnectionPool: Sendable {
         try await connection().send(command)
     }
 
-    /// ``RedisConnection/pipeline(_:)`` on the next connection: one write, replies in order.
-    public func pipeline(_ commands: [RedisCommand]) async throws -> [Result<RedisReply, RedisError>] {
-        try await connection().pipeline(commands)
+    /// ``RedisConnection/pipeline(_:acknowledgedBy:)`` on the next connection: one write, replies in order.
+    public func pipeline(_ commands: [RedisCommand], acknowledgedBy ack: RedisReplicasAck? = nil) async throws -> [Result<RedisReply, RedisError>] {
+        try await connection().pipeline(commands, acknowledgedBy: ack)
     }
 
-    /// ``RedisConnection/transaction(_:)`` on the next connection.
-    public func transaction(_ commands: [RedisCommand]) async throws -> [RedisReply] {
-        try await connection().transaction(commands)
+    /// ``RedisConnection/transaction(_:acknowledgedBy:)`` on the next connection.
+    public func transaction(_ commands: [RedisCommand], acknowledgedBy ack: RedisReplicasAck? = nil) async throws -> [RedisReply] {
+        try await connection().transaction(commands, acknowledgedBy: ack)
     }
 
     // MARK: Connections

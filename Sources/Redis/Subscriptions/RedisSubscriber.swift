@@ -65,7 +65,7 @@ public final class RedisSubscriber: Sendable {
         self.events = RedisSubscriberEvents(buffer: buffer)
         self.eventLoop = eventLoop
         var logger = logger
-        logger[metadataKey: "redis.address"] = "\(configuration.host):\(configuration.port)"
+        logger[metadataKey: "redis.address"] = "\(configuration.serverDescription)"
         self.logger = logger
         self.state = Mutex(State(channels: channels, patterns: patterns))
     }
