@@ -27,7 +27,7 @@ enum SessionAccess: Sendable {
             return needs(.submit, submission.function) ?? (submission.waitMilliseconds == nil ? nil : needs(.read, submission.function))
         case .status, .result, .wait, .watch:
             return credential.holds(.read) ? nil : "\(credential.name) may not read jobs"
-        case .subscribe(let function):
+        case .subscribe(let function, _):
             return needs(.subscribe, function)
         case .stats:
             return credential.holds(.admin) ? nil : "\(credential.name) may not use admin commands"
