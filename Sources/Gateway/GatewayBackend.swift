@@ -30,7 +30,7 @@ struct GatewayBackend: Sendable {
     /// Set when some functions keep their results in memcached.
     let legacy: LegacyBridge?
     /// Whether the legacy bridge's poller already follows a job (then a lookup need not poll it too).
-    let isFollowed: @Sendable (JobID) -> Bool
+    let isFollowed: @Sendable (JobID) async -> Bool
 
     /// What a `SUBMIT` got: its job id, and whether it created the job or joined an unfinished one.
     struct Submitted: Sendable {
@@ -221,7 +221,7 @@ struct GatewayBackend: Sendable {
     /// Nobody may be polling an unwatched legacy job: ask gearmand and memcached now. (A followed one is left to the
     /// poller: two polls of one job racing could write an older progress over a newer one.)
     private func refreshedIfLegacy(_ record: JobRecord) async -> JobRecord {
-        guard let legacy, !record.state.isTerminal, legacy.handles(record.function), !isFollowed(record.id) else { return record }
+        guard let legacy, !record.state.isTerminal, legacy.handles(record.function), !(await isFollowed(record.id)) else { return record }
         var unknownSince: [JobID: ContinuousClock.Instant] = [:]
         if await legacy.poll([record], unknownSince: &unknownSince), let fresh = try? await store.record(record.id) {
             return fresh
@@ -305,11 +305,11 @@ struct GatewayBackend: Sendable {
     /// the whole grace period is lost (its worker died with it, gearmand restarted without a persistent queue,
     /// or the gateway died between creating and submitting it). Jobs are asked for by unique key, which survives
     /// gearmand's handle renumbering on a persistent-queue replay.
-    func watchForLostJobs(followed: @Sendable () -> [JobID]) async {
+    func watchForLostJobs(followed: @Sendable () async -> [JobID]) async {
         var unknownSince: [JobID: ContinuousClock.Instant] = [:]
         while !Task.isCancelled {
             try? await Task.sleep(for: configuration.lostJobCheckInterval)
-            let ids = followed()
+            let ids = await followed()
             guard !ids.isEmpty, let records = try? await store.records(ids) else { continue }
             var unfinished: [GearmanServerAddress: [JobRecord]] = [:]
             // Legacy jobs never write Redis: the legacy bridge decides when they are lost.

@@ -27,7 +27,7 @@ final class GatewayMetricCounters: Sendable {
     private let eventStreamsOpen: Gauge
     /// Backends whose last request failed: the next success is a reconnect.
     private let backendDown = Mutex<Set<String>>([])
-    /// Watchers registered in the push hub (set once the hub exists), read on each scrape.
+    /// Watchers registered in the job tracker (set once the tracker exists), read on each scrape.
     private let watcherCount = Mutex<(@Sendable () -> Int)?>(nil)
     private let watchers: Gauge
 

@@ -56,12 +56,12 @@ struct LegacyBridge: Sendable {
     }
 
     /// Polls until cancelled; `followed` names the jobs someone watches or waits on.
-    func run(followed: @Sendable () -> [JobID]) async {
+    func run(followed: @Sendable () async -> [JobID]) async {
         var interval = minimumInterval
         var unknownSince: [JobID: ContinuousClock.Instant] = [:]
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
-            let ids = followed()
+            let ids = await followed()
             guard !ids.isEmpty, let records = try? await store.records(ids) else {
                 interval = maximumInterval
                 continue
