@@ -127,12 +127,21 @@ public final class GatewayServer: Service {
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await tracker.run() }
-                group.addTask { await backend.watchForLostJobs(followed: { await tracker.followedIDs() }) }
+                let lostJobs = LostJobWatch(
+                    check: GearmanPresenceCheck(gearman: gearman, legacy: legacy), store: store, tracker: tracker,
+                    minimumInterval: configuration.lostJobCheckInterval, maximumInterval: configuration.lostJobCheckInterval,
+                    grace: configuration.lostJobGrace, statistics: statistics, logger: logger
+                )
+                group.addTask { await lostJobs.run() }
                 group.addTask { await ids.run(every: configuration.sweepInterval, reconnected: redisReconnects) }
                 group.addTask { await backends.follow(gearman) }
                 group.addTask { await backend.sweepUnacceptedJobs() }
                 if let legacy {
-                    group.addTask { await legacy.run(followed: { await tracker.followedIDs() }) }
+                    let legacyJobs = LostJobWatch(
+                        check: legacy, store: store, tracker: tracker, minimumInterval: legacy.minimumInterval,
+                        maximumInterval: legacy.maximumInterval, grace: legacy.grace, statistics: statistics, logger: logger
+                    )
+                    group.addTask { await legacyJobs.run() }
                 }
                 await feed.waitUntilReady()
                 if let httpPort = configuration.httpPort {

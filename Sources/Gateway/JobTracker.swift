@@ -126,6 +126,13 @@ final class JobTracker: JobChangeConsumer, Service {
         }
     }
 
+    /// A presence check's answers about the followed jobs it was asked about: the jobs now lost (see
+    /// `JobTrackerStateMachine.presenceAnswered`).
+    func presenceAnswered(_ answers: [JobID: JobPresence], asked: [JobID], grace: Duration) async -> [JobID] {
+        let now = ContinuousClock.now
+        return (try? await eventLoop.submit { self.machine.value.presenceAnswered(answers, asked: asked, at: now, grace: grace) }.get()) ?? []
+    }
+
     /// Re-reads every followed job (after notifications may have been lost, e.g. on a switch of Redis primary).
     func rereadFollowed() {
         feed.rereadFollowed()

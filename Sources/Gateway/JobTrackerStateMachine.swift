@@ -83,6 +83,8 @@ struct JobTrackerStateMachine {
     private var recentlyEnded: Set<JobID> = []
     private var recentlyEndedOrder: [JobID] = []
     private var isShuttingDown = false
+    /// Followed jobs whose backend no longer knows them, since the first answer that said so.
+    private var goneSince: [JobID: ContinuousClock.Instant] = [:]
     /// Watches registered now, over all connections (a metric).
     private(set) var watcherCount = 0
 
@@ -138,7 +140,13 @@ struct JobTrackerStateMachine {
     private mutating func remove(_ token: Token) {
         jobs[token.id]?.watchers[token.number] = nil
         watcherCount -= 1
-        if jobs[token.id]?.isEmpty == true { jobs[token.id] = nil }
+        forgetIfUnfollowed(token.id)
+    }
+
+    private mutating func forgetIfUnfollowed(_ id: JobID) {
+        guard jobs[id]?.isEmpty != false else { return }
+        jobs[id] = nil
+        goneSince[id] = nil
     }
 
     // MARK: Waiters
@@ -152,7 +160,7 @@ struct JobTrackerStateMachine {
 
     mutating func unwait(_ token: Token) {
         guard jobs[token.id]?.waiters.removeValue(forKey: token.number) != nil else { return }
-        if jobs[token.id]?.isEmpty == true { jobs[token.id] = nil }
+        forgetIfUnfollowed(token.id)
     }
 
     /// Shutting down: every pending wait ends now (answered with the job's current state), and every later one at once.
@@ -162,7 +170,8 @@ struct JobTrackerStateMachine {
         for (id, var interest) in jobs where !interest.waiters.isEmpty {
             actions += interest.waiters.values.map { .endWait($0, .stopped) }
             interest.waiters = [:]
-            jobs[id] = interest.isEmpty ? nil : interest
+            jobs[id] = interest
+            forgetIfUnfollowed(id)
         }
         return actions
     }
@@ -179,6 +188,29 @@ struct JobTrackerStateMachine {
         guard subscribers[function]?.removeValue(forKey: target) != nil else { return }
         subscriberCount -= 1
         if subscribers[function]?.isEmpty == true { subscribers[function] = nil }
+    }
+
+    // MARK: Lost jobs
+
+    /// A presence check answered about the unfinished followed jobs it was `asked` about (an unanswered one could not
+    /// be asked); returns those gone through the whole `grace`, to be failed as lost. Each answer but `gone` starts
+    /// the grace again, so a job is lost only when every answer over the grace said so.
+    mutating func presenceAnswered(_ answers: [JobID: JobPresence], asked: [JobID], at now: ContinuousClock.Instant, grace: Duration) -> [JobID] {
+        var lost: [JobID] = []
+        for id in asked {
+            guard answers[id] == .gone, jobs[id] != nil else {
+                goneSince[id] = nil
+                continue
+            }
+            let since = goneSince[id] ?? now
+            if now - since >= grace {
+                goneSince[id] = nil
+                lost.append(id)
+            } else {
+                goneSince[id] = since
+            }
+        }
+        return lost
     }
 
     // MARK: Changes
@@ -215,7 +247,8 @@ struct JobTrackerStateMachine {
                 isFirstEnd = !interest.hasEnded
                 interest.hasEnded = true
             }
-            jobs[update.id] = interest.isEmpty ? nil : interest
+            jobs[update.id] = interest
+            forgetIfUnfollowed(update.id)
         }
         if let record = update.record, record.state.isTerminal, let subscribers = subscribers[record.function],
             let gatewayID = GatewayJobID(rawValue: record.id.rawValue), rememberEnded(update.id)

@@ -192,4 +192,30 @@ struct JobTrackerStateMachineTests {
         #expect(!machine.isFollowed(Self.id) && machine.followedIDs.isEmpty)
         #expect(Self.effects(machine.read(Self.update(Self.record(.done)))).isEmpty)
     }
+
+    /// A followed job is lost only when every answer over the whole grace said it was gone; any other answer (or
+    /// none: its server could not be asked) starts the grace again, and a job followed no more is never lost.
+    @Test func lostOnlyAfterTheWholeGrace() {
+        var machine = JobTrackerStateMachine()
+        let token = JobTrackerStateMachine.Token(id: Self.id, number: 1)
+        _ = machine.wait(token, onEnd: { _ in })
+        let other = JobID(rawValue: "job-2")!
+        _ = machine.wait(JobTrackerStateMachine.Token(id: other, number: 2), onEnd: { _ in })
+        let start = ContinuousClock.now
+        let grace = Duration.seconds(30)
+        func answer(_ presence: JobPresence?, after seconds: Int64, asked: [JobID] = [Self.id]) -> [JobID] {
+            machine.presenceAnswered(presence.map { [Self.id: $0] } ?? [:], asked: asked, at: start + .seconds(seconds), grace: grace)
+        }
+        #expect(answer(.gone, after: 0).isEmpty)
+        #expect(answer(.gone, after: 29).isEmpty)
+        #expect(answer(.present, after: 30).isEmpty, "known again: the grace starts over")
+        #expect(answer(.gone, after: 31).isEmpty)
+        #expect(answer(nil, after: 45, asked: [other]).isEmpty, "another check's round leaves it alone")
+        #expect(answer(.gone, after: 61) == [Self.id])
+        #expect(answer(.gone, after: 62).isEmpty, "reported once; the next round starts over")
+        #expect(answer(nil, after: 100).isEmpty, "not asked: the grace starts over")
+        #expect(answer(.gone, after: 101).isEmpty)
+        machine.unwait(token)
+        #expect(answer(.gone, after: 200).isEmpty, "followed no more")
+    }
 }
