@@ -635,11 +635,13 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         tracker.unwatch(token)
         if watches[token.id] == token { watches[token.id] = nil }
         pendingWatches[token] = nil
+        if pendingWatches.isEmpty { pendingWatches = [:] }  // its storage, kept by each of 10,000 idle watchers otherwise
     }
 
     /// After `WATCHING`: what the tracker handed over meanwhile goes out first, if it is news; then the watch is live.
     private func activate(_ token: JobTracker.Token, shown record: JobRecord) {
         guard let pending = pendingWatches.removeValue(forKey: token) else { return }  // replaced or ended meanwhile
+        if pendingWatches.isEmpty { pendingWatches = [:] }
         var shown: JobRecord.Progress? = record.progress
         if let held = pending.held {
             if let event = JobTrackerStateMachine.event(for: held, shown: &shown, as: pending.gatewayID, tag: pending.tag) { emit(event) }
