@@ -205,6 +205,7 @@ let package = Package(
             dependencies: [
                 "JobStore", "Redis", "Memcache", "Gearman", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
@@ -239,6 +240,7 @@ let package = Package(
             dependencies: [
                 "WorkerRuntime", "Gearman", "JobStore", "Redis", "Memcache", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

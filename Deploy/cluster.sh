@@ -82,7 +82,7 @@ done
 rm -rf "${state:?}"/redis-* "$state"/sentinel-*.conf
 
 # Redis: every node with Deploy/redis-jobgate.conf's notifications, the replicas following the first node.
-node_options=(--bind 127.0.0.1 --save "" --appendonly no --notify-keyspace-events Ehx --repl-diskless-sync yes --repl-diskless-sync-delay 0)
+node_options=(--bind 127.0.0.1 --save "" --appendonly no --notify-keyspace-events Ehtx --repl-diskless-sync yes --repl-diskless-sync-delay 0)
 for index in 0 1 2; do
     mkdir -p "$state/redis-$((index + 1))"
     replica=()

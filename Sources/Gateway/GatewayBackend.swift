@@ -30,7 +30,7 @@ struct GatewayBackend: Sendable {
     /// Set when some functions keep their results in memcached.
     let legacy: LegacyBridge?
     /// Whether the legacy bridge's poller already follows a job (then a lookup need not poll it too).
-    let isFollowed: @Sendable (JobID) -> Bool
+    let isFollowed: @Sendable (JobID) async -> Bool
 
     /// A `SUBMIT`, and the namespace its `unique=` coalesces in (its credential's; nil: the deployment-wide one).
     struct Submission: Sendable {
@@ -230,9 +230,8 @@ struct GatewayBackend: Sendable {
     /// Nobody may be polling an unwatched legacy job: ask gearmand and memcached now. (A followed one is left to the
     /// poller: two polls of one job racing could write an older progress over a newer one.)
     private func refreshedIfLegacy(_ record: JobRecord) async -> JobRecord {
-        guard let legacy, !record.state.isTerminal, legacy.handles(record.function), !isFollowed(record.id) else { return record }
-        var unknownSince: [JobID: ContinuousClock.Instant] = [:]
-        if await legacy.poll([record], unknownSince: &unknownSince), let fresh = try? await store.record(record.id) {
+        guard let legacy, !record.state.isTerminal, legacy.handles(record.function), !(await isFollowed(record.id)) else { return record }
+        if await legacy.presence(of: [record])[record.id] == .moved, let fresh = try? await store.record(record.id) {
             return fresh
         }
         return record
@@ -246,7 +245,7 @@ struct GatewayBackend: Sendable {
 
     // MARK: Lost jobs
 
-    static let neverAcceptedReason = "lost: gearmand never accepted the job (the gateway that created it stopped before submitting it)"
+    static let neverAcceptedReason = LostJobReason.reason("gearmand never accepted the job (the gateway that created it stopped before submitting it)")
 
     /// Finds the jobs that a gateway created in Redis and then died (or lost Redis) before gearmand accepted them,
     /// whether or not anyone follows them: every gateway of the deployment sweeps the unaccepted index.
@@ -305,52 +304,5 @@ struct GatewayBackend: Sendable {
             }
         }
         try? await store.clearUnaccepted(ended)
-    }
-
-    /// Ends followed jobs that gearmand no longer knows and that got no outcome within the grace period.
-    ///
-    /// gearmand forgets a job once it completed, so "unknown" alone means nothing: a worker writes the outcome
-    /// to Redis before it reports to gearmand. Only a job unknown to gearmand and still unfinished in Redis for
-    /// the whole grace period is lost (its worker died with it, gearmand restarted without a persistent queue,
-    /// or the gateway died between creating and submitting it). Jobs are asked for by unique key, which survives
-    /// gearmand's handle renumbering on a persistent-queue replay.
-    func watchForLostJobs(followed: @Sendable () -> [JobID]) async {
-        var unknownSince: [JobID: ContinuousClock.Instant] = [:]
-        while !Task.isCancelled {
-            try? await Task.sleep(for: configuration.lostJobCheckInterval)
-            let ids = followed()
-            guard !ids.isEmpty, let records = try? await store.records(ids) else { continue }
-            var unfinished: [GearmanServerAddress: [JobRecord]] = [:]
-            // Legacy jobs never write Redis: the legacy bridge decides when they are lost.
-            for record in records.compactMap({ $0 }) where !record.state.isTerminal && !(legacy?.handles(record.function) ?? false) {
-                let server = record.server.flatMap(GearmanServerAddress.init) ?? gearman.ranking(for: record.id.rawValue)[0].address
-                unfinished[server, default: []].append(record)
-            }
-            var stillUnknown: Set<JobID> = []
-            for (server, records) in unfinished {
-                guard let client = gearman.client(for: server),
-                    let statuses = try? await client.status(uniques: records.map(\.id.rawValue))
-                else { continue }  // cannot ask: decide nothing
-                for (record, status) in zip(records, statuses) where !status.known {
-                    stillUnknown.insert(record.id)
-                }
-            }
-            let now = ContinuousClock.now
-            unknownSince = unknownSince.filter { stillUnknown.contains($0.key) }
-            for id in stillUnknown {
-                let since = unknownSince[id] ?? now
-                unknownSince[id] = since
-                guard now - since >= configuration.lostJobGrace else { continue }
-                unknownSince[id] = nil
-                let seconds = configuration.lostJobGrace.components.seconds
-                do {
-                    try await store.markFailed(id, reason: "lost: gearmand no longer knows the job and no result came within \(seconds) s")
-                    statistics.jobsLost.add(1, ordering: .relaxed)
-                    logger.notice("job lost", metadata: ["job.id": "\(id)"])
-                } catch {
-                    logger.warning("could not mark a lost job", metadata: ["job.id": "\(id)", "job.error": "\(error)"])
-                }
-            }
-        }
     }
 }

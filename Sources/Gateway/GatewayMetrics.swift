@@ -27,7 +27,7 @@ final class GatewayMetricCounters: Sendable {
     private let eventStreamsOpen: Gauge
     /// Backends whose last request failed: the next success is a reconnect.
     private let backendDown = Mutex<Set<String>>([])
-    /// Watchers registered in the push hub (set once the hub exists), read on each scrape.
+    /// Watchers registered in the job tracker (set once the tracker exists), read on each scrape.
     private let watcherCount = Mutex<(@Sendable () -> Int)?>(nil)
     private let watchers: Gauge
 
@@ -61,7 +61,7 @@ final class GatewayMetricCounters: Sendable {
         let outcome: String
         switch record?.state {
         case .done: outcome = "done"
-        case .failed: outcome = record?.reason.map { $0.readableBytesView.starts(with: "lost".utf8) } == true ? "lost" : "failed"
+        case .failed: outcome = record?.reason.map { LostJobReason.isLost($0.readableBytesView) } == true ? "lost" : "failed"
         default: outcome = "expired"
         }
         jobsEnded[outcome]?.increment()

@@ -122,40 +122,50 @@ public final class GatewayServer: Service {
                 return try await JobIDKeyring.load(from: redis, prefix: configuration.keyPrefix, logger: logger)
             }
         }
-        let feed = JobChangeFeed(store: store, sweepInterval: configuration.sweepInterval, logger: logger)
+        // The feed's loop is the tracker's: notification, re-read and the followers' bookkeeping run there, unlocked.
+        let feed = JobChangeFeed(store: store, eventLoop: MultiThreadedEventLoopGroup.singleton.any(), sweepInterval: configuration.sweepInterval, logger: logger)
         // Each reconnect may find a Redis that lost its data, the id keys with it: the keyring re-asserts them.
         let (redisReconnects, redisReconnected) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         feed.onLinkChange { link, error in
             backends.redisChanged(link, error: error)
             if link != .down { redisReconnected.yield() }
         }
-        let hub = PushHub(feed: feed, statistics: statistics)
+        let tracker = JobTracker(feed: feed, statistics: statistics)
         let logHub = CompletionLogHub(store: store, redis: configuration.redis, sweepInterval: configuration.sweepInterval, logger: logger)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let legacy = try makeLegacyBridge(store: store, gearman: gearman, statistics: statistics)
         let backend = GatewayBackend(
             store: store, gearman: gearman, ids: ids, configuration: configuration, statistics: statistics, logger: logger, legacy: legacy,
-            isFollowed: { hub.isFollowed($0) }
+            isFollowed: { await tracker.isFollowed($0) }
         )
-        statistics.metrics.countWatchers { hub.watcherCount }
+        statistics.metrics.countWatchers { tracker.watcherCount }
         do {
             try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await feed.run(delivering: hub.deliver) }
+                group.addTask { try await tracker.run() }
                 group.addTask { await logHub.run() }
                 if let locator = redis.configuration.primaryLocator {
                     group.addTask { try await locator.run() }  // failovers announced by the sentinels
                 }
-                group.addTask { await backend.watchForLostJobs(followed: { hub.followedIDs }) }
+                let lostJobs = LostJobWatch(
+                    check: GearmanPresenceCheck(gearman: gearman, legacy: legacy), store: store, tracker: tracker,
+                    minimumInterval: configuration.lostJobCheckInterval, maximumInterval: configuration.lostJobCheckInterval,
+                    grace: configuration.lostJobGrace, statistics: statistics, logger: logger
+                )
+                group.addTask { await lostJobs.run() }
                 group.addTask { await ids.run(every: configuration.sweepInterval, reconnected: redisReconnects) }
                 group.addTask { await backends.follow(gearman) }
                 group.addTask { await backend.sweepUnacceptedJobs() }
                 if let legacy {
-                    group.addTask { await legacy.run(followed: { hub.followedIDs }) }
+                    let legacyJobs = LostJobWatch(
+                        check: legacy, store: store, tracker: tracker, minimumInterval: legacy.minimumInterval,
+                        maximumInterval: legacy.maximumInterval, grace: legacy.grace, statistics: statistics, logger: logger
+                    )
+                    group.addTask { await legacyJobs.run() }
                 }
                 await feed.waitUntilReady()
                 if let httpPort = configuration.httpPort {
                     let http = GatewayHTTPServer(
-                        host: configuration.httpHost, port: httpPort, backend: backend, hub: hub, statistics: statistics,
+                        host: configuration.httpHost, port: httpPort, backend: backend, tracker: tracker, statistics: statistics,
                         maximumConnections: configuration.maximumConnections, tls: tls, logger: logger,
                         servesJobPages: { [live] in live.value.credentials == nil }
                     )
@@ -164,7 +174,7 @@ public final class GatewayServer: Service {
                         do { try await http.run { address in self.httpAddress.resolve(.success(address)) } } catch is CancellationError {}
                     }
                 }
-                try await acceptConnections(backend: backend, hub: hub, logHub: logHub, statistics: statistics)
+                try await acceptConnections(backend: backend, tracker: tracker, logHub: logHub, statistics: statistics)
                 group.cancelAll()
             }
         } catch {
@@ -201,9 +211,9 @@ public final class GatewayServer: Service {
     }
 
 
-    private func acceptConnections(backend: GatewayBackend, hub: PushHub, logHub: CompletionLogHub, statistics: GatewayStatistics) async throws {
+    private func acceptConnections(backend: GatewayBackend, tracker: JobTracker, logHub: CompletionLogHub, statistics: GatewayStatistics) async throws {
         let configuration = self.configuration
-        let services = SessionServices(backend: backend, hub: hub, logHub: logHub, configuration: live, statistics: statistics, logger: logger)
+        let services = SessionServices(backend: backend, tracker: tracker, logHub: logHub, configuration: live, statistics: statistics, logger: logger)
         let connections = GatewayConnections(configuration: live, statistics: statistics)
         let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .serverChannelOption(.backlog, value: 256)
@@ -244,7 +254,7 @@ public final class GatewayServer: Service {
                 // Stop accepting, and stop reading requests: what was read is answered, then each connection closes.
                 listener.close(promise: nil)
                 connections.endInputs()
-                hub.endAllWaits()
+                tracker.endAllWaits()
             }
         } onCancel: {
             listener.close(promise: nil)

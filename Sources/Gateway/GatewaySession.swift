@@ -9,7 +9,7 @@ import Synchronization
 /// What every session of a gateway shares (a class: each of possibly 10,000 sessions holds a reference, not a copy).
 final class SessionServices: Sendable {
     let backend: GatewayBackend
-    let hub: PushHub
+    let tracker: JobTracker
     /// Where subscriptions get their events: the functions' completion logs.
     let logHub: CompletionLogHub
     let submits: BackendBatcher<GatewayBackend.Submission, GatewayBackend.Submitted>
@@ -24,11 +24,11 @@ final class SessionServices: Sendable {
     var configuration: GatewayConfiguration { live.value }
 
     init(
-        backend: GatewayBackend, hub: PushHub, logHub: CompletionLogHub, configuration: LiveConfiguration, statistics: GatewayStatistics,
+        backend: GatewayBackend, tracker: JobTracker, logHub: CompletionLogHub, configuration: LiveConfiguration, statistics: GatewayStatistics,
         logger: Logger
     ) {
         self.backend = backend
-        self.hub = hub
+        self.tracker = tracker
         self.logHub = logHub
         self.submits = BackendBatcher { submissions, turn in await backend.submit(submissions, turn: turn) }
         self.lookups = BackendBatcher { ids, _ in await backend.lookUp(ids) }
@@ -55,16 +55,16 @@ struct SessionReply {
     var size: Int { responses.reduce(0) { $0 + OutputBacklog.size(of: $1) } - charge }
 }
 
-/// Hub changes that happen exactly when a reply is written: no event comes before the reply that starts it, and
-/// none that the hub handed over after the reply that stops it (events already on their way may still follow).
+/// Tracker changes that happen exactly when a reply is written: no event comes before the reply that starts it, and
+/// none that the tracker handed over after the reply that stops it (events already on their way may still follow).
 enum SessionEffect {
     /// After `WATCHING`: the watch's events flow from now on. (Indirect: a record is large, and every reply slot of
     /// every connection has room for an effect.)
-    indirect case activate(PushHub.Token, shown: JobRecord)
+    indirect case activate(JobTracker.Token, shown: JobRecord)
     /// After `SUBSCRIBED`: the subscription reads its function's completion log from there.
     case subscribe(LogSubscriptionStart)
     /// Before `UNWATCHED`: the watch the connection had when it sent `UNWATCH` (not one a later `WATCH` made).
-    case unwatch(PushHub.Token)
+    case unwatch(JobTracker.Token)
     /// Before `UNSUBSCRIBED`.
     case unsubscribe(String)
     /// After `BYE`.
@@ -89,14 +89,14 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     static let maximumOutstanding = 512
 
     private struct PendingWait {
-        var token: PushHub.Token
+        var token: JobTracker.Token
         var gatewayID: GatewayJobID
         var request: GatewayRequest
         var timer: Scheduled<Void>?
     }
 
     private let services: SessionServices
-    private var hub: PushHub { services.hub }
+    private var tracker: JobTracker { services.tracker }
     private var configuration: GatewayConfiguration { services.configuration }
     private var statistics: GatewayStatistics { services.statistics }
 
@@ -136,6 +136,19 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var idleCheck: Scheduled<Void>?
     /// `WAIT`s (and `SUBMIT wait=`) in progress, by reply slot.
     private var waits: [Int: PendingWait] = [:]
+    /// This connection's watches (for its limit and `UNWATCH`; a terminal event pushed ends one) and subscriptions
+    /// (reserved when `SUBSCRIBE` is read): the tracker holds who follows a job, the session what it follows.
+    private var watches: [JobID: JobTracker.Token] = [:]
+    private var subscriptions: Set<String> = []
+    /// Watches whose `WATCHING` is not written yet, with the latest change the tracker handed over meanwhile: shown
+    /// right after `WATCHING`, before any later reply.
+    private var pendingWatches: [JobTracker.Token: PendingWatch] = [:]
+
+    private struct PendingWatch {
+        var gatewayID: GatewayJobID
+        var tag: GatewayTag?
+        var held: JobUpdate?
+    }
     /// Bytes of this connection's `SUBMIT` blocks counted in the gateway's input bound (`inputBufferLimit`): from
     /// the moment a block's line is read until its submission is answered, or the session ends.
     private var heldInput = 0
@@ -207,12 +220,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         statistics.outcomes.release(heldOutcomes)
         heldOutcomes = OutcomeLanes.Held()
         outcomeReads = [:]
-        for wait in waits.values {
-            wait.timer?.cancel()
-            hub.removeWaiter(wait.token)
-        }
+        for wait in waits.values { wait.timer?.cancel() }
+        tracker.removeAll(watches: Array(watches.values), waits: waits.values.map(\.token))
         waits = [:]
-        hub.removeAll(for: target)
+        watches = [:]
+        pendingWatches = [:]
+        subscriptions = []
         endSubscriptions()
         target.detach()
     }
@@ -244,7 +257,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// nothing is followed any more, then the connection closes.
     private func endInput() {
         inputEnded = true
-        hub.removeAll(for: target)
+        tracker.removeAll(watches: Array(watches.values), waits: [])
+        watches = [:]
+        pendingWatches = [:]
+        subscriptions = []
         endSubscriptions()
         closeIfFinished()
     }
@@ -428,7 +444,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             stopsHandling = true
             answer(slot, SessionReply(request.reply(.bye), then: .close))
         case .stats:
-            answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: hub.feed.followedCount)))))
+            answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: tracker.followedCount)))))
         case .health:
             answer(slot, SessionReply(request.reply(.health(statistics.backends.health()))))
         case .submit(let submission):
@@ -470,14 +486,16 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .watch(let gatewayID):
             watch(gatewayID, request: request, slot: slot)
         case .unwatch(let gatewayID):
-            let token = JobID(rawValue: gatewayID.rawValue).flatMap { hub.watch(of: $0, outbox: target) }
+            let token = JobID(rawValue: gatewayID.rawValue).flatMap { watches[$0] }
             answer(slot, SessionReply(request.reply(.unwatched(gatewayID)), then: token.map { .unwatch($0) }))
         case .subscribe(let function, let from):
             let limit = configuration.maximumSubscriptionsPerConnection
-            guard hub.reserveSubscription(function.rawValue, outbox: target, limit: limit) else {
+            // Subscribing again to the same function always fits.
+            guard subscriptions.contains(function.rawValue) || subscriptions.count < limit else {
                 let error = GatewayReply.error(code: .tooManySubscriptions, message: "this connection already subscribes to \(limit) functions")
                 return answer(slot, SessionReply(request.reply(error)))
             }
+            subscriptions.insert(function.rawValue)
             subscribe(function, from: from, request: request, slot: slot)
         case .unsubscribe(let function):
             answer(slot, SessionReply(request.reply(.unsubscribed(function)), then: .unsubscribe(function.rawValue)))
@@ -646,33 +664,63 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
         let limit = configuration.maximumWatchesPerConnection
-        guard let token = hub.addWatcher(id, as: gatewayID, outbox: target, tag: request.tag, limit: limit) else {
+        let replaced = watches[id]
+        // Watching a job again on the same connection replaces the earlier watch.
+        guard replaced != nil || watches.count < limit else {
             let error = GatewayReply.error(code: .tooManyWatches, message: "this connection already watches \(limit) jobs")
             return answer(slot, SessionReply(request.reply(error)))
         }
-        readableLookup(gatewayID).assumeIsolated().whenComplete { result in
-            switch result {
-            case .failure(let error):
-                self.hub.removeWatcher(token, outbox: self.target)
-                self.answer(slot, Self.failure(error, request))
-            case .success(.notFound):
-                self.hub.removeWatcher(token, outbox: self.target)
-                self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
-            case .success(.expired):
-                self.hub.removeWatcher(token, outbox: self.target)
-                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
-            case .success(.found(let record)) where record.state.isTerminal:
-                let watching = request.reply(.watching(gatewayID, Self.status(record)))
-                // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
-                // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
-                self.hub.removeWatcher(token, outbox: self.target)
-                self.withOutcome(record, request: request, slot: slot) { read in
-                    SessionReply(watching, request.event(read.map { PushHub.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
+        if let replaced { endWatch(replaced) }
+        let token = tracker.makeToken(for: id)
+        watches[id] = token
+        pendingWatches[token] = PendingWatch(gatewayID: gatewayID, tag: request.tag)
+        let registered = tracker.watch(token, as: gatewayID, target: target, tag: request.tag)
+        registered.hop(to: context.eventLoop).assumeIsolated().whenComplete { _ in
+            guard !self.isClosed else { return }  // the session's end took the watch away
+            self.readableLookup(gatewayID).assumeIsolated().whenComplete { result in
+                switch result {
+                case .failure(let error):
+                    self.endWatch(token)
+                    self.answer(slot, Self.failure(error, request))
+                case .success(.notFound):
+                    self.endWatch(token)
+                    self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
+                case .success(.expired):
+                    self.endWatch(token)
+                    self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
+                case .success(.found(let record)) where record.state.isTerminal:
+                    let watching = request.reply(.watching(gatewayID, Self.status(record)))
+                    // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
+                    // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
+                    self.endWatch(token)
+                    self.withOutcome(record, request: request, slot: slot) { read in
+                        SessionReply(watching, request.event(read.map { JobTrackerStateMachine.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
+                    }
+                case .success(.found(let record)):
+                    self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))
                 }
-            case .success(.found(let record)):
-                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))
             }
         }
+    }
+
+    /// A watch ends (its job's end was answered or pushed, `UNWATCH`, or its read failed).
+    private func endWatch(_ token: JobTracker.Token) {
+        tracker.unwatch(token)
+        if watches[token.id] == token { watches[token.id] = nil }
+        pendingWatches[token] = nil
+        if pendingWatches.isEmpty { pendingWatches = [:] }  // its storage, kept by each of 10,000 idle watchers otherwise
+    }
+
+    /// After `WATCHING`: what the tracker handed over meanwhile goes out first, if it is news; then the watch is live.
+    private func activate(_ token: JobTracker.Token, shown record: JobRecord) {
+        guard let pending = pendingWatches.removeValue(forKey: token) else { return }  // replaced or ended meanwhile
+        if pendingWatches.isEmpty { pendingWatches = [:] }
+        var shown: JobRecord.Progress? = record.progress
+        if let held = pending.held {
+            if let event = JobTrackerStateMachine.event(for: held, shown: &shown, as: pending.gatewayID, tag: pending.tag) { emit(event) }
+            if held.record?.state.isTerminal ?? true { return endWatch(token) }
+        }
+        tracker.activate(token, shown: shown ?? record.progress)
     }
 
     /// WAIT (and SUBMIT wait=): the outcome as soon as the job ends, or TIMEOUT with its state.
@@ -682,27 +730,33 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let token = hub.addWaiter(id) { outcome in
+        let token = tracker.makeToken(for: id)
+        let registered = tracker.wait(token) { outcome in
             handler.eventLoop.execute { handler.value.waitEnded(slot: slot, outcome) }
         }
         // The timeout runs from now, not from when the first read comes back.
         let timeout = min(Duration.milliseconds(Int64(clamping: milliseconds)), configuration.maximumWaitTimeout)
         let timer = context.eventLoop.assumeIsolated().scheduleTask(in: TimeAmount(timeout)) {
-            if self.hub.removeWaiter(token) { self.waitEnded(slot: slot, .stopped) }
+            self.tracker.unwait(token)
+            self.waitEnded(slot: slot, .stopped)
         }
         waits[slot] = PendingWait(token: token, gatewayID: gatewayID, request: request, timer: timer)
-        readableLookup(gatewayID).assumeIsolated().whenComplete { result in
-            guard let wait = self.waits[slot] else { return }  // already answered (or the session ended)
-            if case .success(.found(let record)) = result, !record.state.isTerminal { return }  // the job's end or the timer answers
-            // Unless the job ended meanwhile: then its waiter is on its way with the outcome.
-            guard self.hub.removeWaiter(token) else { return }
-            wait.timer?.cancel()
-            self.waits[slot] = nil
-            switch result {
-            case .success(.found(let record)): self.answerOutcome(record, gatewayID, request: request, slot: slot)
-            case .success(.expired): self.answer(slot, SessionReply(request.reply(.expired(gatewayID))))
-            case .success(.notFound): self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
-            case .failure(let error): self.answer(slot, Self.failure(error, request))
+        // Registered, then read: a job that ends after the read is answered by its waiter.
+        registered.hop(to: context.eventLoop).assumeIsolated().whenComplete { _ in
+            guard !self.isClosed, self.waits[slot] != nil else { return }
+            self.readableLookup(gatewayID).assumeIsolated().whenComplete { result in
+                // Whoever comes first answers: this read, the job's end, or the timer.
+                guard let wait = self.waits[slot] else { return }
+                if case .success(.found(let record)) = result, !record.state.isTerminal { return }  // the job's end or the timer answers
+                self.tracker.unwait(token)
+                wait.timer?.cancel()
+                self.waits[slot] = nil
+                switch result {
+                case .success(.found(let record)): self.answerOutcome(record, gatewayID, request: request, slot: slot)
+                case .success(.expired): self.answer(slot, SessionReply(request.reply(.expired(gatewayID))))
+                case .success(.notFound): self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
+                case .failure(let error): self.answer(slot, Self.failure(error, request))
+                }
             }
         }
     }
@@ -752,9 +806,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private func write(_ reply: SessionReply) {
         guard !isClosed else { return }  // an earlier reply overflowed the output
         switch reply.effect {
-        case .unwatch(let token): hub.removeWatcher(token, outbox: target)
+        case .unwatch(let token): endWatch(token)
         case .unsubscribe(let function):
-            hub.unsubscribe(function, outbox: target)
+            subscriptions.remove(function)
             endSubscription(function)
         default: break
         }
@@ -763,16 +817,22 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         guard !isClosed else { return }
         switch reply.effect {
-        case .activate(let token, let shown): hub.activate(token, shown: shown)
+        case .activate(let token, let shown): activate(token, shown: shown)
         case .subscribe(let start): startSubscription(start)
         case .close: closeWhenWritten()
         case .unwatch, .unsubscribe, nil: break
         }
     }
 
-    /// An event from the push hub.
-    fileprivate func pushed(_ response: GatewayResponse) {
+    /// A change of a watched job that arrived before its `WATCHING` was written.
+    fileprivate func held(_ update: JobUpdate, for token: JobTracker.Token) {
+        pendingWatches[token]?.held = update
+    }
+
+    /// An event from the tracker; `ending`: the watch it ends.
+    fileprivate func pushed(_ response: GatewayResponse, ending: JobTracker.Token?) {
         guard !isClosed else { return }
+        if let ending, watches[ending.id] == ending { watches[ending.id] = nil }
         emit(response)
         scheduleFlush()
     }
@@ -939,12 +999,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             guard !self.isClosed else { return }
             switch result {
             case .failure(let error):
-                if self.logSubscriptions[function.rawValue] == nil { self.hub.unsubscribe(function.rawValue, outbox: self.target) }
+                if self.logSubscriptions[function.rawValue] == nil { self.subscriptions.remove(function.rawValue) }
                 self.answer(slot, SessionReply(request.reply(.error(code: .backendDown, message: "Redis: \(error)"))))
             case .success(let end):
                 guard case .after(let cursor) = from else { return self.answer(slot, subscribed(after: end.last)) }
                 guard end.trimmedThrough <= cursor else {
-                    if self.logSubscriptions[function.rawValue] == nil { self.hub.unsubscribe(function.rawValue, outbox: self.target) }
+                    if self.logSubscriptions[function.rawValue] == nil { self.subscriptions.remove(function.rawValue) }
                     let message = "the log of \(function) no longer holds what ended after \(cursor): entries up to \(end.trimmedThrough) were trimmed (--subscription-retention); resubscribe with from=start"
                     return self.answer(slot, SessionReply(request.reply(.error(code: .trimmed, message: message))))
                 }
@@ -1044,7 +1104,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         guard !isClosed, !isClosing else { return }
         let timeout = TimeAmount(configuration.idleTimeout)
         let quiet = NIODeadline.now() - lastRequest
-        guard quiet >= timeout, replies.outstanding == 0, !hub.isFollowing(outbox: target) else {
+        guard quiet >= timeout, replies.outstanding == 0, watches.isEmpty, subscriptions.isEmpty else {
             return scheduleIdleCheck(in: quiet >= timeout ? timeout : timeout - quiet)
         }
         emit(.reply(.error(code: .idleTimeout, message: "no request for \(configuration.idleTimeout); closing")))
@@ -1137,8 +1197,8 @@ private struct LogSubscription {
     let withCursors: Bool
 }
 
-/// The session as the push hub sees it: events hop to the session's event loop. Detached when the session ends,
-/// so a hub that still holds it keeps no connection alive.
+/// The session as the job tracker and the completion logs see it: events hop to the session's event loop. Detached
+/// when the session ends, so a tracker or hub that still holds it keeps no connection alive.
 final class SessionPushTarget: PushTarget, LogSubscriber {
     private let handler: NIOLoopBoundBox<GatewaySessionHandler?>
 
@@ -1146,12 +1206,21 @@ final class SessionPushTarget: PushTarget, LogSubscriber {
         self.handler = handler
     }
 
-    func push(_ response: GatewayResponse) {
+    func push(_ response: GatewayResponse, ending: JobTracker.Token?) {
         let handler = self.handler
         if handler.eventLoop.inEventLoop {
-            handler.value?.pushed(response)
+            handler.value?.pushed(response, ending: ending)
         } else {
-            handler.eventLoop.execute { handler.value?.pushed(response) }
+            handler.eventLoop.execute { handler.value?.pushed(response, ending: ending) }
+        }
+    }
+
+    func hold(_ update: JobUpdate, for watch: JobTracker.Token) {
+        let handler = self.handler
+        if handler.eventLoop.inEventLoop {
+            handler.value?.held(update, for: watch)
+        } else {
+            handler.eventLoop.execute { handler.value?.held(update, for: watch) }
         }
     }
 

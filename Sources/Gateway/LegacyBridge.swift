@@ -1,4 +1,5 @@
 import Gearman
+import GatewayProtocol
 import JobStore
 import Logging
 import Memcache
@@ -9,12 +10,12 @@ import Synchronization
 /// like any other job.
 ///
 /// The bridge never pushes anything itself: it turns what gearmand and memcached say into the job's Redis record
-/// (progress, then `done` with the value found under the handle, or `failed` as lost), and the change feed pushes
-/// that like every other change. So `STATUS`, `RESULT`, `WAIT`, `WATCH` and `SUBSCRIBE` work the same, through any
-/// gateway. One poller per gateway asks gearmand about every legacy job that is watched or waited on, in one
-/// pipelined `GET_STATUS` batch per server; it polls every `minimumInterval` while something changes and backs off
-/// to `maximumInterval` while nothing does.
-struct LegacyBridge: Sendable {
+/// (progress, then `done` with the value found under the handle, or gone: `failed` as lost), and the change feed
+/// pushes that like every other change. So `STATUS`, `RESULT`, `WAIT`, `WATCH` and `SUBSCRIBE` work the same,
+/// through any gateway. It is the presence check of legacy jobs: one `LostJobWatch` per gateway asks it about every
+/// legacy job that is watched or waited on, every `minimumInterval` while something changes, backing off to
+/// `maximumInterval` while nothing does.
+struct LegacyBridge: JobPresenceCheck {
     /// Memcached-backed functions and the PHP extension their workers store values with.
     let functions: [String: PHPMemcacheExtension]
     let memcache: MemcacheClient
@@ -55,89 +56,64 @@ struct LegacyBridge: Sendable {
         }
     }
 
-    /// Polls until cancelled; `followed` names the jobs someone watches or waits on.
-    func run(followed: @Sendable () -> [JobID]) async {
-        var interval = minimumInterval
-        var unknownSince: [JobID: ContinuousClock.Instant] = [:]
-        while !Task.isCancelled {
-            try? await Task.sleep(for: interval)
-            let ids = followed()
-            guard !ids.isEmpty, let records = try? await store.records(ids) else {
-                interval = maximumInterval
-                continue
-            }
-            let legacy = records.compactMap { $0 }.filter { !$0.state.isTerminal && handles($0.function) }
-            let changed = await poll(legacy, unknownSince: &unknownSince)
-            interval = changed ? minimumInterval : min(interval * 2, maximumInterval)
-        }
-    }
+    // MARK: JobPresenceCheck (run by a `LostJobWatch`)
 
-    /// One round over `records`; true when any job moved.
-    @discardableResult
-    func poll(_ records: [JobRecord], unknownSince: inout [JobID: ContinuousClock.Instant]) async -> Bool {
-        var changed = false
+    func covers(_ record: JobRecord) -> Bool { handles(record.function) }
+
+    /// One round over `records`, in one pipelined `GET_STATUS` batch per server: a job gearmand knows gets its
+    /// progress written; one it no longer knows gets the result found under its handle, or is gone.
+    func presence(of records: [JobRecord]) async -> [JobID: JobPresence] {
         var byServer: [GearmanServerAddress: [(JobRecord, String)]] = [:]
         for record in records {
             guard let handle = record.handle, let server = record.server.flatMap(GearmanServerAddress.init) else { continue }
             byServer[server, default: []].append((record, handle))
         }
+        var answers: [JobID: JobPresence] = [:]
         for (server, jobs) in byServer {
             guard let client = gearman.client(for: server) else { continue }
             statistics.legacyPolls.add(1, ordering: .relaxed)
             guard let statuses = try? await client.status(handles: jobs.map(\.1)) else { continue }  // gearmand down: decide nothing
             for ((record, handle), status) in zip(jobs, statuses) {
                 if status.known {
-                    unknownSince[record.id] = nil
-                    changed = await progress(record, status) || changed
+                    answers[record.id] = await progress(record, status)
                 } else {
-                    changed = await finish(record, handle: handle, unknownSince: &unknownSince) || changed
+                    answers[record.id] = await finish(record, handle: handle)
                 }
             }
         }
-        let live = Set(records.map(\.id))
-        unknownSince = unknownSince.filter { live.contains($0.key) }
-        return changed
+        return answers
     }
 
-    private func progress(_ record: JobRecord, _ status: GearmanJobStatus) async -> Bool {
+    func lostReason(_ record: JobRecord, grace: Duration) -> String {
+        LostJobReason.reason("gearmand no longer knows the job and memcached has no result under \(record.handle ?? "its handle") after \(grace.components.seconds) s")
+    }
+
+    private func progress(_ record: JobRecord, _ status: GearmanJobStatus) async -> JobPresence {
         let starts = status.running && record.state == .queued
-        guard starts || status.numerator != record.numerator || status.denominator != record.denominator else { return false }
+        guard starts || status.numerator != record.numerator || status.denominator != record.denominator else { return .present }
         do {
             // One write for state and numbers: a separate "running" write would reset the numbers under a concurrent poll.
             try await store.reportProgress(record.id, numerator: status.numerator, denominator: status.denominator, running: status.running)
-            return true
+            return .moved
         } catch {
             logger.warning("could not record a legacy job's progress", metadata: ["job.id": "\(record.id)", "job.error": "\(error)"])
-            return false
+            return .present
         }
     }
 
-    /// gearmand no longer knows the job: its result is in memcached, or it never comes (lost).
-    private func finish(_ record: JobRecord, handle: String, unknownSince: inout [JobID: ContinuousClock.Instant]) async -> Bool {
-        guard let results = results(for: record.function) else { return false }
+    /// gearmand no longer knows the job: its result is in memcached, or it never comes (gone). Nil: memcached cannot
+    /// be asked.
+    private func finish(_ record: JobRecord, handle: String) async -> JobPresence? {
+        guard let results = results(for: record.function) else { return nil }
         let watermark = record.legacyFence.flatMap { UInt64($0) }
         do {
-            if let value = try await results.result(handle: handle, after: watermark) {
-                unknownSince[record.id] = nil
-                try await store.completeUnlessFinished(record.id, result: Self.bytes(of: value))
-                return true
-            }
+            guard let value = try await results.result(handle: handle, after: watermark) else { return .gone }
+            try await store.completeUnlessFinished(record.id, result: Self.bytes(of: value))
+            return .moved
         } catch {
             logger.warning("could not read a legacy job's result", metadata: ["job.id": "\(record.id)", "job.error": "\(error)"])
-            return false
+            return nil
         }
-        let now = ContinuousClock.now
-        let since = unknownSince[record.id] ?? now
-        unknownSince[record.id] = since
-        guard now - since >= grace else { return false }
-        unknownSince[record.id] = nil
-        do {
-            let reason = "lost: gearmand no longer knows the job and memcached has no result under \(handle) after \(grace.components.seconds) s"
-            if try await store.markFailed(record.id, reason: reason) { statistics.jobsLost.add(1, ordering: .relaxed) }
-        } catch {
-            logger.warning("could not mark a lost legacy job", metadata: ["job.id": "\(record.id)", "job.error": "\(error)"])
-        }
-        return true
     }
 
     /// A PHP value as result bytes: strings as stored, numbers and booleans as PHP prints them (`true` is `1`,

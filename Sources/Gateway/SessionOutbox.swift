@@ -1,4 +1,5 @@
 import GatewayProtocol
+import JobStore
 import NIOCore
 import Synchronization
 
@@ -28,9 +29,12 @@ final class SessionOutbox: PushTarget {
         self.onOverflow = onOverflow
     }
 
-    func push(_ response: GatewayResponse) {
+    func push(_ response: GatewayResponse, ending: JobTracker.Token?) {
         enqueue(response)
     }
+
+    /// Nothing: the stream writes its events only after activating the watch, which delivers what the tracker held.
+    func hold(_ update: JobUpdate, for watch: JobTracker.Token) {}
 
     /// Queues a response; false once the outbox is closed or overflowed.
     @discardableResult

@@ -1,41 +1,53 @@
 public import Logging
 import NIOCore
-import NIOPosix
 import Redis
-public import ServiceLifecycle
+import ServiceLifecycle
 import Synchronization
 
 /// A job whose record changed, read after the change. `record == nil`: the record is gone (expired or deleted).
 public struct JobUpdate: Sendable, Hashable {
     public var id: JobID
     public var record: JobRecord?
+
+    public init(id: JobID, record: JobRecord?) {
+        self.id = id
+        self.record = record
+    }
 }
 
-/// Turns Redis keyspace notifications into `JobUpdate`s for the jobs someone follows.
+/// Who a `JobChangeFeed` works for: it decides which jobs are worth a read and takes what was read. Called on the
+/// feed's event loop only, so its state needs no lock.
+public protocol JobChangeConsumer: AnyObject, Sendable {
+    /// Whether a change of this job concerns anyone: a notification is worth a read, a read worth delivering.
+    func wantsChange(of id: JobID) -> Bool
+    /// Every job to read again after notifications may have been lost (a resubscription, dropped messages, a sweep).
+    func followedJobs() -> [JobID]
+    /// A job as read after its change: the consumer decides what is news to whom.
+    func changed(_ update: JobUpdate)
+}
+
+/// Turns Redis keyspace notifications into `JobUpdate`s for the jobs its consumer follows.
 ///
 /// One subscription per process, to two exact keyevent channels (`hset`, `expired`), never a pattern per job.
 /// Notifications are hints: each one marks the job dirty and a single reader re-reads dirty jobs in pipelined
-/// batches, so the update always carries Redis's state. The reader lives on the subscriber's event loop with its
-/// own connection: notification → re-read → delivery runs without a hop through Swift concurrency (each such hop
-/// is a thread wakeup, and push latency is mostly made of them). After every (re)subscription, and after the
-/// subscriber dropped messages, every followed job is re-read; a slow sweep re-reads them all again as a
-/// backstop. Updates are emitted only when what a watcher sees changed (state, progress, message), and a
-/// followed job's terminal update only once.
-public final class JobChangeFeed: Service {
+/// batches, so the update always carries Redis's state. The reader lives on the event loop it is given, with the
+/// subscriber and its own connection: notification → re-read → delivery runs without a hop through Swift
+/// concurrency (each such hop is a thread wakeup, and push latency is mostly made of them). After every
+/// (re)subscription, and after the subscriber dropped messages, every followed job is re-read; a slow sweep re-reads
+/// them all again as a backstop. Which job is followed, and what is news to whom, is the consumer's alone.
+public final class JobChangeFeed: Sendable {
     public let store: RedisJobStore
-    /// The updates, for one consumer, when the feed runs with `run()`. Ends when `run()` returns.
-    public let updates: AsyncStream<JobUpdate>
-    private let output: AsyncStream<JobUpdate>.Continuation
     private let subscriber: RedisSubscriber
     private let sweepInterval: Duration
     private let logger: Logger
     private let state = Mutex(State())
     /// The reader's side, on `eventLoop` only.
     private let reader: NIOLoopBoundBox<Reader>
-    private var eventLoop: any EventLoop { reader.eventLoop }
+    public var eventLoop: any EventLoop { reader.eventLoop }
 
     private struct Reader {
-        var deliver: (@Sendable (JobUpdate) -> Void)?
+        var consumer: (any JobChangeConsumer)?
+        var dirty: Set<JobID> = []
         var connection: RedisConnection?
         var isReading = false
         var isConnecting = false
@@ -43,20 +55,7 @@ public final class JobChangeFeed: Service {
         var isStopped = false
     }
 
-    private struct Follow {
-        var count: Int
-        var last: JobRecord.Progress?
-        var ended: Bool
-    }
-
     private struct State {
-        var followed: [JobID: Follow] = [:]
-        /// Consumers that want the terminal update of every job (SUBSCRIBE <function>).
-        var allJobsObservers = 0
-        var dirty: Set<JobID> = []
-        /// Terminal updates recently emitted for jobs nobody follows, so a repeated notification is not a second one.
-        var recentlyEnded: Set<JobID> = []
-        var recentlyEndedOrder: [JobID] = []
         var isReady = false
         var readyWaiters: [CheckedContinuation<Void, Never>] = []
         var link = Link.down
@@ -73,15 +72,14 @@ public final class JobChangeFeed: Service {
         case up
     }
 
-    static let recentlyEndedLimit = 100_000
     static let readBatchSize = 1_000
 
-    public init(store: RedisJobStore, sweepInterval: Duration = .seconds(30), logger: Logger = Logger(label: "jobgate.jobstore.feed")) {
+    /// - Parameter eventLoop: where the subscriber, the reader and the consumer run (whoever owns the consumer
+    ///   picks it, so that the consumer's own state lives there too).
+    public init(store: RedisJobStore, eventLoop: any EventLoop, sweepInterval: Duration = .seconds(30), logger: Logger = Logger(label: "jobgate.jobstore.feed")) {
         self.store = store
         self.sweepInterval = sweepInterval
         self.logger = logger
-        (updates, output) = AsyncStream.makeStream()
-        let eventLoop = MultiThreadedEventLoopGroup.singleton.any()
         subscriber = RedisSubscriber(
             configuration: store.redis.configuration,
             channels: [store.schema.hashEventChannel, store.schema.expiredEventChannel],
@@ -90,37 +88,6 @@ public final class JobChangeFeed: Service {
         )
         reader = NIOLoopBoundBox.makeBoxSendingValue(Reader(), eventLoop: eventLoop)
     }
-
-    // MARK: Interest
-
-    /// Follows a job (counted: each `follow` needs its `unfollow`). Pass what the caller read after
-    /// following, so the first update is the first change after that read.
-    public func follow(_ id: JobID, seen: JobRecord? = nil) {
-        state.withLock { state in
-            var follow = state.followed[id] ?? Follow(count: 0, last: nil, ended: false)
-            follow.count += 1
-            if let seen {
-                follow.last = seen.progress.compacted
-                follow.ended = follow.ended || seen.state.isTerminal
-            }
-            state.followed[id] = follow
-        }
-    }
-
-    public func unfollow(_ id: JobID) {
-        state.withLock { state in
-            guard var follow = state.followed[id] else { return }
-            follow.count -= 1
-            state.followed[id] = follow.count > 0 ? follow : nil
-        }
-    }
-
-    /// Also emit the terminal update of every job, followed or not (counted like `follow`).
-    public func observeAllJobs(_ enabled: Bool) {
-        state.withLock { $0.allJobsObservers += enabled ? 1 : -1 }
-    }
-
-    public var followedCount: Int { state.withLock { $0.followed.count } }
 
     /// Returns once the first subscription is confirmed: a job followed from then on misses no change.
     public func waitUntilReady() async {
@@ -168,16 +135,10 @@ public final class JobChangeFeed: Service {
 
     // MARK: Running
 
-    public func run() async throws {
-        defer { output.finish() }
-        try await run { [output] in output.yield($0) }
-    }
-
-    /// Runs the feed, handing each update to `deliver` (on the feed's reader task, in order) instead of `updates`:
-    /// for a consumer that does not block, one thread hop less per change than the stream.
-    public func run(delivering deliver: @escaping @Sendable (JobUpdate) -> Void) async throws {
+    /// Runs the feed for `consumer` (called on the feed's event loop) until cancelled or a graceful shutdown.
+    public func run(consumer: any JobChangeConsumer) async throws {
         try await eventLoop.submit {
-            self.reader.value.deliver = deliver
+            self.reader.value.consumer = consumer
             // Connected before the first notification, which should not wait for a connection to be set up.
             self.connectReader()
         }.get()
@@ -200,15 +161,24 @@ public final class JobChangeFeed: Service {
         }
     }
 
-    /// A notification, on the event loop: re-read the job if someone follows it.
+    /// A notification, on the event loop: re-read the job if its change concerns anyone.
     private func noteChange(_ message: RedisPubSubMessage) {
-        guard let id = store.schema.jobID(fromKey: String(buffer: message.payload)) else { return }
-        let wanted = state.withLock { state in
-            guard state.followed[id] != nil || state.allJobsObservers > 0 else { return false }
-            state.dirty.insert(id)
-            return true
-        }
-        if wanted { readIfIdle() }
+        guard let id = store.schema.jobID(fromKey: String(buffer: message.payload)),
+            reader.value.consumer?.wantsChange(of: id) == true
+        else { return }
+        reader.value.dirty.insert(id)
+        readIfIdle()
+    }
+
+    /// Reads every job the consumer follows again (from any thread): after notifications may have been lost.
+    public func rereadFollowed() {
+        eventLoop.execute { self.rereadFollowedOnLoop() }
+    }
+
+    private func rereadFollowedOnLoop() {
+        guard let consumer = reader.value.consumer else { return }
+        reader.value.dirty.formUnion(consumer.followedJobs())
+        readIfIdle()
     }
 
     private func handle(_ event: RedisSubscriberEvent) {
@@ -217,15 +187,17 @@ public final class JobChangeFeed: Service {
             // Not used (messages come through `onMessage`), but should they: the reader lives on the event loop.
             eventLoop.execute { self.noteChange(message) }
         case .subscribed, .messagesDropped:
-            // Messages may have been lost: re-read everything followed.
-            let waiters = state.withLock { state in
-                state.dirty.formUnion(state.followed.keys)
-                state.isReady = true
-                defer { state.readyWaiters = [] }
-                return state.readyWaiters
+            // Messages may have been lost: re-read everything followed. Ready after that: what is followed from
+            // then on is read only when it changes.
+            eventLoop.execute {
+                self.rereadFollowedOnLoop()
+                let waiters = self.state.withLock { state in
+                    state.isReady = true
+                    defer { state.readyWaiters = [] }
+                    return state.readyWaiters
+                }
+                for waiter in waiters { waiter.resume() }
             }
-            for waiter in waiters { waiter.resume() }
-            wakeReader()
             logger.debug("job change feed subscribed; re-reading followed jobs")
         }
     }
@@ -241,8 +213,7 @@ public final class JobChangeFeed: Service {
                 let generation = state.withLock { $0.linkGeneration }
                 try await KeyspaceNotifications.ensureEnabled(on: store.redis)
                 notificationsConfirmed(generation: generation)
-                state.withLock { $0.dirty.formUnion($0.followed.keys) }
-                wakeReader()
+                rereadFollowed()
                 return
             } catch {
                 failures += 1
@@ -255,45 +226,28 @@ public final class JobChangeFeed: Service {
     }
 
     /// Between retries against a Redis that is down or restarting: 100 ms doubling to 2 s.
-    private static func pause(afterFailures failures: Int) async {
-        try? await Task.sleep(for: pauseDuration(afterFailures: failures))
-    }
+    private static let backoff = RedisBackoff(initial: .milliseconds(100), maximum: .seconds(2))
 
-    private static func pauseDuration(afterFailures failures: Int) -> Duration {
-        .milliseconds(min(2_000, 50 << min(failures, 6)))
+    private static func pause(afterFailures failures: Int) async {
+        try? await Task.sleep(for: backoff.delay(attempt: failures))
     }
 
     private func sweep() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: sweepInterval)
-            state.withLock { $0.dirty.formUnion($0.followed.keys) }
-            wakeReader()
+            rereadFollowed()
         }
     }
 
     // MARK: Reading, on the event loop
 
-    private func wakeReader() {
-        if eventLoop.inEventLoop {
-            readIfIdle()
-        } else {
-            eventLoop.execute { self.readIfIdle() }
-        }
-    }
-
     /// The single reader: re-reads dirty jobs in pipelined batches, one batch at a time (so a job's updates are
     /// delivered in order), and delivers what changed.
     private func readIfIdle() {
-        guard !reader.value.isReading, !reader.value.isStopped, let deliver = reader.value.deliver,
-            state.withLock({ !$0.dirty.isEmpty })
-        else { return }
+        guard !reader.value.isReading, !reader.value.isStopped, let consumer = reader.value.consumer, !reader.value.dirty.isEmpty else { return }
         guard let connection = reader.value.connection else { return connectReader() }
-        let batch = state.withLock { state -> [JobID] in
-            let batch = Array(state.dirty.prefix(Self.readBatchSize))
-            state.dirty.subtract(batch)
-            return batch
-        }
-        guard !batch.isEmpty else { return }
+        let batch = Array(reader.value.dirty.prefix(Self.readBatchSize))
+        reader.value.dirty.subtract(batch)
         reader.value.isReading = true
         connection.pipelineFuture(store.readCommands(batch)).assumeIsolated().whenComplete { result in
             switch result {
@@ -302,7 +256,8 @@ public final class JobChangeFeed: Service {
                 for (id, reply) in zip(batch, replies) {
                     do {
                         let record = try RedisJobStore.record(id, from: reply)
-                        if self.isNews(id, record) { deliver(JobUpdate(id: id, record: record)) }
+                        // Asked again: whoever wanted it may have stopped following while it was read.
+                        if consumer.wantsChange(of: id) { consumer.changed(JobUpdate(id: id, record: record)) }
                     } catch {
                         unreadable.append(id)
                         self.logger.warning("cannot re-read a changed job", metadata: ["job.id": "\(id)", "jobstore.error": "\(error)"])
@@ -315,9 +270,9 @@ public final class JobChangeFeed: Service {
                 }
                 // An error reply (Redis still loading after a restart, a key that is not a hash): the others are
                 // delivered; these stay dirty and are read again after a pause.
-                self.state.withLock { $0.dirty.formUnion(unreadable) }
+                self.reader.value.dirty.formUnion(unreadable)
                 self.reader.value.failures += 1
-                self.eventLoop.scheduleTask(in: TimeAmount(Self.pauseDuration(afterFailures: self.reader.value.failures))) {
+                self.eventLoop.scheduleTask(in: TimeAmount(Self.backoff.delay(attempt: self.reader.value.failures))) {
                     self.reader.value.isReading = false
                     self.readIfIdle()
                 }
@@ -325,7 +280,7 @@ public final class JobChangeFeed: Service {
                 // The connection is gone: keep them dirty and read again on a new one (the resubscription after a
                 // Redis restart re-reads everything too).
                 self.reader.value.isReading = false
-                self.state.withLock { $0.dirty.formUnion(batch) }
+                self.reader.value.dirty.formUnion(batch)
                 self.reader.value.connection = nil
                 Task { await connection.close() }
                 self.reader.value.failures += 1
@@ -370,34 +325,6 @@ public final class JobChangeFeed: Service {
                 self.reader.value.connection = nil
                 Task { await connection.close() }
             }
-        }
-    }
-
-    /// Whether an update shows something new to its followers (or ends a job an all-jobs observer has not seen end).
-    private func isNews(_ id: JobID, _ record: JobRecord?) -> Bool {
-        state.withLock { state -> Bool in
-            if var follow = state.followed[id] {
-                guard !follow.ended else { return false }
-                guard let record else {
-                    follow.ended = true
-                    state.followed[id] = follow
-                    return true
-                }
-                guard record.progress != follow.last else { return false }
-                follow.last = record.progress.compacted
-                follow.ended = record.state.isTerminal
-                state.followed[id] = follow
-                return true
-            }
-            guard state.allJobsObservers > 0, let record, record.state.isTerminal, !state.recentlyEnded.contains(id) else { return false }
-            state.recentlyEnded.insert(id)
-            state.recentlyEndedOrder.append(id)
-            if state.recentlyEndedOrder.count > Self.recentlyEndedLimit {
-                let oldest = state.recentlyEndedOrder.prefix(Self.recentlyEndedLimit / 10)
-                state.recentlyEnded.subtract(oldest)
-                state.recentlyEndedOrder.removeFirst(oldest.count)
-            }
-            return true
         }
     }
 }

@@ -25,7 +25,7 @@ public final class LocalRedisSentinels: Sendable {
     /// What every data node is started with: a replication that starts at once, and (unless a test wants to see the
     /// gateway switch them on) the keyspace notifications `Deploy/redis-jobgate.conf` sets.
     static func nodeArguments(keyspaceNotifications: Bool) -> [String] {
-        ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"] + (keyspaceNotifications ? ["--notify-keyspace-events", "Ehx"] : [])
+        ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"] + (keyspaceNotifications ? ["--notify-keyspace-events", "Ehtx"] : [])
     }
 
     /// Starts a primary, `replicas` replicas and `sentinels` sentinels (quorum: a majority).

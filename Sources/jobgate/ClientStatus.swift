@@ -5,6 +5,7 @@ import GatewayProtocol
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Print a job's state and progress: `<state> <numerator> <denominator>`.",
+        usage: "jobgate status <id> [<options>]",
         discussion: """
             States: queued, running, done, failed, expired. A failed job's reason goes to stderr.
 

@@ -152,7 +152,7 @@ enum JobOutcome {
         case .failed(let id, let reason):
             let text = String(decoding: reason.readableBytesView, as: UTF8.self)
             StandardStreams.error("jobgate: job \(id) failed: \(text)\n")
-            return text.hasPrefix("lost") ? .lost : .failed
+            return LostJobReason.isLost(reason.readableBytesView) ? .lost : .failed
         case .expired(let id):
             StandardStreams.error("jobgate: job \(id) expired: its record and result are gone\n")
             return .expired

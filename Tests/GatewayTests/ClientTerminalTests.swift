@@ -69,7 +69,7 @@ struct ClientTerminalTests {
 
     /// Every subcommand's help fits 80 columns, each paragraph wrapped once, and offers only the options that apply.
     @Test func helpFitsEightyColumnsAndOffersWhatApplies() async throws {
-        let connection: Set = ["--gateway", "--secret", "--help", "--version"]
+        let connection: Set = ["--gateway", "--secret", "--user", "--tls", "--tls-ca", "--tls-cert", "--tls-key", "--help", "--version"]
         let options: [String: Set<String>] = [
             "submit": connection.union(["--unique", "--priority", "--data", "--file", "--watch", "--wait", "--progress"]),
             "status": connection,

@@ -32,7 +32,7 @@ struct RedisACLTests {
         let users = try Self.aclUsers()
         let gatewayUser = try #require(users["jobgate-gateway"])
         let workerUser = try #require(users["jobgate-worker"])
-        let redisArguments = gatewayUser + workerUser + ["--notify-keyspace-events", "Ehx"]
+        let redisArguments = gatewayUser + workerUser + ["--notify-keyspace-events", "Ehtx"]
         try await withGatewayStack(
             { $0.redis.authentication = Self.authentication(gatewayUser) },
             redisArguments: redisArguments

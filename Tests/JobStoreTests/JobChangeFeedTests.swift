@@ -3,30 +3,53 @@ import LocalServers
 import Logging
 import Memcache
 import NIOCore
+import NIOPosix
 import Redis
 import Synchronization
 import Testing
 
-/// Collects a feed's updates in the background.
-final class UpdateLog: Sendable {
-    private let updates = Mutex<[JobUpdate]>([])
+/// A feed's consumer as the gateway's tracker uses it: a followed job's updates until its end, then it is followed no
+/// more; with `observeAllJobs`, every job's end once. (What is news to whom is the tracker's: see its state machine.)
+final class UpdateLog: JobChangeConsumer {
+    private struct State {
+        var followed: Set<JobID> = []
+        var observesAllJobs = false
+        var ended: Set<JobID> = []
+        var updates: [JobUpdate] = []
+    }
 
-    func record(_ update: JobUpdate) { updates.withLock { $0.append(update) } }
-    var all: [JobUpdate] { updates.withLock { $0 } }
+    private let state = Mutex(State())
+
+    func follow(_ id: JobID) { state.withLock { _ = $0.followed.insert(id) } }
+    func observeAllJobs() { state.withLock { $0.observesAllJobs = true } }
+
+    func wantsChange(of id: JobID) -> Bool { state.withLock { $0.observesAllJobs || $0.followed.contains(id) } }
+    func followedJobs() -> [JobID] { state.withLock { Array($0.followed) } }
+
+    func changed(_ update: JobUpdate) {
+        let ended = update.record.map(\.state.isTerminal) ?? true
+        state.withLock { state in
+            if state.followed.contains(update.id) {
+                state.updates.append(update)
+                if ended { state.followed.remove(update.id) }
+                state.ended.insert(update.id)
+            } else if state.observesAllJobs, ended, state.ended.insert(update.id).inserted {
+                state.updates.append(update)
+            }
+        }
+    }
+
+    var all: [JobUpdate] { state.withLock { $0.updates } }
     func terminal(for id: JobID) -> [JobUpdate] { all.filter { $0.id == id && ($0.record?.state.isTerminal ?? true) } }
 }
 
-/// Runs a change feed (and its consumer) around `body`.
+/// Runs a change feed for a consumer around `body`.
 func withFeed<T: Sendable>(_ store: RedisJobStore, sweep: Duration = .seconds(30), _ body: @Sendable (JobChangeFeed, UpdateLog) async throws -> T) async throws -> T {
     try await KeyspaceNotifications.ensureEnabled(on: store.redis)
-    let feed = JobChangeFeed(store: store, sweepInterval: sweep)
+    let feed = JobChangeFeed(store: store, eventLoop: MultiThreadedEventLoopGroup.singleton.any(), sweepInterval: sweep)
     let log = UpdateLog()
-    let running = Task { try await feed.run() }
-    let consuming = Task { for await update in feed.updates { log.record(update) } }
-    defer {
-        running.cancel()
-        consuming.cancel()
-    }
+    let running = Task { try await feed.run(consumer: log) }
+    defer { running.cancel() }
     try await withTimeout(.seconds(10), "the feed's first subscription") { await feed.waitUntilReady() }
     return try await body(feed, log)
 }
@@ -38,13 +61,13 @@ struct JobChangeFeedTests {
     @Test func unreadableJobDoesNotHoldBackOthers() async throws {
         try await withLocalServer(.redis) { server in
             let store = makeStore(server)
-            try await withFeed(store, sweep: .milliseconds(100)) { feed, log in
+            try await withFeed(store, sweep: .milliseconds(100)) { _, log in
                 let good = newID()
                 let broken = newID()
                 _ = try await store.create(id: good, function: "f", unique: nil)
                 try await store.redis.send(["SET", "\(store.schema.jobKey(broken))", "not a hash"])
-                feed.follow(broken)
-                feed.follow(good, seen: try await store.record(good))
+                log.follow(broken)
+                log.follow(good)
                 try await Task.sleep(for: .milliseconds(300))  // a few sweeps read both, together
                 try await store.complete(good, result: ByteBuffer(string: "fine"))
                 try await eventually("the good job's end") { !log.terminal(for: good).isEmpty }
@@ -57,12 +80,12 @@ struct JobChangeFeedTests {
     @Test func followedJobsArePushed() async throws {
         try await withLocalServer(.redis) { server in
             let store = makeStore(server)
-            try await withFeed(store) { feed, log in
+            try await withFeed(store) { _, log in
                 let followed = newID()
                 let other = newID()
                 _ = try await store.create(id: followed, function: "f", unique: nil)
                 _ = try await store.create(id: other, function: "f", unique: nil)
-                feed.follow(followed, seen: try await store.record(followed))
+                log.follow(followed)
                 try await store.markRunning(followed, function: "f", handle: "H:1", server: "s")
                 try await store.reportProgress(followed, numerator: 1, denominator: 2, message: ByteBuffer(string: "half"))
                 try await store.complete(followed, result: ByteBuffer(string: "all done"))
@@ -82,10 +105,10 @@ struct JobChangeFeedTests {
     @Test func writeBetweenFollowAndReadIsSeen() async throws {
         try await withLocalServer(.redis) { server in
             let store = makeStore(server)
-            try await withFeed(store) { feed, log in
+            try await withFeed(store) { _, log in
                 let id = newID()
                 _ = try await store.create(id: id, function: "f", unique: nil)
-                feed.follow(id)
+                log.follow(id)
                 try await store.complete(id, result: ByteBuffer(string: "raced"))
                 let read = try await store.record(id)
                 try await eventually("the feed to report it too") { log.terminal(for: id).count == 1 }
@@ -98,8 +121,8 @@ struct JobChangeFeedTests {
     @Test func observingAllJobs() async throws {
         try await withLocalServer(.redis) { server in
             let store = makeStore(server)
-            try await withFeed(store) { feed, log in
-                feed.observeAllJobs(true)
+            try await withFeed(store) { _, log in
+                log.observeAllJobs()
                 let ids = (0..<20).map { _ in newID() }
                 for id in ids {
                     _ = try await store.create(id: id, function: "f", unique: nil)
@@ -116,17 +139,17 @@ struct JobChangeFeedTests {
     @Test func expiryIsReported() async throws {
         try await withLocalServer(.redis) { server in
             let store = makeStore(server)
-            try await withFeed(store) { feed, log in
+            try await withFeed(store) { _, log in
                 let id = newID()
                 _ = try await store.create(id: id, function: "f", unique: nil)
-                feed.follow(id, seen: try await store.record(id))
+                log.follow(id)
                 _ = try await store.redis.send(["PEXPIRE", "\(store.schema.jobKey(id))", "200"])
                 try await eventually("the expiry", timeout: .seconds(15)) {
                     // Redis deletes an expired key on access or in its expiry cycle, and notifies then.
                     _ = try? await store.redis.send(["EXISTS", "\(store.schema.jobKey(id))"])
                     return log.all.contains { $0.id == id && $0.record == nil }
                 }
-                #expect(log.all.filter { $0.id == id }.count == 1)
+                #expect(log.all.filter { $0.id == id && $0.record == nil }.count == 1)
             }
         }
     }
@@ -137,11 +160,11 @@ struct JobChangeFeedTests {
         // Append-only with fsync per write, as production should run: a kill loses no acknowledged write.
         try await withLocalServer(.redis, arguments: ["--appendonly", "yes", "--appendfsync", "always"]) { server in
             let store = makeStore(server)
-            try await withFeed(store, sweep: .seconds(2)) { feed, log in
+            try await withFeed(store, sweep: .seconds(2)) { _, log in
                 let ids = (0..<1000).map { _ in newID() }
                 for id in ids {
                     _ = try await store.create(id: id, function: "f", unique: nil)
-                    feed.follow(id, seen: try await store.record(id))
+                    log.follow(id)
                 }
                 for (index, id) in ids.enumerated() {
                     if index == 400 {

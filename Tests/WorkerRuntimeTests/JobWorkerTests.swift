@@ -44,10 +44,10 @@ struct JobWorkerTests {
                     return ByteBuffer(string: String(buffer: job.payload).uppercased())
                 }
             }
-            try await withFeed(store) { feed, log in
+            try await withFeed(store) { log in
                 try await withRunning(worker) {
                     let id = newID()
-                    feed.follow(id)
+                    log.follow(id)
                     let (_, handle) = try await submit("upper", "hello", store: store, gearman: gearman, id: id, resultTTL: 600)
                     try await eventually("running") { log.all.contains { $0.record?.state == .running } }
                     let running = try #require(try await store.record(id))

@@ -4,6 +4,7 @@ import JobStore
 import LocalServers
 import Logging
 import NIOCore
+import NIOPosix
 import Redis
 import ServiceLifecycle
 import Synchronization
@@ -105,19 +106,44 @@ func withRunning<T: Sendable>(_ service: some Service, _ body: @Sendable () asyn
 }
 
 /// A one-shot gate handlers wait on, opened by the test.
-/// Collects a change feed's updates while `body` runs.
-func withFeed<T: Sendable>(_ store: RedisJobStore, _ body: @Sendable (JobChangeFeed, Recorder<JobUpdate>) async throws -> T) async throws -> T {
-    try await KeyspaceNotifications.ensureEnabled(on: store.redis)
-    let feed = JobChangeFeed(store: store, sweepInterval: .seconds(30))
-    let log = Recorder<JobUpdate>()
-    let running = Task { try await feed.run() }
-    let consuming = Task { for await update in feed.updates { log.append(update) } }
-    defer {
-        running.cancel()
-        consuming.cancel()
+/// Follows jobs through a change feed as a watcher would: each change of progress of a followed job, until its end.
+final class FeedLog: JobChangeConsumer {
+    private struct State {
+        var followed: Set<JobID> = []
+        var shown: [JobID: JobRecord.Progress] = [:]
+        var updates: [JobUpdate] = []
     }
+
+    private let state = Mutex(State())
+
+    func follow(_ id: JobID) { state.withLock { _ = $0.followed.insert(id) } }
+    var all: [JobUpdate] { state.withLock { $0.updates } }
+
+    func wantsChange(of id: JobID) -> Bool { state.withLock { $0.followed.contains(id) } }
+    func followedJobs() -> [JobID] { state.withLock { Array($0.followed) } }
+
+    func changed(_ update: JobUpdate) {
+        state.withLock { state in
+            guard let record = update.record else {
+                state.followed.remove(update.id)
+                return state.updates.append(update)
+            }
+            guard state.shown.updateValue(record.progress, forKey: update.id) != record.progress else { return }
+            state.updates.append(update)
+            if record.state.isTerminal { state.followed.remove(update.id) }
+        }
+    }
+}
+
+/// Collects a change feed's updates while `body` runs.
+func withFeed<T: Sendable>(_ store: RedisJobStore, _ body: @Sendable (FeedLog) async throws -> T) async throws -> T {
+    try await KeyspaceNotifications.ensureEnabled(on: store.redis)
+    let feed = JobChangeFeed(store: store, eventLoop: MultiThreadedEventLoopGroup.singleton.any(), sweepInterval: .seconds(30))
+    let log = FeedLog()
+    let running = Task { try await feed.run(consumer: log) }
+    defer { running.cancel() }
     try await withTimeout(.seconds(10), "the feed's subscription") { await feed.waitUntilReady() }
-    return try await body(feed, log)
+    return try await body(log)
 }
 
 /// Whether a process (or zombie) with this pid exists.

@@ -56,10 +56,10 @@ struct WorkerCommandTests {
             )
             defer { process.stop() }
             try await waitForWorker(gearman, function: "lower")
-            try await withFeed(store) { feed, log in
+            try await withFeed(store) { log in
                 let upperID = newID(), lowerID = newID()
-                feed.follow(upperID)
-                feed.follow(lowerID)
+                log.follow(upperID)
+                log.follow(lowerID)
                 touch("\(lowerID).progress")
                 touch("\(lowerID).finish")
                 try await submit("upper", "Hello", store: store, gearman: gearman, id: upperID)
@@ -226,9 +226,9 @@ struct ReadmeExampleTests {
             )
             defer { worker.stop() }
             try await waitForWorker(gearman, function: "reverse")
-            try await withFeed(store) { feed, log in
+            try await withFeed(store) { log in
                 let id = newID()
-                feed.follow(id)
+                log.follow(id)
                 let (_, handle) = try await submit("reverse", "stressed", store: store, gearman: gearman, id: id, resultTTL: 300)
                 try await eventually("done", timeout: .seconds(15)) { try await store.record(id)?.state == .done }
                 let record = try #require(try await store.record(id))

@@ -18,7 +18,7 @@ final class GatewayHTTPServer: Sendable {
     let host: String
     let port: Int
     private let backend: GatewayBackend
-    private let hub: PushHub
+    private let tracker: JobTracker
     private let statistics: GatewayStatistics
     private let logger: Logger
     private let requestTimeout: TimeAmount = .seconds(10)
@@ -33,7 +33,7 @@ final class GatewayHTTPServer: Sendable {
     static let maximumResultShown = 256 * 1024
 
     init(
-        host: String, port: Int, backend: GatewayBackend, hub: PushHub, statistics: GatewayStatistics, maximumConnections: Int,
+        host: String, port: Int, backend: GatewayBackend, tracker: JobTracker, statistics: GatewayStatistics, maximumConnections: Int,
         tls: GatewayTLSContext = GatewayTLSContext(), logger: Logger,
         servesJobPages: @escaping @Sendable () -> Bool = { true }
     ) {
@@ -41,7 +41,7 @@ final class GatewayHTTPServer: Sendable {
         self.host = host
         self.port = port
         self.backend = backend
-        self.hub = hub
+        self.tracker = tracker
         self.statistics = statistics
         self.maximumConnections = maximumConnections
         self.logger = logger
@@ -136,7 +136,7 @@ final class GatewayHTTPServer: Sendable {
             let text = ([health.isReady ? "ready" : "not-ready"] + health.checks.map { "\($0.name)=\($0.value)" }).joined(separator: " ")
             try await send(health.isReady ? .ok : .serviceUnavailable, "text/plain; charset=utf-8", text + "\n", head: head, outbound: outbound)
         case ["metrics"]:
-            let text = statistics.exposition(watchedJobs: hub.feed.followedCount)
+            let text = statistics.exposition(watchedJobs: tracker.followedCount)
             try await send(.ok, "text/plain; version=0.0.4; charset=utf-8", text, head: head, outbound: outbound)
         case let route where route.first == "jobs" && !servesJobPages():
             try await send(.forbidden, "text/plain; charset=utf-8", "job pages are off: this gateway has credentials (use the line protocol)\n", head: head, outbound: outbound)
@@ -238,12 +238,13 @@ final class GatewayHTTPServer: Sendable {
     // MARK: Server-Sent Events
 
     /// The job's state now, then each change as it happens, until its end; the page closes the stream then.
-    /// A watcher in the push hub, as for `WATCH`: registered before the read, so no change falls in between.
+    /// A watcher in the job tracker, as for `WATCH`: registered before the read, so no change falls in between.
     private func streamEvents(of gatewayID: GatewayJobID, head: HTTPRequestHead, channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
         guard let id = backend.issuedID(gatewayID) else { return try await notFound(head, outbound) }
         let outbox = SessionOutbox(limit: 1024 * 1024)
-        guard let token = hub.addWatcher(id, as: gatewayID, outbox: outbox, tag: nil, limit: 1) else { return try await notFound(head, outbound) }
-        defer { hub.removeAll(for: outbox) }
+        let token = tracker.makeToken(for: id)
+        try await tracker.watch(token, as: gatewayID, target: outbox, tag: nil).get()
+        defer { tracker.unwatch(token) }
         guard let held = try await lookUp(gatewayID, head: head, outbound: outbound) else { return }
         defer { held.release() }
         var headers = HTTPHeaders(Self.commonHeaders)
@@ -271,7 +272,7 @@ final class GatewayHTTPServer: Sendable {
                 try await write("end", JobPage.json(record))
                 return try await outbound.write(.end(nil))
             }
-            hub.activate(token, shown: record)
+            tracker.activate(token, shown: record.progress)
         }
         while true {
             switch await outbox.next() {

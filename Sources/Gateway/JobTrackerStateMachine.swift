@@ -1,0 +1,251 @@
+import GatewayProtocol
+import JobStore
+import NIOCore
+
+/// How a `WAIT` ended.
+enum WaitOutcome: Sendable {
+    /// The job ended; nil: its record is gone (expired).
+    case ended(JobRecord?)
+    /// The wait ended before the job did (its timeout passed, or the gateway shuts down): answer with the job's state.
+    case stopped
+}
+
+/// Where the tracker delivers a connection's events: a gateway session, or a job page's event stream.
+protocol PushTarget: AnyObject, Sendable {
+    /// Called from the tracker's event loop, in the order of the job's changes; must not block. `ending`: the watch
+    /// this event ends (its terminal event), which the tracker has forgotten.
+    func push(_ response: GatewayResponse, ending: JobTrackerStateMachine.Token?)
+    /// A change that arrived while the watch is pending (its `WATCHING` not written yet), also held by the tracker:
+    /// a target that writes `WATCHING` in order with other replies shows it right after that reply, and activates the
+    /// watch with what it showed then (see `JobTrackerStateMachine.event(for:shown:as:tag:)`).
+    func hold(_ update: JobUpdate, for watch: JobTrackerStateMachine.Token)
+}
+
+/// Who follows which job, and what each was shown: the one owner of per-job interest in a gateway.
+///
+/// Watchers get every change of their job they have not seen and end with its terminal event; waiters get the end
+/// only. (Subscribers of a function read its completion log instead: `CompletionLogHub`.) A watcher registers before its
+/// session reads the job (subscribe, then read) and stays *pending* until the session wrote its `WATCHING` reply:
+/// what arrives meanwhile is held and delivered right after that reply, so no event ever precedes it.
+///
+/// A plain value: each event (a registration, a record read after a change, shutdown) returns the actions to run.
+/// `JobTracker` runs it on its event loop; the tests drive it event by event.
+struct JobTrackerStateMachine {
+    struct Token: Hashable, Sendable {
+        let id: JobID
+        let number: UInt64
+    }
+
+    typealias WaitEnd = @Sendable (WaitOutcome) -> Void
+
+    enum Action {
+        case push(any PushTarget, GatewayResponse, ending: Token?)
+        case hold(any PushTarget, JobUpdate, for: Token)
+        case endWait(WaitEnd, WaitOutcome)
+        /// A job's end reached its followers (once per job; `record == nil`: it expired): `pushes` events carry it.
+        case jobEnded(JobRecord?, pushes: Int)
+    }
+
+    private struct Watcher {
+        let target: any PushTarget
+        let tag: GatewayTag?
+        let gatewayID: GatewayJobID
+        var isActive = false
+        /// What arrived while pending. Boxed: a record is large, and there may be 10,000 watchers holding nothing.
+        var held: Held?
+        /// The progress this watcher was last shown: the one place progress is de-duplicated.
+        var shown: JobRecord.Progress?
+    }
+
+    private indirect enum Held {
+        case update(JobUpdate)
+    }
+
+    /// Everyone following one job.
+    private struct Interest {
+        var watchers: [UInt64: Watcher] = [:]
+        var waiters: [UInt64: WaitEnd] = [:]
+        /// Its end was delivered (only pending watchers, holding it, may remain).
+        var hasEnded = false
+        var isEmpty: Bool { watchers.isEmpty && waiters.isEmpty }
+    }
+
+    private var jobs: [JobID: Interest] = [:]
+    private var isShuttingDown = false
+    /// Followed jobs whose backend no longer knows them, since the first answer that said so.
+    private var goneSince: [JobID: ContinuousClock.Instant] = [:]
+    /// Watches registered now, over all connections (a metric).
+    private(set) var watcherCount = 0
+
+    /// Jobs someone watches or waits for: what is re-read after notifications may have been lost, and what the
+    /// lost-job check looks at.
+    var followedIDs: [JobID] { Array(jobs.keys) }
+    var followedCount: Int { jobs.count }
+
+    func isFollowed(_ id: JobID) -> Bool { jobs[id] != nil }
+
+    /// Whether a change of this job concerns anyone (a notification is worth a read).
+    func wantsChange(of id: JobID) -> Bool {
+        jobs[id] != nil
+    }
+
+    // MARK: Watchers
+
+    /// A pending watcher; its session reads the job next, writes `WATCHING`, then calls `activate`.
+    mutating func watch(_ token: Token, as gatewayID: GatewayJobID, target: any PushTarget, tag: GatewayTag?) {
+        jobs[token.id, default: Interest()].watchers[token.number] = Watcher(target: target, tag: tag, gatewayID: gatewayID)
+        watcherCount += 1
+    }
+
+    /// The session wrote `WATCHING` (and what it held) showing `shown`: what arrived meanwhile goes out now, if it
+    /// is news.
+    mutating func activate(_ token: Token, shown: JobRecord.Progress) -> Action? {
+        guard var watcher = jobs[token.id]?.watchers[token.number] else { return nil }
+        watcher.isActive = true
+        watcher.shown = shown.compacted
+        guard case .update(let held) = watcher.held else {
+            jobs[token.id]?.watchers[token.number] = watcher
+            return nil
+        }
+        watcher.held = nil
+        let ended = held.record.map(\.state.isTerminal) ?? true
+        let event = Self.event(for: held, shown: &watcher.shown, as: watcher.gatewayID, tag: watcher.tag)
+        if ended {
+            remove(token)
+        } else {
+            jobs[token.id]?.watchers[token.number] = watcher
+        }
+        return event.map { .push(watcher.target, $0, ending: ended ? token : nil) }
+    }
+
+    /// Removes a watcher (`UNWATCH`, or its connection closed); nothing if it already ended.
+    mutating func unwatch(_ token: Token) {
+        guard jobs[token.id]?.watchers[token.number] != nil else { return }
+        remove(token)
+    }
+
+    private mutating func remove(_ token: Token) {
+        jobs[token.id]?.watchers[token.number] = nil
+        watcherCount -= 1
+        forgetIfUnfollowed(token.id)
+    }
+
+    private mutating func forgetIfUnfollowed(_ id: JobID) {
+        guard jobs[id]?.isEmpty != false else { return }
+        jobs[id] = nil
+        goneSince[id] = nil
+    }
+
+    // MARK: Waiters
+
+    /// A waiter, ended once when the job ends (or at shutdown), unless `unwait` takes it away first.
+    mutating func wait(_ token: Token, onEnd: @escaping WaitEnd) -> Action? {
+        guard !isShuttingDown else { return .endWait(onEnd, .stopped) }
+        jobs[token.id, default: Interest()].waiters[token.number] = onEnd
+        return nil
+    }
+
+    mutating func unwait(_ token: Token) {
+        guard jobs[token.id]?.waiters.removeValue(forKey: token.number) != nil else { return }
+        forgetIfUnfollowed(token.id)
+    }
+
+    /// Shutting down: every pending wait ends now (answered with the job's current state), and every later one at once.
+    mutating func endAllWaits() -> [Action] {
+        isShuttingDown = true
+        var actions: [Action] = []
+        for (id, var interest) in jobs where !interest.waiters.isEmpty {
+            actions += interest.waiters.values.map { .endWait($0, .stopped) }
+            interest.waiters = [:]
+            jobs[id] = interest
+            forgetIfUnfollowed(id)
+        }
+        return actions
+    }
+
+    // MARK: Lost jobs
+
+    /// A presence check answered about the unfinished followed jobs it was `asked` about (an unanswered one could not
+    /// be asked); returns those gone through the whole `grace`, to be failed as lost. Each answer but `gone` starts
+    /// the grace again, so a job is lost only when every answer over the grace said so.
+    mutating func presenceAnswered(_ answers: [JobID: JobPresence], asked: [JobID], at now: ContinuousClock.Instant, grace: Duration) -> [JobID] {
+        var lost: [JobID] = []
+        for id in asked {
+            guard answers[id] == .gone, jobs[id] != nil else {
+                goneSince[id] = nil
+                continue
+            }
+            let since = goneSince[id] ?? now
+            if now - since >= grace {
+                goneSince[id] = nil
+                lost.append(id)
+            } else {
+                goneSince[id] = since
+            }
+        }
+        return lost
+    }
+
+    // MARK: Changes
+
+    /// A job as read after a change (or a re-read): what each follower has not seen yet.
+    mutating func read(_ update: JobUpdate) -> [Action] {
+        let ended = update.record.map(\.state.isTerminal) ?? true
+        var actions: [Action] = []
+        var pushes = 0
+        var isFirstEnd = false
+        if var interest = jobs[update.id] {
+            for (number, var watcher) in interest.watchers {
+                let token = Token(id: update.id, number: number)
+                guard watcher.isActive else {
+                    watcher.held = .update(update)
+                    interest.watchers[number] = watcher
+                    actions.append(.hold(watcher.target, update, for: token))
+                    continue
+                }
+                if let response = Self.event(for: update, shown: &watcher.shown, as: watcher.gatewayID, tag: watcher.tag) {
+                    actions.append(.push(watcher.target, response, ending: ended ? token : nil))
+                    pushes += 1
+                }
+                if ended {
+                    interest.watchers[number] = nil
+                    watcherCount -= 1
+                } else {
+                    interest.watchers[number] = watcher
+                }
+            }
+            if ended {
+                actions += interest.waiters.values.map { .endWait($0, .ended(update.record)) }
+                interest.waiters = [:]
+                isFirstEnd = !interest.hasEnded
+                interest.hasEnded = true
+            }
+            jobs[update.id] = interest
+            forgetIfUnfollowed(update.id)
+        }
+        if isFirstEnd { actions.append(.jobEnded(update.record, pushes: pushes)) }
+        return actions
+    }
+
+    /// The event a watcher that was shown `shown` should see for `update` (updating `shown`), or nil when nothing it
+    /// can see changed.
+    static func event(for update: JobUpdate, shown: inout JobRecord.Progress?, as gatewayID: GatewayJobID, tag: GatewayTag?) -> GatewayResponse? {
+        guard let record = update.record else { return .event(.expired(gatewayID), tag: tag) }
+        if record.state.isTerminal { return .event(terminalEvent(record, gatewayID), tag: tag) }
+        guard record.progress != shown else { return nil }
+        let before = shown
+        shown = record.progress.compacted
+        // A change of state alone (queued → running) has no event in protocol v1; progress does.
+        guard before == nil || before?.numerator != record.numerator || before?.denominator != record.denominator
+            || before?.message != record.message
+        else { return nil }
+        return .event(
+            .progress(gatewayID, numerator: UInt64(record.numerator), denominator: UInt64(record.denominator), message: record.message),
+            tag: tag
+        )
+    }
+
+    static func terminalEvent(_ record: JobRecord, _ id: GatewayJobID) -> GatewayEvent {
+        record.state == .done ? .done(id, result: record.result ?? ByteBuffer()) : .failed(id, reason: record.reason ?? ByteBuffer())
+    }
+}
