@@ -22,24 +22,7 @@ stop() {
     Deploy/stop-recorded.sh "$state"/{worker,gateway,memcached,redis,gearmand}.pid
 }
 
-wait_for_port() {
-    for _ in $(seq 1 100); do
-        nc -z 127.0.0.1 "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing answers on 127.0.0.1:$1; see $state/*.log" >&2
-    exit 1
-}
-
-start() {
-    local name=$1
-    shift
-    "$@" >"$state/$name.log" 2>&1 &
-    local stat fields
-    stat=$(cat "/proc/$!/stat")
-    read -ra fields <<<"${stat##*) }"  # from field 3 on: the start time (field 22) is the 20th
-    echo "$! ${fields[19]}" >"$state/$name.pid"
-}
+source Deploy/processes.sh
 
 if [ "${1:-}" = "stop" ]; then
     stop

@@ -190,6 +190,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         )
         self.backlog = OutputBacklog(limit: services.configuration.outputBufferLimit)
         self.access = services.configuration.requiresAuthentication ? nil : .everything
+        // Mutual TLS: a verified client certificate that a credential lists is that credential, without AUTH.
+        if let subject = tlsPeerSubject, let credential = services.configuration.credentials?.credential(forSubject: subject) {
+            self.access = .credential(name: credential.name)
+        }
     }
 
     // MARK: Lifecycle

@@ -209,20 +209,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("tls-handshake-timeout"), help: "Seconds a client may take to finish the TLS handshake before it is closed. (default: 10)")
     var tlsHandshakeTimeout: Int?
 
-    @Option(
-        name: .customLong("redis-tls-ca"),
-        help: ArgumentHelp("Speak TLS to Redis (its tls-port), trusting the authorities in this PEM file. (default: plain TCP)", valueName: "file")
-    )
-    var redisTLSCA: String?
-
-    @Option(
-        name: .customLong("redis-tls-cert"),
-        help: ArgumentHelp("Client certificate (PEM) for a Redis with tls-auth-clients yes, with --redis-tls-key.", valueName: "file")
-    )
-    var redisTLSCert: String?
-
-    @Option(name: .customLong("redis-tls-key"), help: ArgumentHelp("Private key (PEM) of --redis-tls-cert.", valueName: "file"))
-    var redisTLSKey: String?
+    @OptionGroup(title: "TLS to Redis")
+    var redisTLS: RedisTLSOptions
 
     func run() async throws {
         GlibcMalloc.limitArenas()
@@ -369,7 +357,7 @@ struct Serve: AsyncParsableCommand {
             configuration.redis.authentication = .init(username: user, password: password)
         }
         configuration.redis.database = try settings.int("redis-db", redisDB)
-        configuration.redis.tls = try settings.redisTLS(ca: redisTLSCA, certificate: redisTLSCert, key: redisTLSKey)
+        configuration.redis.tls = try redisTLS.load(settings)
         configuration.tls = try settings.gatewayTLS(certificate: tlsCert, key: tlsKey, clientCA: tlsClientCA, handshakeTimeout: tlsHandshakeTimeout)
         let failover = try redisFailover.load(settings)
         configuration.redisSentinel = failover.sentinel

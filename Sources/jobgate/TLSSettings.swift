@@ -1,6 +1,30 @@
+import ArgumentParser
 import Gateway
 import NIOSSL
 import Redis
+
+/// `--redis-tls-ca`, `--redis-tls-cert` and `--redis-tls-key`: the same for `jobgate serve` and `jobgate worker`.
+struct RedisTLSOptions: ParsableArguments {
+    @Option(
+        name: .customLong("redis-tls-ca"),
+        help: ArgumentHelp("Speak TLS to Redis (its tls-port), trusting the authorities in this PEM file. (default: plain TCP)", valueName: "file")
+    )
+    var redisTLSCA: String?
+
+    @Option(
+        name: .customLong("redis-tls-cert"),
+        help: ArgumentHelp("Client certificate (PEM) for a Redis with tls-auth-clients yes, with --redis-tls-key.", valueName: "file")
+    )
+    var redisTLSCert: String?
+
+    @Option(name: .customLong("redis-tls-key"), help: ArgumentHelp("Private key (PEM) of --redis-tls-cert.", valueName: "file"))
+    var redisTLSKey: String?
+
+    /// The TLS configuration for Redis connections, from the options, the environment and the config file.
+    func load(_ settings: Settings) throws(ConfigurationError) -> TLSConfiguration? {
+        try settings.redisTLS(ca: redisTLSCA, certificate: redisTLSCert, key: redisTLSKey)
+    }
+}
 
 /// TLS settings of `jobgate serve` and `jobgate worker`: certificate, key and CA files, read now so that a wrong
 /// path or a key that does not match stops the start (or a reload) naming the file.

@@ -92,20 +92,8 @@ struct Worker: AsyncParsableCommand {
     @Option(name: .customLong("key-prefix"), help: "Prefix of every Redis key (as the gateway uses). (default: jobgate:)")
     var keyPrefix: String?
 
-    @Option(
-        name: .customLong("redis-tls-ca"),
-        help: ArgumentHelp("Speak TLS to Redis (its tls-port), trusting the authorities in this PEM file. (default: plain TCP)", valueName: "file")
-    )
-    var redisTLSCA: String?
-
-    @Option(
-        name: .customLong("redis-tls-cert"),
-        help: ArgumentHelp("Client certificate (PEM) for a Redis with tls-auth-clients yes, with --redis-tls-key.", valueName: "file")
-    )
-    var redisTLSCert: String?
-
-    @Option(name: .customLong("redis-tls-key"), help: ArgumentHelp("Private key (PEM) of --redis-tls-cert.", valueName: "file"))
-    var redisTLSKey: String?
+    @OptionGroup(title: "TLS to Redis")
+    var redisTLS: RedisTLSOptions
 
     @Option(
         name: .customLong("result-ttl"),
@@ -194,7 +182,7 @@ struct Worker: AsyncParsableCommand {
         loaded.redisUser = settings.value("redis-user", redisUser)
         loaded.redisPassword = settings.value("redis-password", redisPassword)
         loaded.redisDatabase = try settings.int("redis-db", redisDatabase) ?? loaded.redisDatabase
-        loaded.redisTLS = try settings.redisTLS(ca: redisTLSCA, certificate: redisTLSCert, key: redisTLSKey)
+        loaded.redisTLS = try redisTLS.load(settings)
         loaded.redisFailover = try redisFailover.load(settings)
         loaded.keyPrefix = settings.value("key-prefix", keyPrefix) ?? loaded.keyPrefix
         loaded.resultTTL = try settings.int("result-ttl", resultTTL) ?? loaded.resultTTL

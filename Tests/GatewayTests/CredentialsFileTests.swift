@@ -70,6 +70,9 @@ struct CredentialsFileTests {
         ("a HASH read=x read=y", "given twice"),
         ("a HASH read=x\na HASH read=y", "listed twice"),
         ("a", "expected `<name>"),
+        ("a - read=*", "nothing could prove"),
+        ("a - subject= read=*", "empty subject"),
+        ("a - subject=CN=x read=*\nb - subject=CN=x read=*", "listed twice"),
     ])
     func refusesMistakes(line: String, message: String) throws {
         let text = line.replacingOccurrences(of: "HASH", with: SecretHash.make("x", rounds: Self.rounds).description)
@@ -79,6 +82,23 @@ struct CredentialsFileTests {
             let description = (error as? GatewayCredentialsError)?.description ?? ""
             return description.contains(message) && description.hasPrefix("creds:")
         }
+    }
+
+    /// Mutual TLS: `subject=` names the client-certificate subjects that are a credential, commas and all; a
+    /// credential may have a subject instead of a secret (`-`), and then no secret proves it.
+    @Test func certificateSubjects() throws {
+        let hash = SecretHash.make("pw", rounds: Self.rounds).description
+        let text = """
+            billing - subject=CN=billing,O=acme submit=billing read=billing
+            both \(hash) subject=CN=both-1 subject=CN=both-2 read=*
+            """
+        let credentials = try GatewayCredentials(parsing: text, source: "creds")
+        #expect(credentials.credential(forSubject: "CN=billing,O=acme")?.name == "billing")
+        #expect(credentials.credential(forSubject: "CN=billing")?.name == nil)
+        #expect(credentials.credential(forSubject: "CN=both-2")?.name == "both")
+        #expect(credentials.verify(name: "billing", secret: "") == nil)
+        #expect(credentials.verify(name: "billing", secret: "-") == nil)
+        #expect(credentials.verify(name: "both", secret: "pw")?.name == "both")
     }
 
     /// `line(name:secret:grants:)` (what `jobgate credentials hash` prints) parses back to the credential.

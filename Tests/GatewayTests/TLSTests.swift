@@ -125,6 +125,45 @@ struct TLSTests {
         }
     }
 
+    /// Mutual TLS with credentials: a verified certificate whose subject a credential lists is that credential
+    /// without `AUTH` (its scopes apply: `NOPERM` outside them); one no credential lists must still `AUTH`.
+    @Test func certificateSubjectsAreCredentials() async throws {
+        try await withCertificates { certificates in
+            let clients = try await TestCertificates.make(name: "clients CA")
+            defer { clients.remove() }
+            let server = try await certificates.issue("server")
+            let billing = try await clients.issue("billing", subject: "/CN=billing/O=acme", hosts: [])
+            let other = try await clients.issue("other", subject: "/CN=other/O=acme", hosts: [])
+            let credentials = try GatewayCredentials(parsing: "billing - subject=CN=billing,O=acme submit=billing read=billing", source: "test")
+            try await withGatewayStack({
+                $0.tls = .init(certificateFile: server.certificateFile, keyFile: server.keyFile, clientCAFile: clients.caFile)
+                $0.credentials = credentials
+            }) { stack in
+                let client = try await GatewayTestClient.connect(port: stack.port, tls: try clientContext(trusting: certificates.caFile, presenting: billing))
+                defer { Task { await client.close() } }
+                guard case .reply(.created, nil) = try await client.request("SUBMIT billing 1\nx\n") else {
+                    Issue.record("the certificate's credential may submit billing")
+                    return
+                }
+                guard case .reply(.error(code: .noPermission, _), nil) = try await client.request("SUBMIT payroll 1\nx\n") else {
+                    Issue.record("billing may not submit payroll")
+                    return
+                }
+                guard case .reply(.error(code: .noPermission, _), nil) = try await client.request("STATS\n") else {
+                    Issue.record("billing is no admin")
+                    return
+                }
+
+                let unlisted = try await GatewayTestClient.connect(port: stack.port, tls: try clientContext(trusting: certificates.caFile, presenting: other))
+                defer { Task { await unlisted.close() } }
+                guard case .reply(.error(code: .noAuth, _), nil) = try await unlisted.request("SUBMIT billing 1\nx\n") else {
+                    Issue.record("a certificate no credential lists must AUTH")
+                    return
+                }
+            }
+        }
+    }
+
     /// Over the connection limit a TLS client gets its `ERR BUSY` over TLS, after the handshake, then is closed;
     /// connections still in their handshake count against the limit.
     @Test func connectionLimit() async throws {

@@ -118,15 +118,19 @@ func constantTimeEqual(_ left: [UInt8], _ right: [UInt8]) -> Bool {
     return difference == 0
 }
 
-/// One credential: a name, its secrets (two while one is rotated), and the functions each scope covers.
+/// One credential: a name, its secrets (two while one is rotated), the client-certificate subjects that prove it
+/// (mutual TLS), and the functions each scope covers.
 public struct GatewayCredential: Sendable {
     public let name: String
     public let secrets: [SecretHash]
+    /// Verified client-certificate subjects (`CN=…,O=…`, as the gateway logs them) that are this credential.
+    public let subjects: [String]
     public let grants: [GatewayScope: [FunctionPattern]]
 
-    public init(name: String, secrets: [SecretHash], grants: [GatewayScope: [FunctionPattern]]) {
+    public init(name: String, secrets: [SecretHash], subjects: [String] = [], grants: [GatewayScope: [FunctionPattern]]) {
         self.name = name
         self.secrets = secrets
+        self.subjects = subjects
         self.grants = grants
     }
 
@@ -149,13 +153,17 @@ public struct GatewayCredential: Sendable {
 /// The credentials file (`--credentials`): one credential per line.
 ///
 /// ```
-/// # name    secret hash(es), comma-separated                scope=pattern,…
+/// # name    secret hash(es), comma-separated, or -          scope=pattern,… and subject=<certificate subject>
 /// resizer   pbkdf2-sha256$600000$<salt>$<key>                submit=resize,thumb-* read=resize,thumb-*
 /// ops       pbkdf2-sha256$600000$<salt>$<key>,pbkdf2-…       read=* subscribe=* admin=*
+/// billing   -                                                subject=CN=billing,O=acme submit=billing read=billing
 /// ```
-/// `#` starts a comment; a name appears once; a scope may be given once per line.
+/// `#` starts a comment; a name appears once; a scope may be given once per line; `subject=` any number of times
+/// (its text is the rest of the word: a subject with a space or `#` cannot be listed).
 public struct GatewayCredentials: Sendable {
     public let byName: [String: GatewayCredential]
+    /// Client-certificate subject → credential name.
+    let bySubject: [String: String]
     /// What a check runs besides a credential's own secrets: an unknown name, and a name with fewer secrets than
     /// another (one being rotated has two), is checked against this hash (the most rounds any secret uses) until
     /// every check has run `kdfsPerCheck` KDFs, so that no name takes longer than another.
@@ -167,11 +175,12 @@ public struct GatewayCredentials: Sendable {
 
     public init(_ credentials: [GatewayCredential]) {
         byName = Dictionary(credentials.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        bySubject = Dictionary(credentials.flatMap { credential in credential.subjects.map { ($0, credential.name) } }, uniquingKeysWith: { first, _ in first })
         decoy = SecretHash.decoy(rounds: credentials.flatMap(\.secrets).map(\.rounds).max() ?? SecretHash.defaultRounds)
         kdfsPerCheck = max(1, credentials.map(\.secrets.count).max() ?? 1)
         let described = byName.values.sorted { $0.name < $1.name }.map { credential in
             let grants = credential.grants.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value.map(\.description))" }
-            return "\(credential.name) \(credential.secrets.map(\.description)) \(grants)"
+            return "\(credential.name) \(credential.secrets.map(\.description)) \(credential.subjects) \(grants)"
         }
         let digest = SHA256.hash(data: Array(described.joined(separator: "\n").utf8)).prefix(4).map { String(format: "%02x", $0) }.joined()
         summary = "\(byName.keys.sorted().joined(separator: ",")) #\(digest)"
@@ -179,29 +188,40 @@ public struct GatewayCredentials: Sendable {
 
     public subscript(name: String) -> GatewayCredential? { byName[name] }
 
+    /// The credential a verified client certificate with this subject is (mutual TLS), if one lists it.
+    public func credential(forSubject subject: String) -> GatewayCredential? { bySubject[subject].flatMap { byName[$0] } }
+
     /// Parses the file's text; `source` names it in errors (`path:line: …`).
     public init(parsing text: String, source: String) throws(GatewayCredentialsError) {
         var credentials: [GatewayCredential] = []
         var seen: Set<String> = []
+        var seenSubjects: Set<String> = []
         for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             func failure(_ message: String) -> GatewayCredentialsError { GatewayCredentialsError("\(source):\(index + 1): \(message)") }
             let line = rawLine.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false)[0]
             let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }).map(String.init)
             guard !words.isEmpty else { continue }
-            guard words.count >= 2 else { throw failure("expected `<name> <secret-hash>[,…] <scope>=<pattern>[,…]…`") }
+            guard words.count >= 2 else { throw failure("expected `<name> <secret-hash>[,…]|- [subject=<subject>]… <scope>=<pattern>[,…]…`") }
             let name = words[0]
             guard GatewayCredential.isValidName(name) else { throw failure("invalid name `\(name)`: 1-64 of A-Z a-z 0-9 _ . -") }
             guard seen.insert(name).inserted else { throw failure("`\(name)` is listed twice; list both secrets on one line to rotate") }
             var secrets: [SecretHash] = []
-            for text in words[1].split(separator: ",") {
+            for text in words[1] == "-" ? [] : words[1].split(separator: ",") {
                 guard let hash = SecretHash(String(text)) else {
                     throw failure("not a secret hash (`jobgate credentials hash` prints one; at least \(SecretHash.minimumRounds) rounds)")
                 }
                 secrets.append(hash)
             }
-            guard !secrets.isEmpty else { throw failure("no secret hash") }
+            var subjects: [String] = []
             var grants: [GatewayScope: [FunctionPattern]] = [:]
             for grant in words.dropFirst(2) {
+                if grant.hasPrefix("subject=") {
+                    let subject = String(grant.dropFirst("subject=".count))
+                    guard !subject.isEmpty else { throw failure("empty subject") }
+                    guard seenSubjects.insert(subject).inserted else { throw failure("subject `\(subject)` is listed twice") }
+                    subjects.append(subject)
+                    continue
+                }
                 let parts = grant.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
                 guard parts.count == 2, let scope = GatewayScope(rawValue: parts[0]) else {
                     throw failure("expected <scope>=<pattern>[,…] with a scope of \(GatewayScope.allCases.map(\.rawValue).joined(separator: ", ")), got `\(grant)`")
@@ -211,7 +231,8 @@ public struct GatewayCredentials: Sendable {
                 guard !patterns.isEmpty, !patterns.contains(where: { $0 == nil }) else { throw failure("empty or invalid function pattern in `\(grant)`") }
                 grants[scope] = patterns.compactMap { $0 }
             }
-            credentials.append(GatewayCredential(name: name, secrets: secrets, grants: grants))
+            guard !secrets.isEmpty || !subjects.isEmpty else { throw failure("no secret hash and no subject: nothing could prove `\(name)`") }
+            credentials.append(GatewayCredential(name: name, secrets: secrets, subjects: subjects, grants: grants))
         }
         self.init(credentials)
     }

@@ -265,6 +265,22 @@ public actor RedisConnection {
 
     /// Completes when the connection is closed or lost.
     nonisolated var closeFuture: EventLoopFuture<Void> { channel.closeFuture }
+
+    /// Returns when the connection closes, and throws when a `PING` sent every `interval` fails: a subscribed
+    /// connection sends nothing else, so this is how a peer that went away without a word is noticed.
+    nonisolated func pingUntilClosed(every interval: Duration) async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await self.closeFuture.get() }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: interval)
+                    _ = try await self.enqueue(["PING"], expectedReplies: 1, errorEndsRequest: true).get()
+                }
+            }
+            defer { group.cancelAll() }
+            try await group.next()
+        }
+    }
 }
 
 /// Completes `done` when the TLS handshake succeeds or fails (before any command is sent), so that a certificate

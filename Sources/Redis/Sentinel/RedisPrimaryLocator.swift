@@ -262,17 +262,7 @@ public final class RedisPrimaryLocator: Sendable {
             let confirmation = try await connection.enqueue(["SUBSCRIBE", "+switch-master"], expectedReplies: 1, errorEndsRequest: true).get()
             if let message = confirmation.first?.errorMessage { throw RedisError.server(message) }
             perform { $0.subscribed() }
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await connection.closeFuture.get() }
-                group.addTask { [pingInterval = configuration.pingInterval] in
-                    while true {
-                        try await Task.sleep(for: pingInterval)
-                        _ = try await connection.enqueue(["PING"], expectedReplies: 1, errorEndsRequest: true).get()
-                    }
-                }
-                defer { group.cancelAll() }
-                try await group.next()
-            }
+            try await connection.pingUntilClosed(every: configuration.pingInterval)
         } onCancel: {
             connection.channel.close(promise: nil)
         }

@@ -168,17 +168,7 @@ public final class RedisSubscriber: Sendable {
             buffer.yield(.subscribed(isReconnect: isReconnect))
             logger.debug("Redis subscriber subscribed", metadata: ["redis.reconnect": "\(isReconnect)"])
 
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await connection.closeFuture.get() }
-                group.addTask { [pingInterval] in
-                    while true {
-                        try await Task.sleep(for: pingInterval)
-                        _ = try await connection.enqueue(["PING"], expectedReplies: 1, errorEndsRequest: true).get()
-                    }
-                }
-                defer { group.cancelAll() }
-                try await group.next()
-            }
+            try await connection.pingUntilClosed(every: pingInterval)
         } onCancel: {
             connection.channel.close(promise: nil)
         }
