@@ -14,6 +14,8 @@ packages=(
     netcat-openbsd procps chromium fonts-dejavu-core
     # the command-line client's terminal tests run it in tmux
     tmux
+    # the TLS tests make their certificates with the openssl CLI and fetch an HTTPS page with curl
+    openssl curl
 )
 
 missing=()
