@@ -169,7 +169,7 @@ public struct BenchmarkRunner: Sendable {
                 let largePeakMiB = Double(large.rssPeak - large.rssIdle) / 1_048_576
 
                 report.largeResults = .init(
-                    what: "a job's 1 MiB result read with \(lookups) pipelined RESULTs spread over \(lookupConnections) connections, each reading its replies, \(bursts) bursts in a row; meanwhile one more client (on an event loop of its own) sends STATUS of the job one at a time (1 ms apart); default lookup limits",
+                    what: "a job's 1 MiB result read with \(lookups) pipelined RESULTs spread over \(lookupConnections) connections, each reading its replies (counting result bytes, not keeping them), \(bursts) bursts in a row; meanwhile one more client (on an event loop of its own) sends STATUS of the job one at a time (1 ms apart); default lookup limits",
                     lookups: lookups,
                     connections: lookupConnections,
                     resultBytes: resultBytes,
