@@ -22,6 +22,20 @@ public final class RedisReplyDecoder: NIOSingleStepByteToMessageDecoder {
     /// Bytes fed to the reader since the last complete reply: all of them belong to the next one.
     private var bytesInCurrentReply = 0
     private var failure: RedisError?
+    /// A large top-level bulk string being read past hiredis (see `decode`).
+    private var largeBulk: LargeBulk?
+
+    /// Top-level bulk strings of at least this many bytes (a job's result, read with `HGET`) are read straight into
+    /// a buffer of their own: one copy, where hiredis takes three (into its buffer, into a reply object, out of it)
+    /// and two large allocations.
+    static let directBulkMinimum = 16 * 1024
+
+    private struct LargeBulk {
+        var storage: ByteBuffer
+        var remaining: Int
+        /// Bytes of the CRLF after the string still to come.
+        var trailer = 2
+    }
 
     public init(maximumReplySize: Int = RedisReplyDecoder.defaultMaximumReplySize) {
         precondition(maximumReplySize >= 3, "a reply takes at least three bytes")
@@ -40,6 +54,10 @@ public final class RedisReplyDecoder: NIOSingleStepByteToMessageDecoder {
         if let failure { throw failure }
         // The reader may still hold complete replies from bytes fed earlier.
         if let reply = try nextReply() { return reply }
+        if largeBulk != nil || (chiredis_reader_unparsed(reader) == 0 && startsLargeBulk(&buffer)) {
+            if let failure { throw failure }
+            return try continueLargeBulk(&buffer)
+        }
 
         // NIO calls `decode` again only while the buffer is not empty, but the reader copies what it is
         // fed. So feed all but the last byte and keep that byte back while replies come out: the
@@ -56,6 +74,47 @@ public final class RedisReplyDecoder: NIOSingleStepByteToMessageDecoder {
 
     public func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(RedisError) -> RedisReply? {
         try decode(buffer: &buffer)
+    }
+
+    /// At a reply boundary: whether `buffer` starts with the whole header of a large bulk string (then consumed).
+    /// A header split across reads, or a small string, goes through hiredis as any reply.
+    private func startsLargeBulk(_ buffer: inout ByteBuffer) -> Bool {
+        let view = buffer.readableBytesView
+        guard view.first == UInt8(ascii: "$"), let end = view.prefix(24).firstIndex(of: UInt8(ascii: "\r")), end + 1 < view.endIndex,
+            view[end + 1] == UInt8(ascii: "\n"), let length = Int(String(decoding: view[(view.startIndex + 1)..<end], as: UTF8.self)),
+            length >= Self.directBulkMinimum
+        else { return false }
+        let header = end + 2 - view.startIndex
+        guard header + length + 2 <= maximumReplySize else {
+            failure = RedisError(.replyTooLarge, "reply exceeds \(maximumReplySize) bytes (a bulk string of \(length))")
+            return true
+        }
+        buffer.moveReaderIndex(forwardBy: header)
+        largeBulk = LargeBulk(storage: ByteBufferAllocator().buffer(capacity: length), remaining: length)
+        return true
+    }
+
+    /// Takes what `buffer` holds of the large bulk string; the reply once it is whole.
+    private func continueLargeBulk(_ buffer: inout ByteBuffer) throws(RedisError) -> RedisReply? {
+        guard var bulk = largeBulk else { return nil }
+        largeBulk = nil  // not kept in two places while its storage grows (no copy on write)
+        let taken = min(bulk.remaining, buffer.readableBytes)
+        if taken > 0 {
+            var slice = buffer.readSlice(length: taken)!
+            bulk.storage.writeBuffer(&slice)
+            bulk.remaining -= taken
+        }
+        while bulk.remaining == 0, bulk.trailer > 0, let byte = buffer.readInteger(as: UInt8.self) {
+            guard byte == (bulk.trailer == 2 ? UInt8(ascii: "\r") : UInt8(ascii: "\n")) else {
+                throw fail(RedisError(.protocolError, "a bulk string does not end with CRLF"))
+            }
+            bulk.trailer -= 1
+        }
+        guard bulk.remaining == 0, bulk.trailer == 0 else {
+            largeBulk = bulk
+            return nil
+        }
+        return .bulkString(bulk.storage)
     }
 
     private func feed(_ bytes: ByteBuffer) throws(RedisError) {

@@ -126,6 +126,31 @@ import Testing
         #expect(try decode(Array(many.utf8), maximumReplySize: 100).count == 50)
     }
 
+    /// Large top-level bulk strings (results) are read past hiredis into a buffer of their own: the same replies
+    /// whatever the reads' sizes (a header split across reads goes through hiredis), with replies before and after
+    /// them in the same reads, and inside arrays (always through hiredis).
+    @Test func largeBulkStrings() throws {
+        let size = RedisReplyDecoder.directBulkMinimum * 4 + 3
+        let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        let bulkBytes = Array("$\(size)\r\n".utf8) + payload + Array("\r\n".utf8)
+        let stream = Array(":1\r\n".utf8) + bulkBytes + bulkBytes + Array("*2\r\n".utf8) + bulkBytes + Array("$1\r\nx\r\n+OK\r\n".utf8)
+        let large = RedisReply.bulkString(ByteBuffer(bytes: payload))
+        let expected: [RedisReply] = [.integer(1), large, large, .array([large, bulk("x")]), .simpleString("OK")]
+        for chunk in [1, 5, 4_096, 65_536, .max] {
+            #expect(try decode(stream, chunk: chunk) == expected, "chunk \(chunk)")
+        }
+    }
+
+    /// A large bulk string must end with CRLF, and one over the bound is refused from its header on.
+    @Test func largeBulkStringErrors() throws {
+        let size = RedisReplyDecoder.directBulkMinimum
+        let badEnd = Array("$\(size)\r\n".utf8) + [UInt8](repeating: 0x61, count: size) + Array("\n\r".utf8)
+        let error = #expect(throws: RedisError.self) { try decode(badEnd, chunk: 1_000) }
+        #expect(error?.code == .protocolError)
+        let tooLarge = #expect(throws: RedisError.self) { try decode(Array("$\(size)\r\nabc".utf8), maximumReplySize: size) }
+        #expect(tooLarge?.code == .replyTooLarge)
+    }
+
     /// An array header announcing more elements than the bound can hold is refused before hiredis allocates them.
     @Test func hugeArrayHeader() throws {
         let error = #expect(throws: RedisError.self) { try decode(Array("*2000000000\r\n".utf8), maximumReplySize: 1 << 20) }
