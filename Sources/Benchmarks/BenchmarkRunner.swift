@@ -162,7 +162,7 @@ public struct BenchmarkRunner: Sendable {
             }
 
             if sections.contains(.largeResults) {
-                let (lookups, lookupConnections, resultBytes, bursts) = (100, 4, 1 << 20, 5)
+                let (lookups, lookupConnections, resultBytes, bursts) = (100, 4, 1 << 20, 20)  // 20 bursts: some 350 STATUS samples, so that p99 is not just the slowest one
                 progress("6. large results: \(bursts) × \(lookups) pipelined RESULTs of a 1 MiB result on \(lookupConnections) connections")
                 let large = try await stack.largeResults(lookups: lookups, connections: lookupConnections, size: resultBytes, bursts: bursts)
                 let largeStatus = BenchmarkReport.Distribution(nanoseconds: large.status)
