@@ -75,13 +75,13 @@ struct JobIDTests {
     }
 }
 
-/// A second gateway on the stack's gearmand and Redis, with its own key prefix (another deployment); `body` gets
-/// its line-protocol port.
-func withSecondGateway<T: Sendable>(_ stack: GatewayStack, keyPrefix: String, _ body: @Sendable (Int) async throws -> T) async throws -> T {
+/// A second gateway on the stack's gearmand and Redis, of the same deployment, or with `keyPrefix` of another;
+/// `body` gets its line-protocol port.
+func withSecondGateway<T: Sendable>(_ stack: GatewayStack, keyPrefix: String? = nil, _ body: @Sendable (Int) async throws -> T) async throws -> T {
     var configuration = stack.configuration
     configuration.port = 0
     configuration.httpPort = nil
-    configuration.keyPrefix = keyPrefix
+    configuration.keyPrefix = keyPrefix ?? configuration.keyPrefix
     let gateway = GatewayServer(configuration: configuration, logger: Logger(label: "test.gateway.second"))
     let group = ServiceGroup(configuration: .init(services: [gateway], logger: Logger(label: "test")))
     let running = Task { try await group.run() }

@@ -252,18 +252,3 @@ private func statistics(_ client: GatewayTestClient) async throws -> [String: St
     guard case .reply(.stats(let figures), _)? = try await client.request("STATS\n") else { return [:] }
     return Dictionary(figures.map { ($0.name, $0.value) }, uniquingKeysWith: { first, _ in first })
 }
-
-/// A second gateway on the stack's gearmand and Redis, for `body` (given its port).
-private func withSecondGateway<T: Sendable>(_ stack: GatewayStack, _ body: @Sendable (Int) async throws -> T) async throws -> T {
-    var configuration = stack.configuration
-    configuration.port = 0
-    let gateway = GatewayServer(configuration: configuration, logger: Logger(label: "test.gateway2"))
-    let group = ServiceGroup(configuration: .init(services: [gateway], logger: Logger(label: "test")))
-    let running = Task { try await group.run() }
-    defer { running.cancel() }
-    let address = try await withTimeout(.seconds(10), "the second gateway to listen") { try await gateway.waitUntilListening() }
-    let result = try await body(address.port!)
-    await group.triggerGracefulShutdown()
-    _ = try? await withTimeout(.seconds(10), "the second gateway to shut down") { try await running.value }
-    return result
-}
