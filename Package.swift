@@ -27,10 +27,17 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
+        // MARK: What the client libraries and the gateway share: backoff, readiness
+        .target(
+            name: "JobgateSupport",
+            swiftSettings: swiftSettings
+        ),
+
         // MARK: Gearman: binary protocol codec, client connection, server pool, worker
         .target(
             name: "Gearman",
             dependencies: [
+                "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -48,7 +55,7 @@ let package = Package(
         .target(
             name: "Redis",
             dependencies: [
-                "CHiredis",
+                "CHiredis", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -67,6 +74,7 @@ let package = Package(
         .target(
             name: "Memcache",
             dependencies: [
+                "JobgateSupport",
                 "CZlib",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -79,7 +87,7 @@ let package = Package(
         .target(
             name: "JobStore",
             dependencies: [
-                "Redis", "Memcache",
+                "Redis", "Memcache", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -102,7 +110,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "GatewayProtocol", "JobStore", "Gearman", "Redis", "Memcache",
+                "GatewayProtocol", "JobStore", "Gearman", "Redis", "Memcache", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -121,7 +129,7 @@ let package = Package(
         .target(
             name: "WorkerRuntime",
             dependencies: [
-                "Gearman", "JobStore", "Memcache", "Redis",
+                "Gearman", "JobStore", "Memcache", "Redis", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -170,6 +178,11 @@ let package = Package(
 
         // MARK: Tests
         .testTarget(
+            name: "JobgateSupportTests",
+            dependencies: ["JobgateSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "GearmanTests",
             dependencies: [
                 "Gearman", "LocalServers",
@@ -183,7 +196,7 @@ let package = Package(
         .testTarget(
             name: "RedisTests",
             dependencies: [
-                "Redis", "LocalServers",
+                "Redis", "LocalServers", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
@@ -193,7 +206,7 @@ let package = Package(
         .testTarget(
             name: "MemcacheTests",
             dependencies: [
-                "Memcache", "LocalServers",
+                "Memcache", "LocalServers", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
@@ -207,6 +220,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -224,7 +238,7 @@ let package = Package(
         .testTarget(
             name: "GatewayTests",
             dependencies: [
-                "Gateway", "GatewayProtocol", "JobStore", "Gearman", "Redis", "LocalServers",
+                "Gateway", "GatewayProtocol", "JobStore", "Gearman", "Redis", "LocalServers", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -238,7 +252,7 @@ let package = Package(
         .testTarget(
             name: "WorkerRuntimeTests",
             dependencies: [
-                "WorkerRuntime", "Gearman", "JobStore", "Redis", "Memcache", "LocalServers",
+                "WorkerRuntime", "Gearman", "JobStore", "Redis", "Memcache", "LocalServers", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -255,7 +269,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "Gearman", "LocalServers",
+                "Gearman", "LocalServers", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

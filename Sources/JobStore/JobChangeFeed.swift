@@ -1,3 +1,4 @@
+import JobgateSupport
 public import Logging
 import NIOCore
 import Redis
@@ -226,10 +227,10 @@ public final class JobChangeFeed: Sendable {
     }
 
     /// Between retries against a Redis that is down or restarting: 100 ms doubling to 2 s.
-    private static let backoff = RedisBackoff(initial: .milliseconds(100), maximum: .seconds(2))
+    private static let backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(2))
 
     private static func pause(afterFailures failures: Int) async {
-        try? await Task.sleep(for: backoff.delay(attempt: failures))
+        try? await Task.sleep(for: backoff.delay(afterFailures: failures))
     }
 
     private func sweep() async {
@@ -272,7 +273,7 @@ public final class JobChangeFeed: Sendable {
                 // delivered; these stay dirty and are read again after a pause.
                 self.reader.value.dirty.formUnion(unreadable)
                 self.reader.value.failures += 1
-                self.eventLoop.scheduleTask(in: TimeAmount(Self.backoff.delay(attempt: self.reader.value.failures))) {
+                self.eventLoop.scheduleTask(in: TimeAmount(Self.backoff.delay(afterFailures: self.reader.value.failures))) {
                     self.reader.value.isReading = false
                     self.readIfIdle()
                 }

@@ -1,5 +1,6 @@
 public import Gearman
 public import JobStore
+public import JobgateSupport
 public import Logging
 public import NIOCore
 import NIOPosix
@@ -77,7 +78,7 @@ public struct JobWorkerConfiguration: Sendable {
     /// Seconds a finished record is kept when the submission did not set its own (nil: the store's default).
     public var resultTTL: Int?
     /// Waits between attempts to store a job's start or outcome while Redis is unreachable.
-    public var storeBackoff = RedisBackoff(initial: .milliseconds(100), maximum: .seconds(5))
+    public var storeBackoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
     /// Attempts at the memcached dual-write before it is given up (it never holds the job back longer).
     public var legacyAttempts = 3
     /// Connection settings towards gearmand (its `concurrency` is replaced by the one above).
@@ -237,7 +238,7 @@ struct JobRunner: Sendable {
                 return value
             } catch {
                 attempt += 1
-                let delay = configuration.storeBackoff.delay(attempt: attempt)
+                let delay = configuration.storeBackoff.delay(afterFailures: attempt)
                 if redisOutage.began() {
                     logger.warning("Redis unreachable", metadata: ["jobstore.error": "\(error)", "job.step": "\(what)"])
                 }
@@ -264,7 +265,7 @@ struct JobRunner: Sendable {
                 return
             } catch {
                 logger.warning("memcached dual-write failed", metadata: ["memcache.error": "\(error)", "memcache.attempt": "\(attempt)"])
-                try? await Task.sleep(for: configuration.storeBackoff.delay(attempt: attempt))
+                try? await Task.sleep(for: configuration.storeBackoff.delay(afterFailures: attempt))
             }
         }
     }

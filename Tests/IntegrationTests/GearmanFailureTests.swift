@@ -1,4 +1,5 @@
 import Gearman
+import JobgateSupport
 import LocalServers
 import Logging
 import NIOCore
@@ -61,7 +62,7 @@ struct GearmanFailureTests {
     /// With every server down the caller gets an error, never silence.
     @Test func poolWithNoServerUpFails() async throws {
         var configuration = GearmanClientConfiguration()
-        configuration.reconnectDelay = .seconds(30)  // long enough that the second call surely falls in the backoff
+        configuration.reconnectBackoff = Backoff(initial: .seconds(30), maximum: .seconds(30))  // the second call surely falls in it
         let pool = GearmanServerPool(
             servers: [
                 GearmanServerAddress(host: "127.0.0.1", port: try freeLoopbackPort()),
@@ -85,8 +86,7 @@ struct GearmanFailureTests {
     @Test func gearmandKilledAndRestarted() async throws {
         try await withLocalServer(.gearmand) { server in
             var configuration = GearmanClientConfiguration()
-            configuration.reconnectDelay = .milliseconds(50)
-            configuration.maximumReconnectDelay = .milliseconds(200)
+            configuration.reconnectBackoff = Backoff(initial: .milliseconds(50), maximum: .milliseconds(200))
             let client = GearmanClient(address: server.gearmanAddress, configuration: configuration)
             _ = try await client.submitBackground(job("restart", "before", ""))
 
@@ -174,8 +174,7 @@ struct GearmanFailureTests {
         try await withLocalServer(.gearmand) { server in
             let ran = Recorder<String>()
             var configuration = GearmanWorkerConfiguration()
-            configuration.reconnectDelay = .milliseconds(50)
-            configuration.maximumReconnectDelay = .milliseconds(200)
+            configuration.reconnectBackoff = Backoff(initial: .milliseconds(50), maximum: .milliseconds(200))
             let worker = try GearmanWorker(
                 servers: [server.gearmanAddress],
                 handlers: ["re": { job, _ in ran.append(job.unique); return .complete(ByteBuffer()) }],

@@ -1,6 +1,7 @@
 import Foundation
 import Gearman
 import JobStore
+import JobgateSupport
 import LocalServers
 import Memcache
 import Logging
@@ -23,7 +24,7 @@ func makeWorker(
     register(&registry)
     var configuration = JobWorkerConfiguration()
     configuration.concurrency = concurrency
-    configuration.storeBackoff = RedisBackoff(initial: .milliseconds(50), maximum: .milliseconds(300))
+    configuration.storeBackoff = Backoff(initial: .milliseconds(50), maximum: .milliseconds(300))
     return try JobWorker(
         servers: [gearmand.gearmanAddress], registry: registry, store: store, legacy: legacy, configuration: configuration, logger: logger
     )

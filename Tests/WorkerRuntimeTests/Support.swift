@@ -1,6 +1,7 @@
 import Foundation
 import Gearman
 import JobStore
+import JobgateSupport
 import LocalServers
 import Logging
 import NIOCore
@@ -26,7 +27,7 @@ func makeStore(_ server: LocalServer, resultTTL: Int = 86_400) -> RedisJobStore 
     let redis = RedisConnectionPool(
         configuration: RedisConnectionConfiguration(host: server.host, port: server.port, connectTimeout: .seconds(1), commandTimeout: .seconds(5)),
         size: 2,
-        backoff: RedisBackoff(initial: .milliseconds(50), maximum: .milliseconds(300))
+        backoff: Backoff(initial: .milliseconds(50), maximum: .milliseconds(300))
     )
     var configuration = JobStoreConfiguration()
     configuration.resultTTL = resultTTL

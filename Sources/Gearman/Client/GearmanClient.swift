@@ -1,3 +1,4 @@
+import JobgateSupport
 import Logging
 import NIOCore
 import NIOPosix
@@ -6,7 +7,7 @@ import Synchronization
 /// A reconnecting client of one gearmand.
 ///
 /// Connects on first use and again after the connection drops. After a failed connect it backs off
-/// (doubling from `reconnectDelay` to `maximumReconnectDelay`) and meanwhile fails requests at once with
+/// (`reconnectBackoff`) and meanwhile fails requests at once with
 /// `serverUnavailable`, so that a pool can move on to another server without waiting.
 public final class GearmanClient: Sendable {
     public let address: GearmanServerAddress
@@ -108,7 +109,7 @@ public final class GearmanClient: Sendable {
                 promise.succeed(connection)
                 return connection
             } catch {
-                let delay = backoff(afterFailures: failures + 1)
+                let delay = configuration.reconnectBackoff.delay(afterFailures: failures + 1)
                 // Each attempt, at debug: whoever follows the server's state (the gateway) logs the outage once.
                 logger.debug(
                     "cannot connect to gearmand",
@@ -116,7 +117,7 @@ public final class GearmanClient: Sendable {
                 )
                 state.withLock { state in
                     if case .connecting = state {
-                        state = .idle(failures: failures + 1, retryAfter: .now() + delay, lastError: error)
+                        state = .idle(failures: failures + 1, retryAfter: .now() + TimeAmount(delay), lastError: error)
                     }
                 }
                 promise.fail(error)
@@ -131,10 +132,6 @@ public final class GearmanClient: Sendable {
                 state = .idle(failures: 0, retryAfter: .uptimeNanoseconds(0), lastError: nil)
             }
         }
-    }
-
-    private func backoff(afterFailures failures: Int) -> TimeAmount {
-        gearmanBackoff(afterFailures: failures, initial: configuration.reconnectDelay, maximum: configuration.maximumReconnectDelay)
     }
 
     /// Closes the connection; later requests fail with `shuttingDown`.

@@ -1,3 +1,4 @@
+import JobgateSupport
 import Logging
 import NIOCore
 import NIOPosix
@@ -53,9 +54,8 @@ public struct GearmanClientConfiguration: Sendable {
     public var exceptions: Bool = false
     /// Shown by gearmand's `workers` listing.
     public var clientID: String?
-    /// First wait after a failed connect; doubles up to `maximumReconnectDelay`.
-    public var reconnectDelay: TimeAmount = .milliseconds(100)
-    public var maximumReconnectDelay: TimeAmount = .seconds(5)
+    /// The waits after failed connects, during which requests fail at once with `serverUnavailable`.
+    public var reconnectBackoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
 
     public init() {}
 }

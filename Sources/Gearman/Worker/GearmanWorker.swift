@@ -1,3 +1,4 @@
+import JobgateSupport
 import Logging
 import NIOCore
 import NIOPosix
@@ -65,8 +66,8 @@ public struct GearmanWorkerConfiguration: Sendable {
     /// requeues the job: keep this above the submitters' payload limit.
     public var maximumJobSize: Int = 256 << 20
     public var connectTimeout: TimeAmount = .seconds(3)
-    public var reconnectDelay: TimeAmount = .milliseconds(100)
-    public var maximumReconnectDelay: TimeAmount = .seconds(5)
+    /// The waits between attempts to reach a server that is down.
+    public var reconnectBackoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
 
     public init() {}
 }
@@ -197,8 +198,8 @@ public final class GearmanWorker: Service {
                 }
             }
             guard !isDraining else { break }
-            let delay = gearmanBackoff(afterFailures: failures, initial: configuration.reconnectDelay, maximum: configuration.maximumReconnectDelay)
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .nanoseconds(delay.nanoseconds)) }
+            let delay = configuration.reconnectBackoff.delay(afterFailures: failures)
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: delay) }
         }
     }
 

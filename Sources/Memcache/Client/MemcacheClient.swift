@@ -1,3 +1,4 @@
+public import JobgateSupport
 import Logging
 import NIOCore
 import NIOPosix
@@ -10,21 +11,18 @@ import NIOPosix
 public final class MemcacheClient: Sendable {
     public struct Configuration: Sendable {
         public var connection: MemcacheConnection.Configuration
-        /// Wait after the first failed connect before trying again; doubles with each further failure.
-        public var reconnectBackoff: Duration
-        public var maximumReconnectBackoff: Duration
+        /// The waits after failed connects, during which requests fail at once with `.serverUnavailable`.
+        public var reconnectBackoff: Backoff
         /// Cap for inflating compressed PHP values.
         public var maximumDecompressedSize: Int
 
         public init(
             connection: MemcacheConnection.Configuration = .init(),
-            reconnectBackoff: Duration = .milliseconds(100),
-            maximumReconnectBackoff: Duration = .seconds(10),
+            reconnectBackoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(10)),
             maximumDecompressedSize: Int = PHPValue.defaultMaximumDecompressedSize
         ) {
             self.connection = connection
             self.reconnectBackoff = reconnectBackoff
-            self.maximumReconnectBackoff = maximumReconnectBackoff
             self.maximumDecompressedSize = maximumDecompressedSize
         }
     }

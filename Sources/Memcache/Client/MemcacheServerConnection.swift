@@ -1,3 +1,4 @@
+import JobgateSupport
 import Logging
 import NIOCore
 
@@ -66,7 +67,7 @@ actor MemcacheServerConnection {
             case .failure(let error):
                 consecutiveFailures += 1
                 lastFailure = error as? MemcacheError
-                downUntil = ContinuousClock.now + backoff(afterFailures: consecutiveFailures)
+                downUntil = ContinuousClock.now + configuration.reconnectBackoff.delay(afterFailures: consecutiveFailures)
                 logger.debug("memcached connect failed", metadata: ["memcache.server": "\(server)", "memcache.failures": "\(consecutiveFailures)"])
             }
         }
@@ -79,12 +80,6 @@ actor MemcacheServerConnection {
         case .failure(let error):
             throw MemcacheError(.connectionFailed, "cannot connect", server: server.description, underlying: error)
         }
-    }
-
-    private func backoff(afterFailures failures: Int) -> Duration {
-        let initial = configuration.reconnectBackoff
-        let doubled = initial * (1 << min(failures - 1, 16))
-        return min(doubled, configuration.maximumReconnectBackoff)
     }
 
     func shutdown() async {

@@ -92,21 +92,3 @@ extension RedisConnectionConfiguration {
         return tls
     }
 }
-
-/// Exponential backoff with jitter between reconnection attempts.
-public struct RedisBackoff: Sendable {
-    public var initial: Duration
-    public var maximum: Duration
-
-    public init(initial: Duration = .milliseconds(50), maximum: Duration = .seconds(5)) {
-        self.initial = initial
-        self.maximum = maximum
-    }
-
-    /// Delay before attempt `attempt` (1 = first retry): doubles each time up to `maximum`, then a
-    /// random 50–100 % of that so that many clients do not reconnect in lockstep.
-    public func delay(attempt: Int) -> Duration {
-        let doubled = initial * (1 << min(max(attempt - 1, 0), 20))
-        return min(doubled, maximum) * Double.random(in: 0.5...1)
-    }
-}

@@ -1,3 +1,4 @@
+public import JobgateSupport
 public import Logging
 public import NIOCore
 public import NIOPosix
@@ -12,7 +13,7 @@ import Synchronization
 public final class RedisConnectionPool: Sendable {
     public let configuration: RedisConnectionConfiguration
     public let size: Int
-    public let backoff: RedisBackoff
+    public let backoff: Backoff
     private let eventLoopGroup: any EventLoopGroup
     private let logger: Logger
 
@@ -33,7 +34,7 @@ public final class RedisConnectionPool: Sendable {
     public init(
         configuration: RedisConnectionConfiguration,
         size: Int = 4,
-        backoff: RedisBackoff = RedisBackoff(),
+        backoff: Backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5)),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "jobgate.redis.pool")
     ) {
@@ -132,7 +133,7 @@ public final class RedisConnectionPool: Sendable {
                 }
                 return connection
             } catch {
-                let delay = backoff.delay(attempt: failures + 1)
+                let delay = backoff.delay(afterFailures: failures + 1)
                 state.withLock { state in
                     state.slots[index] = .idle(failures: failures + 1, retryAt: .now + delay, lastError: error)
                 }

@@ -1,3 +1,4 @@
+public import JobgateSupport
 public import Logging
 import NIOCore
 public import NIOPosix
@@ -16,7 +17,7 @@ public struct RedisSentinelConfiguration: Sendable {
     /// Interval of `PING`s on the announcement subscription, which find a silently dead sentinel.
     public var pingInterval: Duration
     /// Between attempts to subscribe to a sentinel's announcements.
-    public var backoff: RedisBackoff
+    public var backoff: Backoff
 
     public init(
         sentinels: [RedisAddress],
@@ -25,7 +26,7 @@ public struct RedisSentinelConfiguration: Sendable {
         connectTimeout: Duration = .seconds(2),
         commandTimeout: Duration = .seconds(2),
         pingInterval: Duration = .seconds(5),
-        backoff: RedisBackoff = RedisBackoff(initial: .milliseconds(100), maximum: .seconds(2))
+        backoff: Backoff = Backoff(initial: .milliseconds(100), maximum: .seconds(2))
     ) {
         precondition(!sentinels.isEmpty, "Sentinel needs at least one sentinel address")
         self.sentinels = sentinels
@@ -249,7 +250,7 @@ public final class RedisPrimaryLocator: Sendable {
                 logger.debug("no announcements from sentinel", metadata: ["redis.sentinel": "\(sentinel)", "redis.error": "\(error)"])
             }
             guard !Task.isCancelled else { break }
-            try? await Task.sleep(for: configuration.backoff.delay(attempt: max(failures, 1)))
+            try? await Task.sleep(for: configuration.backoff.delay(afterFailures: max(failures, 1)))
         }
     }
 

@@ -1,3 +1,4 @@
+public import JobgateSupport
 public import Logging
 import NIOCore
 public import NIOPosix
@@ -25,7 +26,7 @@ import Synchronization
 /// ``RedisConnection`` or ``RedisConnectionPool`` for them.
 public final class RedisSubscriber: Sendable {
     public let configuration: RedisConnectionConfiguration
-    public let backoff: RedisBackoff
+    public let backoff: Backoff
     /// Interval of `PING`s that detect a silently dead connection (answered within `commandTimeout`).
     public let pingInterval: Duration
     /// The events; one consumer. Ends when `run()` returns.
@@ -53,7 +54,7 @@ public final class RedisSubscriber: Sendable {
         channels: Set<String> = [],
         patterns: Set<String> = [],
         bufferCapacity: Int = 10_000,
-        backoff: RedisBackoff = RedisBackoff(),
+        backoff: Backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5)),
         pingInterval: Duration = .seconds(15),
         eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any(),
         logger: Logger = Logger(label: "jobgate.redis.subscriber")
@@ -132,7 +133,7 @@ public final class RedisSubscriber: Sendable {
             guard !Task.isCancelled else { break }
             // Immediately after a working connection dropped, then slower and slower while it fails.
             if attempt > 0 {
-                try? await Task.sleep(for: backoff.delay(attempt: attempt))
+                try? await Task.sleep(for: backoff.delay(afterFailures: attempt))
             }
         }
     }

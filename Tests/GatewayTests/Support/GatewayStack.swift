@@ -2,6 +2,7 @@ import Gateway
 import GatewayProtocol
 import Gearman
 import JobStore
+import JobgateSupport
 import LocalServers
 import Logging
 import NIOCore
@@ -101,8 +102,7 @@ func withTestWorker<T: Sendable>(
     }
     var configuration = GearmanWorkerConfiguration()
     configuration.concurrency = concurrency
-    configuration.reconnectDelay = .milliseconds(50)
-    configuration.maximumReconnectDelay = .milliseconds(200)
+    configuration.reconnectBackoff = Backoff(initial: .milliseconds(50), maximum: .milliseconds(200))
     let worker = try GearmanWorker(servers: [stack.gearmanAddress], handlers: gearmanHandlers, configuration: configuration)
     let group = ServiceGroup(configuration: .init(services: [worker], logger: Logger(label: "test.worker")))
     let running = Task { try await group.run() }

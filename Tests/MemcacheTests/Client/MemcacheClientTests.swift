@@ -1,3 +1,4 @@
+import JobgateSupport
 import LocalServers
 import Memcache
 import NIOCore
@@ -33,7 +34,7 @@ import Testing
             let client = try MemcacheClient(
                 servers: [MemcacheServer(host: server.host, port: server.port)],
                 distribution: .single,
-                configuration: .init(reconnectBackoff: .milliseconds(300), maximumReconnectBackoff: .seconds(1))
+                configuration: .init(reconnectBackoff: Backoff(initial: .milliseconds(300), maximum: .seconds(1)))
             )
             defer { Task { await client.shutdown() } }
             try await client.setPHPString("k", to: "before")

@@ -1,3 +1,4 @@
+import JobgateSupport
 import LocalServers
 import NIOCore
 import Testing
