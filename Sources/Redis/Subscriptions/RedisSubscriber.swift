@@ -5,7 +5,7 @@ public import NIOPosix
 import Synchronization
 
 /// A dedicated pub/sub connection that stays subscribed: it reconnects with backoff after the server
-/// goes away and subscribes to every channel and pattern again.
+/// goes away and subscribes to every channel again.
 ///
 /// ```swift
 /// let subscriber = RedisSubscriber(configuration: config, channels: ["__keyevent@0__:hset"])
@@ -37,7 +37,6 @@ public final class RedisSubscriber: Sendable {
 
     private struct State {
         var channels: Set<String>
-        var patterns: Set<String>
         var connection: RedisConnection?
         var isRunning = false
         var messageHandler: (@Sendable (RedisPubSubMessage) -> Void)?
@@ -46,13 +45,12 @@ public final class RedisSubscriber: Sendable {
     private let state: Mutex<State>
 
     /// - Parameters:
-    ///   - channels: exact channels (`SUBSCRIBE`), e.g. `__keyevent@0__:hset`.
-    ///   - patterns: glob patterns (`PSUBSCRIBE`); each costs the server work on every publish and notification.
+    ///   - channels: exact channels (`SUBSCRIBE`), e.g. `__keyevent@0__:hset`; never patterns, which cost the
+    ///     server work on every publish and notification.
     ///   - bufferCapacity: events held for a slow consumer before messages are dropped (and counted).
     public init(
         configuration: RedisConnectionConfiguration,
         channels: Set<String> = [],
-        patterns: Set<String> = [],
         bufferCapacity: Int = 10_000,
         backoff: Backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(5)),
         pingInterval: Duration = .seconds(15),
@@ -68,7 +66,7 @@ public final class RedisSubscriber: Sendable {
         var logger = logger
         logger[metadataKey: "redis.address"] = "\(configuration.serverDescription)"
         self.logger = logger
-        self.state = Mutex(State(channels: channels, patterns: patterns))
+        self.state = Mutex(State(channels: channels))
     }
 
     /// Hands each message to `handler`, on the subscriber's event loop as it is decoded, instead of queueing it in
@@ -154,14 +152,11 @@ public final class RedisSubscriber: Sendable {
         try await withTaskCancellationHandler {
             // Publish the connection and snapshot the subscriptions in one step, so that a concurrent
             // subscribe(to:) either is in the snapshot or sends its own command on this connection.
-            let confirmations = state.withLock { state in
+            let confirmation = state.withLock { state in
                 state.connection = connection
-                return [
-                    Self.command("SUBSCRIBE", state.channels, on: connection),
-                    Self.command("PSUBSCRIBE", state.patterns, on: connection),
-                ].compactMap { $0 }
+                return Self.command("SUBSCRIBE", state.channels, on: connection)
             }
-            for confirmation in confirmations {
+            if let confirmation {
                 try Self.check(try await confirmation.get())
             }
             // Reported before the event is queued, so a consumer of the event already sees the new link.
@@ -187,16 +182,6 @@ public final class RedisSubscriber: Sendable {
     /// Removes channels; messages already on their way may still arrive.
     public func unsubscribe(from channels: [String]) async throws {
         try await change(channels, command: "UNSUBSCRIBE") { $0.channels.subtract(channels) } undo: { _ in }
-    }
-
-    /// Adds glob patterns (`PSUBSCRIBE`).
-    public func subscribe(toPatterns patterns: [String]) async throws {
-        try await change(patterns, command: "PSUBSCRIBE") { $0.patterns.formUnion(patterns) } undo: { $0.patterns.subtract(patterns) }
-    }
-
-    /// Removes glob patterns (`PUNSUBSCRIBE`).
-    public func unsubscribe(fromPatterns patterns: [String]) async throws {
-        try await change(patterns, command: "PUNSUBSCRIBE") { $0.patterns.subtract(patterns) } undo: { _ in }
     }
 
     private func change(

@@ -29,13 +29,14 @@ import Testing
         }
     }
 
-    /// Keyspace notifications arrive; the subscription survives a kill and restart on the same port,
-    /// `.subscribed(isReconnect: true)` comes only once the server confirmed it, and later writes arrive.
-    @Test func keyspaceNotificationsAcrossRestart() async throws {
-        try await withLocalServer(.redis, arguments: ["--notify-keyspace-events", "Kh"]) { server in
+    /// Keyevent notifications arrive (the channel the job change feed follows); the subscription survives a kill
+    /// and restart on the same port, `.subscribed(isReconnect: true)` comes only once the server confirmed it, and
+    /// later writes arrive.
+    @Test func keyeventNotificationsAcrossRestart() async throws {
+        try await withLocalServer(.redis, arguments: ["--notify-keyspace-events", "Eh"]) { server in
             let subscriber = RedisSubscriber(
                 configuration: server.redisConfiguration(),
-                patterns: ["__keyspace@0__:job:*"],
+                channels: ["__keyevent@0__:hset"],
                 backoff: .init(initial: .milliseconds(20), maximum: .milliseconds(200))
             )
             try await running(subscriber) { events in
@@ -43,20 +44,20 @@ import Testing
                 let writer = try await RedisConnection.connect(to: server)
                 try await writer.send(["HSET", "job:1", "status", "running"])
                 let first = try #require(message(await events.next()))
-                #expect(first.channel == "__keyspace@0__:job:1")
-                #expect(first.pattern == "__keyspace@0__:job:*")
-                #expect(first.payload == ByteBuffer(string: "hset"))
+                #expect(first.channel == "__keyevent@0__:hset")
+                #expect(first.pattern == nil)
+                #expect(first.payload == ByteBuffer(string: "job:1"))
                 await writer.close()
 
                 server.kill()
                 try await server.launch()
                 #expect(await events.next() == .subscribed(isReconnect: true))
-                // The event follows the confirmation: the server already counts the pattern.
+                // The event follows the confirmation: the server already counts the subscription.
                 let after = try await RedisConnection.connect(to: server)
-                #expect(try await after.send(["PUBSUB", "NUMPAT"]) == .integer(1))
+                #expect(try await after.send(["PUBSUB", "NUMSUB", "__keyevent@0__:hset"]) == .array([.bulkString(ByteBuffer(string: "__keyevent@0__:hset")), .integer(1)]))
                 try await after.send(["HSET", "job:2", "status", "done"])
                 let second = try #require(message(await events.next()))
-                #expect(second.channel == "__keyspace@0__:job:2")
+                #expect(second.payload == ByteBuffer(string: "job:2"))
                 await after.close()
             }
         }
