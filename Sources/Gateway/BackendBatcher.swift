@@ -1,14 +1,15 @@
+import GatewayProtocol
 import NIOCore
 import Synchronization
 
 /// Gathers the requests of every connection and hands them to the backend in batches (group commit): a burst of
 /// `SUBMIT`s from any number of clients costs one Redis pipeline and one gearmand write, not a round trip each.
 ///
-/// Up to `maximumConcurrentBatches` batches run at once, so one batch's gearmand step overlaps the next one's Redis
+/// `run()` keeps `maximumConcurrentBatches` drainers, so one batch's gearmand step overlaps the next one's Redis
 /// step; each batch carries its `BatchTurn`, with which an operation keeps a step in the order the batches were
-/// taken (requests are taken in the order they were enqueued). What arrives while every batch slot is busy waits
-/// for the next batch, so batches grow with the load and an idle gateway answers a lone request at once. Callers
-/// get an `EventLoopFuture` on their own event loop, which completes there without a hop through Swift concurrency.
+/// taken (requests are taken in the order they were enqueued). What arrives while every drainer is busy waits for
+/// the next batch, so batches grow with the load and an idle gateway answers a lone request at once. Callers get an
+/// `EventLoopFuture` on their own event loop, which completes there without a hop through Swift concurrency.
 final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
     typealias Operation = @Sendable ([Input], BatchTurn) async -> [Result<Output, GatewayFailure>]
 
@@ -17,10 +18,19 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
         var promise: EventLoopPromise<Output>
     }
 
+    private enum Take {
+        case batch([Queued], BatchTurn)
+        case wait
+        case stop
+    }
+
     private struct State {
         var queued: [Queued] = []
-        var running = 0
+        /// Drainers waiting for requests.
+        var idle: [CheckedContinuation<Void, Never>] = []
         var nextTurn: UInt64 = 0
+        /// `run()` was cancelled: what is queued is still answered, nothing more is taken.
+        var isStopped = false
     }
 
     private let state = Mutex(State())
@@ -35,37 +45,73 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
         self.operation = operation
     }
 
-    /// Queues `input`; the future fails with a `GatewayFailure` when the backend refused or is down.
+    /// Queues `input`; the future fails with a `GatewayFailure` when the backend refused or is down, or `run()` ended.
     func enqueue(_ input: Input, on eventLoop: any EventLoop) -> EventLoopFuture<Output> {
         let promise = eventLoop.makePromise(of: Output.self)
-        let start = state.withLock { state -> Bool in
+        let (isTaken, drainer) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
+            guard !state.isStopped else { return (false, nil) }
             state.queued.append(Queued(input: input, promise: promise))
-            guard state.running < maximumConcurrentBatches else { return false }
-            state.running += 1
-            return true
+            return (true, state.idle.popLast())
         }
-        if start { Task { await self.drain() } }
+        if !isTaken { promise.fail(GatewayFailure(code: .busy, message: "the gateway is shutting down; try another or again later")) }
+        drainer?.resume()
         return promise.futureResult
     }
 
-    private func drain() async {
-        while true {
-            let (batch, turn) = state.withLock { state -> ([Queued], BatchTurn?) in
-                let count = min(maximumBatch, state.queued.count)
-                guard count > 0 else {
-                    state.running -= 1
-                    return ([], nil)
+    /// Runs the batches until cancelled, then answers what is still queued and returns: no batch of this batcher
+    /// runs after that.
+    func run() async {
+        await withTaskCancellationHandler {
+            await withDiscardingTaskGroup { group in
+                for _ in 0..<maximumConcurrentBatches {
+                    group.addTask { await self.drain() }
                 }
-                let batch = Array(state.queued.prefix(count))
-                state.queued.removeFirst(count)
-                defer { state.nextTurn += 1 }
-                return (batch, BatchTurn(number: state.nextTurn, turns: turns))
             }
-            guard let turn else { return }
+        } onCancel: {
+            let idle = state.withLock { state in
+                state.isStopped = true
+                defer { state.idle = [] }
+                return state.idle
+            }
+            for drainer in idle { drainer.resume() }
+        }
+    }
+
+    private func drain() async {
+        while let next = await nextBatch() {
+            let (batch, turn) = next
             let results = await operation(batch.map(\.input), turn)
             turn.end()  // in case the operation did not take its turn
             for (queued, result) in zip(batch, results) {
                 queued.promise.completeWith(result.mapError { $0 as any Error })
+            }
+        }
+    }
+
+    /// The next batch, waiting while there is none; nil once stopped with nothing queued.
+    private func nextBatch() async -> ([Queued], BatchTurn)? {
+        while true {
+            let next = state.withLock { state -> Take in
+                let count = min(maximumBatch, state.queued.count)
+                guard count > 0 else { return state.isStopped ? .stop : .wait }
+                let batch = Array(state.queued.prefix(count))
+                state.queued.removeFirst(count)
+                defer { state.nextTurn += 1 }
+                return .batch(batch, BatchTurn(number: state.nextTurn, turns: turns))
+            }
+            switch next {
+            case .batch(let batch, let turn): return (batch, turn)
+            case .stop: return nil
+            case .wait:
+                await withCheckedContinuation { continuation in
+                    // Parked unless a request or the stop came in since the look above.
+                    let isReady = state.withLock { state -> Bool in
+                        guard state.queued.isEmpty && !state.isStopped else { return true }
+                        state.idle.append(continuation)
+                        return false
+                    }
+                    if isReady { continuation.resume() }
+                }
             }
         }
     }

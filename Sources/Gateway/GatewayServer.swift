@@ -1,10 +1,11 @@
 import Gearman
 import GatewayProtocol
 import JobStore
+import JobgateSupport
 public import Logging
 import Memcache
-import NIOCore
-import NIOPosix
+public import NIOCore
+public import NIOPosix
 public import Prometheus
 import Redis
 public import ServiceLifecycle
@@ -21,24 +22,22 @@ public final class GatewayServer: Service {
     /// can run in one process. `jobgate serve` passes the one it bootstraps swift-metrics' `MetricsSystem` with.
     public let metrics: PrometheusCollectorRegistry
     private let logger: Logger
-    private let listening = Mutex<ListenState>(.init())
-    private let httpAddress = ListeningAddress()
+    /// Where the connections live; one of its loops is the job tracker's, for the gateway's lifetime.
+    private let eventLoopGroup: any EventLoopGroup
+    private let listening = ReadinessLatch<SocketAddress>()
+    private let httpListening = ReadinessLatch<SocketAddress>()
     /// The certificate new connections get, when the ports speak TLS (`configuration.tls`).
     private let tls = GatewayTLSContext()
-
-    private struct ListenState {
-        var address: SocketAddress?
-        var waiters: [CheckedContinuation<SocketAddress, any Error>] = []
-        var failure: (any Error)?
-    }
 
     public init(
         configuration: GatewayConfiguration,
         metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(),
+        eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "jobgate.gateway")
     ) {
         self.live = LiveConfiguration(configuration)
         self.metrics = metrics
+        self.eventLoopGroup = eventLoopGroup
         self.logger = logger
     }
 
@@ -63,34 +62,21 @@ public final class GatewayServer: Service {
 
     /// The address the server listens on, once it does (port 0 in the configuration picks a free port).
     public func waitUntilListening() async throws -> SocketAddress {
-        try await withCheckedThrowingContinuation { continuation in
-            let ready = listening.withLock { state -> Result<SocketAddress, any Error>? in
-                if let address = state.address { return .success(address) }
-                if let failure = state.failure { return .failure(failure) }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let ready { continuation.resume(with: ready) }
-        }
+        try await listening.wait()
     }
 
     /// The address of the HTTP port (`/metrics`, job pages), once it listens; throws when it is off.
     public func waitUntilHTTPListening() async throws -> SocketAddress {
         guard configuration.httpPort != nil else { throw GatewayHTTPDisabled() }
-        return try await httpAddress.wait()
+        return try await httpListening.wait()
     }
 
     public func run() async throws {
         do {
             try await serve()
         } catch {
-            httpAddress.resolve(.failure(error))
-            let waiters = listening.withLock { state in
-                state.failure = error
-                defer { state.waiters = [] }
-                return state.waiters
-            }
-            for waiter in waiters { waiter.resume(throwing: error) }
+            httpListening.resolve(.failure(error))
+            listening.resolve(.failure(error))
             // Stopped while it waited for Redis: a stop as asked, not a failure.
             if error is CancellationError && Task.isShuttingDownGracefully { return }
             throw error
@@ -122,15 +108,17 @@ public final class GatewayServer: Service {
                 return try await JobIDKeyring.load(from: redis, prefix: configuration.keyPrefix, logger: logger)
             }
         }
-        // The feed's loop is the tracker's: notification, re-read and the followers' bookkeeping run there, unlocked.
-        let feed = JobChangeFeed(store: store, eventLoop: MultiThreadedEventLoopGroup.singleton.any(), sweepInterval: configuration.sweepInterval, logger: logger)
+        // The tracker's loop, and its feed's: notification, re-read and the followers' bookkeeping run there, unlocked.
+        let tracker = JobTracker(
+            store: store, eventLoop: eventLoopGroup.next(), sweepInterval: configuration.sweepInterval, statistics: statistics, logger: logger
+        )
+        let feed = tracker.feed
         // Each reconnect may find a Redis that lost its data, the id keys with it: the keyring re-asserts them.
         let (redisReconnects, redisReconnected) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
         feed.onLinkChange { link, error in
             backends.redisChanged(link, error: error)
             if link != .down { redisReconnected.yield() }
         }
-        let tracker = JobTracker(feed: feed, statistics: statistics)
         let logHub = CompletionLogHub(store: store, redis: configuration.redis, sweepInterval: configuration.sweepInterval, logger: logger)
         let gearman = GearmanServerPool(servers: configuration.gearmanServers, logger: logger)
         let legacy = try makeLegacyBridge(store: store, gearman: gearman, statistics: statistics)
@@ -139,9 +127,14 @@ public final class GatewayServer: Service {
             isFollowed: { await tracker.isFollowed($0) }
         )
         statistics.metrics.countWatchers { tracker.watcherCount }
+        let services = SessionServices(backend: backend, tracker: tracker, logHub: logHub, configuration: live, statistics: statistics, logger: logger)
         do {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await tracker.run() }
+                // Cancelled once every connection closed: nothing is queued by then.
+                group.addTask { await services.submits.run() }
+                group.addTask { await services.lookups.run() }
+                group.addTask { await services.outcomes.run() }
                 group.addTask { await logHub.run() }
                 if let locator = redis.configuration.primaryLocator {
                     group.addTask { try await locator.run() }  // failovers announced by the sentinels
@@ -162,7 +155,7 @@ public final class GatewayServer: Service {
                     )
                     group.addTask { await legacyJobs.run() }
                 }
-                await feed.waitUntilReady()
+                try await feed.waitUntilReady()
                 if let httpPort = configuration.httpPort {
                     let http = GatewayHTTPServer(
                         host: configuration.httpHost, port: httpPort, backend: backend, tracker: tracker, statistics: statistics,
@@ -171,10 +164,10 @@ public final class GatewayServer: Service {
                     )
                     group.addTask {
                         // Cancelled below once the line protocol has drained: the HTTP port's normal end, not a failure.
-                        do { try await http.run { address in self.httpAddress.resolve(.success(address)) } } catch is CancellationError {}
+                        do { try await http.run { address in self.httpListening.resolve(.success(address)) } } catch is CancellationError {}
                     }
                 }
-                try await acceptConnections(backend: backend, tracker: tracker, logHub: logHub, statistics: statistics)
+                try await acceptConnections(services: services, tracker: tracker, statistics: statistics)
                 group.cancelAll()
             }
         } catch {
@@ -211,11 +204,10 @@ public final class GatewayServer: Service {
     }
 
 
-    private func acceptConnections(backend: GatewayBackend, tracker: JobTracker, logHub: CompletionLogHub, statistics: GatewayStatistics) async throws {
+    private func acceptConnections(services: SessionServices, tracker: JobTracker, statistics: GatewayStatistics) async throws {
         let configuration = self.configuration
-        let services = SessionServices(backend: backend, tracker: tracker, logHub: logHub, configuration: live, statistics: statistics, logger: logger)
         let connections = GatewayConnections(configuration: live, statistics: statistics)
-        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        let listener = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -238,12 +230,7 @@ public final class GatewayServer: Service {
             .bind(host: configuration.host, port: configuration.port)
             .get()
         let address = listener.localAddress!
-        let waiters = listening.withLock { state in
-            state.address = address
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume(returning: address) }
+        listening.resolve(.success(address))
         logger.info("gateway listening", metadata: ["gateway.address": "\(address)"])
 
         await withTaskCancellationHandler {

@@ -1,5 +1,6 @@
 import GatewayProtocol
 import JobStore
+import Logging
 import NIOCore
 import ServiceLifecycle
 import Synchronization
@@ -26,12 +27,14 @@ final class JobTracker: JobChangeConsumer, Service {
     private let followed = Atomic<Int>(0)
     private let watchers = Atomic<Int>(0)
 
-    var eventLoop: any EventLoop { feed.eventLoop }
+    /// Given by the owner, once: the tracker's state and its feed live there.
+    let eventLoop: any EventLoop
 
-    init(feed: JobChangeFeed, statistics: GatewayStatistics) {
-        self.feed = feed
+    init(store: RedisJobStore, eventLoop: any EventLoop, sweepInterval: Duration, statistics: GatewayStatistics, logger: Logger) {
+        self.eventLoop = eventLoop
+        self.feed = JobChangeFeed(store: store, eventLoop: eventLoop, sweepInterval: sweepInterval, logger: logger)
         self.statistics = statistics
-        self.machine = NIOLoopBoundBox.makeBoxSendingValue(JobTrackerStateMachine(), eventLoop: feed.eventLoop)
+        self.machine = NIOLoopBoundBox.makeBoxSendingValue(JobTrackerStateMachine(), eventLoop: eventLoop)
     }
 
     func run() async throws {

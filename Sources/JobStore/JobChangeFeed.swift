@@ -36,14 +36,18 @@ public protocol JobChangeConsumer: AnyObject, Sendable {
 /// concurrency (each such hop is a thread wakeup, and push latency is mostly made of them). After every
 /// (re)subscription, and after the subscriber dropped messages, every followed job is re-read; a slow sweep re-reads
 /// them all again as a backstop. Which job is followed, and what is news to whom, is the consumer's alone.
+/// Everything the feed starts (subscriber, sweep, the reader's connects and closes) is a child of `run()`.
 public final class JobChangeFeed: Sendable {
     public let store: RedisJobStore
     private let subscriber: RedisSubscriber
     private let sweepInterval: Duration
     private let logger: Logger
     private let state = Mutex(State())
+    private let ready = ReadinessLatch<Void>()
     /// The reader's side, on `eventLoop` only.
     private let reader: NIOLoopBoundBox<Reader>
+    /// What the reader, on the event loop, asks `run()` to do off it: connecting and closing are async.
+    private let readerWork = AsyncStream<ReaderWork>.makeStream()
     public var eventLoop: any EventLoop { reader.eventLoop }
 
     private struct Reader {
@@ -56,9 +60,12 @@ public final class JobChangeFeed: Sendable {
         var isStopped = false
     }
 
+    private enum ReaderWork {
+        case connect(afterFailures: Int)
+        case close(RedisConnection)
+    }
+
     private struct State {
-        var isReady = false
-        var readyWaiters: [CheckedContinuation<Void, Never>] = []
         var link = Link.down
         /// Counts subscriptions, so that a late confirmation of notifications is not taken for a newer connection's.
         var linkGeneration = 0
@@ -90,15 +97,10 @@ public final class JobChangeFeed: Sendable {
         reader = NIOLoopBoundBox.makeBoxSendingValue(Reader(), eventLoop: eventLoop)
     }
 
-    /// Returns once the first subscription is confirmed: a job followed from then on misses no change.
-    public func waitUntilReady() async {
-        await withCheckedContinuation { continuation in
-            let ready = state.withLock { state -> Bool in
-                if !state.isReady { state.readyWaiters.append(continuation) }
-                return state.isReady
-            }
-            if ready { continuation.resume() }
-        }
+    /// Returns once the first subscription is confirmed: a job followed from then on misses no change. Throws
+    /// `CancellationError` when cancelled first.
+    public func waitUntilReady() async throws {
+        try await ready.wait()
     }
 
     // MARK: The link to Redis
@@ -136,7 +138,8 @@ public final class JobChangeFeed: Sendable {
 
     // MARK: Running
 
-    /// Runs the feed for `consumer` (called on the feed's event loop) until cancelled or a graceful shutdown.
+    /// Runs the feed for `consumer` (called on the feed's event loop) until cancelled or a graceful shutdown; once
+    /// it returns, nothing the feed started is still running and its connections are closed.
     public func run(consumer: any JobChangeConsumer) async throws {
         try await eventLoop.submit {
             self.reader.value.consumer = consumer
@@ -145,11 +148,21 @@ public final class JobChangeFeed: Sendable {
         }.get()
         subscriber.onMessage { message in self.noteChange(message) }
         subscriber.onLinkChange { change in self.subscriberLinkChanged(change) }
-        defer { stopReading() }
+        do {
+            try await runUntilStopped()
+        } catch {
+            await stop(error)
+            throw error
+        }
+        await stop(CancellationError())
+    }
+
+    private func runUntilStopped() async throws {
         try await cancelWhenGracefulShutdown {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await self.subscriber.run() }
                 group.addTask { await self.sweep() }
+                group.addTask { await self.doReaderWork() }
                 for await event in self.subscriber.events {
                     if case .subscribed(isReconnect: true) = event {
                         // A restarted Redis forgets a CONFIG SET that was not also written to redis.conf.
@@ -184,20 +197,14 @@ public final class JobChangeFeed: Sendable {
 
     private func handle(_ event: RedisSubscriberEvent) {
         switch event {
-        case .message(let message):
-            // Not used (messages come through `onMessage`), but should they: the reader lives on the event loop.
-            eventLoop.execute { self.noteChange(message) }
+        case .message:
+            break  // messages come through `onMessage`, on the event loop
         case .subscribed, .messagesDropped:
             // Messages may have been lost: re-read everything followed. Ready after that: what is followed from
             // then on is read only when it changes.
             eventLoop.execute {
                 self.rereadFollowedOnLoop()
-                let waiters = self.state.withLock { state in
-                    state.isReady = true
-                    defer { state.readyWaiters = [] }
-                    return state.readyWaiters
-                }
-                for waiter in waiters { waiter.resume() }
+                self.ready.succeed()
             }
             logger.debug("job change feed subscribed; re-reading followed jobs")
         }
@@ -283,7 +290,7 @@ public final class JobChangeFeed: Sendable {
                 self.reader.value.isReading = false
                 self.reader.value.dirty.formUnion(batch)
                 self.reader.value.connection = nil
-                Task { await connection.close() }
+                self.close(connection)
                 self.reader.value.failures += 1
                 self.logger.warning("cannot re-read changed jobs", metadata: ["jobstore.error": "\(error)", "jobstore.jobs": "\(batch.count)"])
                 self.connectReader()
@@ -291,41 +298,63 @@ public final class JobChangeFeed: Sendable {
         }
     }
 
-    /// Opens the reader's connection (on its event loop), pausing first after failures.
+    /// Has `run()` open the reader's connection (on its event loop), pausing first after failures.
     private func connectReader() {
         guard !reader.value.isConnecting, !reader.value.isStopped else { return }
         reader.value.isConnecting = true
-        let failures = reader.value.failures
-        Task {
-            if failures > 0 { await Self.pause(afterFailures: failures) }
-            let connection: RedisConnection?
-            do {
-                connection = try await RedisConnection.connect(configuration: store.redis.configuration, eventLoop: eventLoop, logger: logger)
-            } catch {
-                logger.debug("job change feed cannot connect its reader", metadata: ["jobstore.error": "\(error)"])
-                connection = nil
-            }
-            eventLoop.execute {
-                self.reader.value.isConnecting = false
-                guard let connection, !self.reader.value.isStopped else {
-                    if let connection { Task { await connection.close() } }
-                    self.reader.value.failures += 1
-                    if !self.reader.value.isStopped { self.connectReader() }
-                    return
-                }
-                self.reader.value.connection = connection
-                self.readIfIdle()
+        readerWork.continuation.yield(.connect(afterFailures: reader.value.failures))
+    }
+
+    /// Has `run()` close a connection the reader no longer uses (at once, should `run()` be over).
+    private func close(_ connection: RedisConnection) {
+        if case .terminated = readerWork.continuation.yield(.close(connection)) {
+            connection.startClosing()
+        }
+    }
+
+    /// The reader's connects and closes, one at a time (it has at most one connection), until cancelled.
+    private func doReaderWork() async {
+        for await work in readerWork.stream {
+            switch work {
+            case .connect(let failures): await openReader(afterFailures: failures)
+            case .close(let connection): await connection.close()
             }
         }
     }
 
-    private func stopReading() {
-        eventLoop.execute {
-            self.reader.value.isStopped = true
-            if let connection = self.reader.value.connection {
-                self.reader.value.connection = nil
-                Task { await connection.close() }
+    private func openReader(afterFailures failures: Int) async {
+        if failures > 0 { await Self.pause(afterFailures: failures) }
+        var connection: RedisConnection?
+        if !Task.isCancelled {
+            do {
+                connection = try await RedisConnection.connect(configuration: store.redis.configuration, eventLoop: eventLoop, logger: logger)
+            } catch {
+                logger.debug("job change feed cannot connect its reader", metadata: ["jobstore.error": "\(error)"])
             }
         }
+        eventLoop.execute { [connection] in
+            self.reader.value.isConnecting = false
+            guard let connection, !self.reader.value.isStopped else {
+                if let connection { self.close(connection) }
+                self.reader.value.failures += 1
+                if !self.reader.value.isStopped { self.connectReader() }
+                return
+            }
+            self.reader.value.connection = connection
+            self.readIfIdle()
+        }
+    }
+
+    /// Once the work above has ended: no more reads, the reader's connection closed, and whoever still waits for the
+    /// feed to be ready told why it never will be.
+    private func stop(_ reason: any Error) async {
+        ready.resolve(.failure(reason))
+        readerWork.continuation.finish()
+        let connection = try? await eventLoop.submit {
+            self.reader.value.isStopped = true
+            defer { self.reader.value.connection = nil }
+            return self.reader.value.connection
+        }.get()
+        await connection?.close()
     }
 }

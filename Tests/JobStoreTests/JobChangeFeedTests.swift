@@ -1,3 +1,4 @@
+import InMemoryLogging
 import JobStore
 import LocalServers
 import Logging
@@ -50,7 +51,7 @@ func withFeed<T: Sendable>(_ store: RedisJobStore, sweep: Duration = .seconds(30
     let log = UpdateLog()
     let running = Task { try await feed.run(consumer: log) }
     defer { running.cancel() }
-    try await withTimeout(.seconds(10), "the feed's first subscription") { await feed.waitUntilReady() }
+    try await withTimeout(.seconds(10), "the feed's first subscription") { try await feed.waitUntilReady() }
     return try await body(feed, log)
 }
 
@@ -151,6 +152,36 @@ struct JobChangeFeedTests {
                 }
                 #expect(log.all.filter { $0.id == id && $0.record == nil }.count == 1)
             }
+        }
+    }
+
+    /// Stopped while its reader waits to reconnect to a Redis that is down, the feed tries nothing more once `run()`
+    /// returned: the reader's reconnects are `run()`'s children, not tasks of their own.
+    @Test func readerStopsWithRun() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await KeyspaceNotifications.ensureEnabled(on: store.redis)
+            let logs = InMemoryLogHandler()
+            var logger = Logger(label: "test.feed") { _ in logs }
+            logger.logLevel = .debug
+            let feed = JobChangeFeed(store: store, eventLoop: MultiThreadedEventLoopGroup.singleton.any(), sweepInterval: .seconds(30), logger: logger)
+            let log = UpdateLog()
+            let id = newID()
+            _ = try await store.create(id: id, function: "f", unique: nil)
+            log.follow(id)
+            let running = Task { try await feed.run(consumer: log) }
+            try await withTimeout(.seconds(10), "the feed's first subscription") { try await feed.waitUntilReady() }
+            let connects = { logs.entries.filter { $0.message.description == "job change feed cannot connect its reader" }.count }
+
+            server.kill()
+            feed.rereadFollowed()  // the read fails: the reader reconnects, pausing longer after each failure
+            try await eventually("the reader to fail to reconnect three times") { connects() >= 3 }
+            running.cancel()
+            _ = await running.result
+            let attemptsWhenStopped = connects()
+            // The pause after the third failure is at most 400 ms: a reconnect still on its way would have been made.
+            try await Task.sleep(for: .seconds(2))
+            #expect(connects() == attemptsWhenStopped, "the reader tried to connect after run() returned")
         }
     }
 

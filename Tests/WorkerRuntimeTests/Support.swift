@@ -143,7 +143,7 @@ func withFeed<T: Sendable>(_ store: RedisJobStore, _ body: @Sendable (FeedLog) a
     let log = FeedLog()
     let running = Task { try await feed.run(consumer: log) }
     defer { running.cancel() }
-    try await withTimeout(.seconds(10), "the feed's subscription") { await feed.waitUntilReady() }
+    try await withTimeout(.seconds(10), "the feed's subscription") { try await feed.waitUntilReady() }
     return try await body(log)
 }
 

@@ -298,34 +298,3 @@ final class GatewayHTTPServer: Sendable {
         }
     }
 }
-
-/// An address that becomes known once a listener is bound, or an error if it never is.
-final class ListeningAddress: Sendable {
-    private struct State {
-        var result: Result<SocketAddress, any Error>?
-        var waiters: [CheckedContinuation<SocketAddress, any Error>] = []
-    }
-
-    private let state = Mutex(State())
-
-    func resolve(_ result: Result<SocketAddress, any Error>) {
-        let waiters = state.withLock { state -> [CheckedContinuation<SocketAddress, any Error>] in
-            guard state.result == nil else { return [] }
-            state.result = result
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        for waiter in waiters { waiter.resume(with: result) }
-    }
-
-    func wait() async throws -> SocketAddress {
-        try await withCheckedThrowingContinuation { continuation in
-            let ready = state.withLock { state -> Result<SocketAddress, any Error>? in
-                if let result = state.result { return result }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let ready { continuation.resume(with: ready) }
-        }
-    }
-}

@@ -260,6 +260,11 @@ public actor RedisConnection {
         try? await channel.close()
     }
 
+    /// Starts closing the connection without waiting for it: for code on an event loop that cannot wait.
+    public nonisolated func startClosing() {
+        channel.close(promise: nil)
+    }
+
     /// False once the connection was closed or lost.
     public nonisolated var isConnected: Bool { channel.isActive }
 
