@@ -98,7 +98,7 @@ public final class JobChangeFeed: Sendable {
     }
 
     /// Returns once the first subscription is confirmed: a job followed from then on misses no change. Throws
-    /// `CancellationError` when cancelled first.
+    /// `CancellationError` when cancelled first, or why the feed stopped when it stopped before that.
     public func waitUntilReady() async throws {
         try await ready.wait()
     }
