@@ -572,8 +572,15 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Looks a job up for a read by id: a job of a function the connection's credential may not read fails with
     /// `NOPERM`, which every lookup's failure path answers.
     private func readableLookup(_ gatewayID: GatewayJobID) -> EventLoopFuture<JobLookup> {
-        let (access, credentials) = (access, configuration.credentials)
-        return services.lookups.enqueue(gatewayID, on: context.eventLoop).flatMapThrowing { lookup in
+        Self.readableLookup(gatewayID, access: access, services: services, on: context.eventLoop)
+    }
+
+    /// `readableLookup(_:)` as any thread may start it (the job tracker, once a watcher is registered).
+    private static func readableLookup(
+        _ gatewayID: GatewayJobID, access: SessionAccess?, services: SessionServices, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<JobLookup> {
+        let credentials = services.configuration.credentials
+        return services.lookups.enqueue(gatewayID, on: eventLoop).flatMapThrowing { lookup in
             if case .found(let record) = lookup, access?.mayRead(function: record.function, in: credentials) == false {
                 throw GatewayFailure(code: .noPermission, message: Self.unreadable(record))
             }
@@ -658,7 +665,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         startOutcomeRead()
     }
 
-    /// WATCH: register, then read (subscribe, then read); events flow once `WATCHING` is written.
+    /// WATCH: the tracker registers, then reads (subscribe, then read); events flow once `WATCHING` is written.
     private func watch(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int) {
         guard let id = services.backend.issuedID(gatewayID) else {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
@@ -674,31 +681,32 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let token = tracker.makeToken(for: id)
         watches[id] = token
         pendingWatches[token] = PendingWatch(gatewayID: gatewayID, tag: request.tag)
-        let registered = tracker.watch(token, as: gatewayID, target: target, tag: request.tag)
-        registered.hop(to: context.eventLoop).assumeIsolated().whenComplete { _ in
+        let (access, services, eventLoop) = (access, services, context.eventLoop)
+        let read = tracker.watch(token, as: gatewayID, target: target, tag: request.tag) {
+            Self.readableLookup(gatewayID, access: access, services: services, on: eventLoop)
+        }
+        read.hop(to: eventLoop).assumeIsolated().whenComplete { result in
             guard !self.lifecycle.isClosed else { return }  // the session's end took the watch away
-            self.readableLookup(gatewayID).assumeIsolated().whenComplete { result in
-                switch result {
-                case .failure(let error):
-                    self.endWatch(token)
-                    self.answer(slot, Self.failure(error, request))
-                case .success(.notFound):
-                    self.endWatch(token)
-                    self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
-                case .success(.expired):
-                    self.endWatch(token)
-                    self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
-                case .success(.found(let record)) where record.state.isTerminal:
-                    let watching = request.reply(.watching(gatewayID, Self.status(record)))
-                    // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
-                    // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
-                    self.endWatch(token)
-                    self.withOutcome(record, request: request, slot: slot) { read in
-                        SessionReply(watching, request.event(read.map { JobTrackerStateMachine.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
-                    }
-                case .success(.found(let record)):
-                    self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))
+            switch result {
+            case .failure(let error):
+                self.endWatch(token)
+                self.answer(slot, Self.failure(error, request))
+            case .success(.notFound):
+                self.endWatch(token)
+                self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
+            case .success(.expired):
+                self.endWatch(token)
+                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
+            case .success(.found(let record)) where record.state.isTerminal:
+                let watching = request.reply(.watching(gatewayID, Self.status(record)))
+                // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
+                // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
+                self.endWatch(token)
+                self.withOutcome(record, request: request, slot: slot) { read in
+                    SessionReply(watching, request.event(read.map { JobTrackerStateMachine.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
                 }
+            case .success(.found(let record)):
+                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))
             }
         }
     }
