@@ -687,21 +687,22 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         read.hop(to: eventLoop).assumeIsolated().whenComplete { result in
             guard !self.lifecycle.isClosed else { return }  // the session's end took the watch away
+            // Unless the job is live, the tracker removed the watcher: the session forgets it.
             switch result {
             case .failure(let error):
-                self.endWatch(token)
+                self.forgetWatch(token)
                 self.answer(slot, Self.failure(error, request))
             case .success(.notFound):
-                self.endWatch(token)
+                self.forgetWatch(token)
                 self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
             case .success(.expired):
-                self.endWatch(token)
+                self.forgetWatch(token)
                 self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
             case .success(.found(let record)) where record.state.isTerminal:
                 let watching = request.reply(.watching(gatewayID, Self.status(record)))
                 // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
                 // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
-                self.endWatch(token)
+                self.forgetWatch(token)
                 self.withOutcome(record, request: request, slot: slot) { read in
                     SessionReply(watching, request.event(read.map { JobTrackerStateMachine.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
                 }
@@ -711,9 +712,14 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
     }
 
-    /// A watch ends (its job's end was answered or pushed, `UNWATCH`, or its read failed).
+    /// A watch ends: `UNWATCH`, a `WATCH` of the same job replaced it, or its job ended before `WATCHING` was written.
     private func endWatch(_ token: JobTracker.Token) {
         tracker.unwatch(token)
+        forgetWatch(token)
+    }
+
+    /// The session's side of a watch's end.
+    private func forgetWatch(_ token: JobTracker.Token) {
         if watches[token.id] == token { watches[token.id] = nil }
         pendingWatches[token] = nil
         if pendingWatches.isEmpty { pendingWatches = [:] }  // its storage, kept by each of 10,000 idle watchers otherwise
