@@ -118,19 +118,14 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// A credential's `AUTH` is being checked (a slow KDF, off the event loop): no later request starts until it is
     /// answered, so that what a client pipelines behind its `AUTH` runs authenticated.
     private var isVerifyingAuth = false
-    /// No more reading: the client closed its side, the gateway shuts down, or `QUIT`. What was read is answered.
-    private var inputEnded = false
-    /// No more requests are started (`QUIT`, or the idle timeout).
-    private var stopsHandling = false
-    private var isClosing = false
+    /// Reading, draining, closing or closed: what the session may still do.
+    private var lifecycle = SessionLifecycle()
     /// Requests read but not started yet: at most `maximumOutstanding` run at once, and none start while the replies
     /// held back (behind a slow `WAIT`) are over half the output limit.
     private var unstarted = LazyQueue<Result<GatewayRequest, GatewayRequestError>>()
     /// Replies that are ready but wait for an earlier one, and their bytes.
     private var heldReplies = 0
     private var heldReplyBytes = 0
-    private var isClosed = false
-    private var readIsHeld = false
     private var flushIsScheduled = false
     private var lastRequest = NIODeadline.now()
     private var idleCheck: Scheduled<Void>?
@@ -205,18 +200,33 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        endSession()
+        run(lifecycle.channelClosed())
         context.fireChannelInactive()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        endSession()
+        run(lifecycle.channelClosed())
         self.context = nil  // the context holds this handler: without this, neither is ever freed
     }
 
+    /// Carries out what the lifecycle decided.
+    private func run(_ action: SessionLifecycle.Action) {
+        switch action {
+        case .none: break
+        case .read: context.read()
+        case .stopFollowing: stopFollowing()
+        case .stopFollowingAndCloseWhenWritten(let waitsForOutput):
+            stopFollowing()
+            closeWhenWritten(waitsForOutput: waitsForOutput)
+        case .closeWhenWritten(let waitsForOutput): closeWhenWritten(waitsForOutput: waitsForOutput)
+        case .closeAfterPendingWrites: closeAfterPendingWrites()
+        case .reportAndClose: break  // `overflowed(_:code:)` asked, and reports: only it knows why
+        case .closeNow: context.close(promise: nil)
+        case .endSession: endSession()
+        }
+    }
+
     private func endSession() {
-        guard !isClosed else { return }
-        isClosed = true
         idleCheck?.cancel()
         requestCheck?.cancel()
         releaseInput(heldInput)
@@ -239,7 +249,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             do {
                 var buffer = input ?? ByteBuffer()
                 input = nil
-                while !stopsHandling, let item = try decoder.decodeLast(buffer: &buffer, seenEOF: true, admittingBlock: admit) {
+                while lifecycle.startsRequests, let item = try decoder.decodeLast(buffer: &buffer, seenEOF: true, admittingBlock: admit) {
                     blockEnded(with: item)
                     received(item)
                 }
@@ -247,40 +257,35 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
                 // A request that never arrived whole gets no reply; the ones before it still do.
                 services.logger.debug("connection closed inside a request", metadata: ["gateway.error": "\(error)"])
             }
-            endInput()
+            run(lifecycle.inputEnded(allAnswered: allAnswered, waitsForOutput: !backlog.isEmpty))
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         services.logger.debug("connection failed", metadata: ["gateway.error": "\(error)"])
-        context.close(promise: nil)
+        run(lifecycle.errorCaught())
     }
 
     /// The client closed its side (`printf … | nc`), or the gateway shuts down: what was read is still answered,
     /// nothing is followed any more, then the connection closes.
-    private func endInput() {
-        inputEnded = true
+    private func stopFollowing() {
         tracker.removeAll(watches: Array(watches.values), waits: [])
         watches = [:]
         pendingWatches = [:]
         subscriptions = []
         endSubscriptions()
-        closeIfFinished()
     }
 
-    private func closeIfFinished() {
-        if inputEnded && replies.outstanding == 0 && unstarted.isEmpty { closeWhenWritten() }
-    }
+    /// No request is outstanding or waits to start.
+    private var allAnswered: Bool { replies.outstanding == 0 && unstarted.isEmpty }
 
     /// Closes once everything queued has reached the socket; a client that does not read gets 5 s.
-    private func closeWhenWritten() {
-        guard !isClosing, !isClosed else { return }
-        isClosing = true
+    private func closeWhenWritten(waitsForOutput: Bool) {
         let channel = context.channel
         let deadline = channel.eventLoop.scheduleTask(in: .seconds(5)) { channel.close(promise: nil) }
         channel.closeFuture.whenComplete { _ in deadline.cancel() }  // or it keeps the connection's memory 5 s
-        if backlog.isEmpty { closeAfterPendingWrites() }  // otherwise the backlog's drain calls it
+        if !waitsForOutput { closeAfterPendingWrites() }  // otherwise the backlog's drain does
     }
 
     private func closeAfterPendingWrites() {
@@ -293,15 +298,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     // MARK: Reading
 
     func read(context: ChannelHandlerContext) {
-        if mayRead {
-            context.read()
-        } else {
-            readIsHeld = true
-        }
+        run(lifecycle.readRequested(canTakeMore: canTakeMore))
     }
 
-    private var mayRead: Bool {
-        !inputEnded && backlog.isEmpty && unstarted.isEmpty && mayStart
+    /// Room for more requests: nothing waits for the socket or to start, and more may start.
+    private var canTakeMore: Bool {
+        backlog.isEmpty && unstarted.isEmpty && mayStart
     }
 
     /// Replies are never the client's fault: rather than count them against the output limit, the session starts no
@@ -311,13 +313,11 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func resumeReadingIfHeld() {
-        guard readIsHeld, mayRead else { return }
-        readIsHeld = false
-        context.read()
+        run(lifecycle.roomMade(canTakeMore: canTakeMore))
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !stopsHandling, !isClosed else { return }
+        guard lifecycle.startsRequests else { return }
         var buffer = unwrapInboundIn(data)
         if var pending = input {
             input = nil
@@ -326,12 +326,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         // Bad requests come back as values (each answered with its ERR); the decoder bounds what it keeps.
         var decodedAny = false
-        while !stopsHandling, !isClosed, let item = decoder.decode(buffer: &buffer, admittingBlock: admit) {
+        while lifecycle.startsRequests, let item = decoder.decode(buffer: &buffer, admittingBlock: admit) {
             decodedAny = true
             blockEnded(with: item)
             received(item)
         }
-        if buffer.readableBytes > 0 && !stopsHandling {
+        if buffer.readableBytes > 0 && lifecycle.startsRequests {
             // The start of a line is copied out of the (possibly large) receive buffer; an admitted block arriving in
             // pieces keeps its buffer, which the next reads append to (its bytes are counted in the input bound).
             input = buffer.readableBytes < 4_096 || !decoder.isReadingBlock ? ByteBuffer(bytes: buffer.readableBytesView) : buffer
@@ -381,7 +381,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func received(_ item: Result<GatewayRequest, GatewayRequestError>) {
-        guard !stopsHandling, !isClosed else { return }
+        guard lifecycle.startsRequests else { return }
         lastRequest = .now()
         if unstarted.isEmpty && mayStart {
             start(item)
@@ -392,10 +392,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// Starts what waited, as far as the limits allow.
     private func startUnstarted() {
-        while !stopsHandling, !isClosed, mayStart, let item = unstarted.popFirst() {
+        while lifecycle.startsRequests, mayStart, let item = unstarted.popFirst() {
             start(item)
         }
-        if stopsHandling { unstarted.removeAll() }
+        if !lifecycle.startsRequests { unstarted.removeAll() }
     }
 
     private func start(_ item: Result<GatewayRequest, GatewayRequestError>) {
@@ -444,8 +444,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .auth(let name, let secret):
             authenticate(name: name, secret: secret, request: request, slot: slot)
         case .quit:
-            inputEnded = true
-            stopsHandling = true
+            run(lifecycle.requestsStopped())
             answer(slot, SessionReply(request.reply(.bye), then: .close))
         case .stats:
             answer(slot, SessionReply(request.reply(.stats(statistics.snapshot(watchedJobs: tracker.followedCount)))))
@@ -455,7 +454,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             let namespaced = GatewayBackend.Submission(request: submission, namespace: access?.coalescingNamespace)
             services.submits.enqueue(namespaced, on: context.eventLoop).assumeIsolated().whenComplete { result in
                 self.releaseInput(submission.payload.readableBytes)
-                guard !self.isClosed else { return }
+                guard !self.lifecycle.isClosed else { return }
                 switch result {
                 case .success(let submitted):
                     let gatewayID = GatewayJobID(rawValue: submitted.id.rawValue)!
@@ -526,7 +525,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             NIOThreadPool.singleton.runIfActive(eventLoop: self.context.eventLoop) { credentials.verify(name: name, secret: secret)?.name }
                 .assumeIsolated().whenComplete { result in
                     self.isVerifyingAuth = false
-                    guard !self.isClosed else { return }
+                    guard !self.lifecycle.isClosed else { return }
                     if case .success(let name?) = result {
                         self.access = .credential(name: name)
                         self.answer(slot, SessionReply(request.reply(.ok)))
@@ -539,7 +538,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         }
         // A guess after a delayed wrong one starts when that one is answered: --auth-delay paces the KDFs too.
         guard lastAuthFailureAnswer > .now() else { return verify() }
-        context.eventLoop.assumeIsolated().scheduleTask(deadline: lastAuthFailureAnswer) { if !self.isClosed { verify() } }
+        context.eventLoop.assumeIsolated().scheduleTask(deadline: lastAuthFailureAnswer) { if !self.lifecycle.isClosed { verify() } }
     }
 
     /// A wrong secret: each further one is answered later (a timer, the event loop never waits), and the last one
@@ -548,10 +547,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         statistics.authFailures.add(1, ordering: .relaxed)
         authFailures += 1
         let isLast = authFailures >= configuration.maximumAuthFailures
-        if isLast {
-            inputEnded = true
-            stopsHandling = true
-        }
+        if isLast { run(lifecycle.requestsStopped()) }
         let wrong = named ? "wrong name or secret" : "wrong secret"
         let error = GatewayReply.error(code: .denied, message: isLast ? "\(wrong); too many wrong secrets, closing" : wrong)
         let reply = SessionReply(request.reply(error), then: isLast ? .close : nil)
@@ -576,8 +572,15 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Looks a job up for a read by id: a job of a function the connection's credential may not read fails with
     /// `NOPERM`, which every lookup's failure path answers.
     private func readableLookup(_ gatewayID: GatewayJobID) -> EventLoopFuture<JobLookup> {
-        let (access, credentials) = (access, configuration.credentials)
-        return services.lookups.enqueue(gatewayID, on: context.eventLoop).flatMapThrowing { lookup in
+        Self.readableLookup(gatewayID, access: access, services: services, on: context.eventLoop)
+    }
+
+    /// `readableLookup(_:)` as any thread may start it (the job tracker, once a watcher is registered).
+    private static func readableLookup(
+        _ gatewayID: GatewayJobID, access: SessionAccess?, services: SessionServices, on eventLoop: any EventLoop
+    ) -> EventLoopFuture<JobLookup> {
+        let credentials = services.configuration.credentials
+        return services.lookups.enqueue(gatewayID, on: eventLoop).flatMapThrowing { lookup in
             if case .found(let record) = lookup, access?.mayRead(function: record.function, in: credentials) == false {
                 throw GatewayFailure(code: .noPermission, message: Self.unreadable(record))
             }
@@ -607,7 +610,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let bytes = record.outcomeSize
         outcomeReads[slot] = (bytes, {
             self.services.outcomes.enqueue(record, on: self.context.eventLoop).assumeIsolated().whenComplete { result in
-                guard !self.isClosed else { return }
+                guard !self.lifecycle.isClosed else { return }
                 switch result {
                 case .success(let read?):
                     var answered = reply(read)
@@ -628,7 +631,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// Reserves room for the result of the frontier slot, if it waits for some: from this connection's share, then
     /// from the gateway's budget (granted in order, possibly later and on another thread).
     private func startOutcomeRead() {
-        guard outcomeBytesReserving == nil, !isClosed else { return }
+        guard outcomeBytesReserving == nil, !lifecycle.isClosed else { return }
         while outcomeReadFrontier < replies.nextSlot,
             replies.isFilled(outcomeReadFrontier) || reservedOutcomeSlots.remove(outcomeReadFrontier) != nil
         {
@@ -646,7 +649,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     private func outcomeReserved(_ bytes: Int, slot: Int) {
         outcomeBytesReserving = nil
-        guard !isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
+        guard !lifecycle.isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
         heldOutcomes.add(bytes)
         reservedOutcomeSlots.insert(slot)
         watchForStall()
@@ -662,7 +665,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         startOutcomeRead()
     }
 
-    /// WATCH: register, then read (subscribe, then read); events flow once `WATCHING` is written.
+    /// WATCH: the tracker registers, then reads (subscribe, then read); events flow once `WATCHING` is written.
     private func watch(_ gatewayID: GatewayJobID, request: GatewayRequest, slot: Int) {
         guard let id = services.backend.issuedID(gatewayID) else {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
@@ -678,38 +681,45 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let token = tracker.makeToken(for: id)
         watches[id] = token
         pendingWatches[token] = PendingWatch(gatewayID: gatewayID, tag: request.tag)
-        let registered = tracker.watch(token, as: gatewayID, target: target, tag: request.tag)
-        registered.hop(to: context.eventLoop).assumeIsolated().whenComplete { _ in
-            guard !self.isClosed else { return }  // the session's end took the watch away
-            self.readableLookup(gatewayID).assumeIsolated().whenComplete { result in
-                switch result {
-                case .failure(let error):
-                    self.endWatch(token)
-                    self.answer(slot, Self.failure(error, request))
-                case .success(.notFound):
-                    self.endWatch(token)
-                    self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
-                case .success(.expired):
-                    self.endWatch(token)
-                    self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
-                case .success(.found(let record)) where record.state.isTerminal:
-                    let watching = request.reply(.watching(gatewayID, Self.status(record)))
-                    // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
-                    // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
-                    self.endWatch(token)
-                    self.withOutcome(record, request: request, slot: slot) { read in
-                        SessionReply(watching, request.event(read.map { JobTrackerStateMachine.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
-                    }
-                case .success(.found(let record)):
-                    self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))
+        let (access, services, eventLoop) = (access, services, context.eventLoop)
+        let read = tracker.watch(token, as: gatewayID, target: target, tag: request.tag) {
+            Self.readableLookup(gatewayID, access: access, services: services, on: eventLoop)
+        }
+        read.hop(to: eventLoop).assumeIsolated().whenComplete { result in
+            guard !self.lifecycle.isClosed else { return }  // the session's end took the watch away
+            // Unless the job is live, the tracker removed the watcher: the session forgets it.
+            switch result {
+            case .failure(let error):
+                self.forgetWatch(token)
+                self.answer(slot, Self.failure(error, request))
+            case .success(.notFound):
+                self.forgetWatch(token)
+                self.answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
+            case .success(.expired):
+                self.forgetWatch(token)
+                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, GatewayJobStatus(.expired))), request.event(.expired(gatewayID))))
+            case .success(.found(let record)) where record.state.isTerminal:
+                let watching = request.reply(.watching(gatewayID, Self.status(record)))
+                // The job had ended: its terminal event is part of this WATCH's answer, even when a later pipelined
+                // WATCH of the same job has replaced this watch meanwhile (each WATCH gets its own).
+                self.forgetWatch(token)
+                self.withOutcome(record, request: request, slot: slot) { read in
+                    SessionReply(watching, request.event(read.map { JobTrackerStateMachine.terminalEvent($0, gatewayID) } ?? .expired(gatewayID)))
                 }
+            case .success(.found(let record)):
+                self.answer(slot, SessionReply(request.reply(.watching(gatewayID, Self.status(record))), then: .activate(token, shown: record)))
             }
         }
     }
 
-    /// A watch ends (its job's end was answered or pushed, `UNWATCH`, or its read failed).
+    /// A watch ends: `UNWATCH`, a `WATCH` of the same job replaced it, or its job ended before `WATCHING` was written.
     private func endWatch(_ token: JobTracker.Token) {
         tracker.unwatch(token)
+        forgetWatch(token)
+    }
+
+    /// The session's side of a watch's end.
+    private func forgetWatch(_ token: JobTracker.Token) {
         if watches[token.id] == token { watches[token.id] = nil }
         pendingWatches[token] = nil
         if pendingWatches.isEmpty { pendingWatches = [:] }  // its storage, kept by each of 10,000 idle watchers otherwise
@@ -729,7 +739,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// WAIT (and SUBMIT wait=): the outcome as soon as the job ends, or TIMEOUT with its state.
     private func wait(for gatewayID: GatewayJobID, milliseconds: UInt64, request: GatewayRequest, slot: Int) {
-        guard !isClosed else { return }
+        guard !lifecycle.isClosed else { return }
         guard let id = services.backend.issuedID(gatewayID) else {
             return answer(slot, SessionReply(request.reply(Self.notFound(gatewayID))))
         }
@@ -747,7 +757,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         waits[slot] = PendingWait(token: token, gatewayID: gatewayID, request: request, timer: timer)
         // Registered, then read: a job that ends after the read is answered by its waiter.
         registered.hop(to: context.eventLoop).assumeIsolated().whenComplete { _ in
-            guard !self.isClosed, self.waits[slot] != nil else { return }
+            guard !self.lifecycle.isClosed, self.waits[slot] != nil else { return }
             self.readableLookup(gatewayID).assumeIsolated().whenComplete { result in
                 // Whoever comes first answers: this read, the job's end, or the timer.
                 guard let wait = self.waits[slot] else { return }
@@ -791,7 +801,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// Fills a reply slot and writes every reply that is now next in order.
     private func answer(_ slot: Int, _ reply: SessionReply) {
-        guard !isClosed else { return }
+        guard !lifecycle.isClosed else { return }
         heldReplies += 1
         heldReplyBytes += reply.size
         for ready in replies.fill(slot, with: reply) {
@@ -799,16 +809,16 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             heldReplyBytes -= ready.size
             write(ready)
         }
-        guard !isClosed else { return }
+        guard !lifecycle.isClosed else { return }
         startOutcomeRead()  // the frontier may have moved on to a result waiting for room
         scheduleFlush()
         startUnstarted()
         resumeReadingIfHeld()
-        closeIfFinished()
+        run(lifecycle.requestAnswered(allAnswered: allAnswered, waitsForOutput: !backlog.isEmpty))
     }
 
     private func write(_ reply: SessionReply) {
-        guard !isClosed else { return }  // an earlier reply overflowed the output
+        guard !lifecycle.isClosed else { return }  // an earlier reply overflowed the output
         switch reply.effect {
         case .unwatch(let token): endWatch(token)
         case .unsubscribe(let function):
@@ -819,11 +829,11 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         for (index, response) in reply.responses.enumerated() {
             emit(response, charge: index == reply.responses.count - 1 ? reply.charge : 0)
         }
-        guard !isClosed else { return }
+        guard !lifecycle.isClosed else { return }
         switch reply.effect {
         case .activate(let token, let shown): activate(token, shown: shown)
         case .subscribe(let start): startSubscription(start)
-        case .close: closeWhenWritten()
+        case .close: run(lifecycle.closeRequested(waitsForOutput: !backlog.isEmpty))
         case .unwatch, .unsubscribe, nil: break
         }
     }
@@ -835,7 +845,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// An event from the tracker; `ending`: the watch it ends.
     fileprivate func pushed(_ response: GatewayResponse, ending: JobTracker.Token?) {
-        guard !isClosed else { return }
+        guard !lifecycle.isClosed else { return }
         if let ending, watches[ending.id] == ending { watches[ending.id] = nil }
         emit(response)
         scheduleFlush()
@@ -843,7 +853,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// `charge`: result bytes the response holds from the lookup budget, released once the socket took them.
     private func emit(_ response: GatewayResponse, charge: Int = 0) {
-        guard !isClosed, !isClosing else { return outcomeWritten(charge) }
+        guard lifecycle.isOpen else { return outcomeWritten(charge) }
         guard backlog.isEmpty && context.channel.isWritable else {
             if !backlog.append(response, charge: charge) { overflowed() }
             return
@@ -911,7 +921,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         flushIsScheduled = true
         context.eventLoop.assumeIsolated().execute {
             self.flushIsScheduled = false
-            if !self.isClosed { self.flushNow() }
+            if !self.lifecycle.isClosed { self.flushNow() }
         }
     }
 
@@ -924,7 +934,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             }
             flushNow()
             if backlog.isEmpty {
-                if isClosing { closeAfterPendingWrites() }
+                run(lifecycle.outputDrained())
                 startUnstarted()
                 resumeReadingIfHeld()
                 resumeSubscriptions()
@@ -939,7 +949,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// written); one that does not is closed after `--output-stall`, rather than keep its replies, and its share of
     /// the lookup budget, for ever.
     private func watchForStall() {
-        guard stallCheck == nil, !isClosed else { return }
+        guard stallCheck == nil, !lifecycle.isClosed else { return }
         lastOutputProgress = .now()
         scheduleStallCheck(in: TimeAmount(min(configuration.outputStallTimeout, configuration.contendedOutputStallTimeout)))
     }
@@ -950,7 +960,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     private func checkStall() {
         stallCheck = nil
-        guard !isClosed, heldOutcomes.total > 0 || !context.channel.isWritable else { return }
+        guard !lifecycle.isClosed, heldOutcomes.total > 0 || !context.channel.isWritable else { return }
         let timeout = holdsUpOthers ? configuration.contendedOutputStallTimeout : configuration.outputStallTimeout
         let quiet = NIODeadline.now() - lastOutputProgress
         guard quiet >= TimeAmount(timeout) else {
@@ -971,9 +981,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// The client does not read: tell it, if the socket still takes it, and close rather than buffer more. (Also
     /// for a subscriber whose events were trimmed from the log before it read them, with `ERR TRIMMED`.)
     private func overflowed(_ reason: String = "output buffer limit exceeded", code: GatewayErrorCode = .slowConsumer) {
+        guard lifecycle.outputFailed() == .reportAndClose else { return }
         if code == .slowConsumer { statistics.slowConsumersClosed.add(1, ordering: .relaxed) }
         services.logger.notice("closing a connection that does not read its replies", metadata: ["gateway.error": "\(code)"])
-        isClosing = true
         let channel = context.channel
         var message = channel.allocator.buffer(capacity: 64)
         GatewayResponseEncoder.write(.reply(.error(code: code, message: "\(reason); closing")), into: &message)
@@ -1000,7 +1010,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         let end = context.eventLoop.makePromise(of: (last: GatewayLogCursor, trimmedThrough: GatewayLogCursor).self)
         end.completeWithTask { try await logHub.end(of: function.rawValue) }
         end.futureResult.assumeIsolated().whenComplete { result in
-            guard !self.isClosed else { return }
+            guard !self.lifecycle.isClosed else { return }
             switch result {
             case .failure(let error):
                 if self.logSubscriptions[function.rawValue] == nil { self.subscriptions.remove(function.rawValue) }
@@ -1050,7 +1060,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var hasRoomForEvents: Bool { backlog.bytes <= configuration.outputBufferLimit / 2 }
 
     private func runSubscription(_ function: String, _ event: (inout SubscriptionReplay) -> SubscriptionReplay.Action) {
-        guard !isClosed, !isClosing, var subscription = logSubscriptions[function] else { return }
+        guard lifecycle.isOpen, var subscription = logSubscriptions[function] else { return }
         let action = event(&subscription.replay)
         logSubscriptions[function] = subscription
         switch action {
@@ -1105,16 +1115,14 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func checkIdle() {
-        guard !isClosed, !isClosing else { return }
+        guard lifecycle.isOpen else { return }
         let timeout = TimeAmount(configuration.idleTimeout)
         let quiet = NIODeadline.now() - lastRequest
         guard quiet >= timeout, replies.outstanding == 0, watches.isEmpty, subscriptions.isEmpty else {
             return scheduleIdleCheck(in: quiet >= timeout ? timeout : timeout - quiet)
         }
         emit(.reply(.error(code: .idleTimeout, message: "no request for \(configuration.idleTimeout); closing")))
-        inputEnded = true
-        stopsHandling = true
-        closeWhenWritten()
+        run(lifecycle.closeRequested(waitsForOutput: !backlog.isEmpty))
     }
 
     // MARK: Requests that do not arrive
@@ -1127,9 +1135,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// sent of it: the idle timeout alone would let a stalled block hold its memory for minutes.
     private func checkRequestDeadline() {
         requestCheck = nil
-        guard !isClosed, !isClosing, !stopsHandling, !inputEnded, let started = requestStarted else { return }
+        guard lifecycle.isReading, let started = requestStarted else { return }
         let timeout = TimeAmount(configuration.requestTimeout)
-        guard mayRead else {
+        guard canTakeMore else {
             // The gateway, not the client, holds the request back: its time starts again once reading resumes.
             requestStarted = .now()
             return scheduleRequestCheck(in: timeout)
@@ -1140,8 +1148,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         requestStarted = nil
         releaseInput(admittedBlock ?? 0)
         admittedBlock = nil
-        inputEnded = true
-        stopsHandling = true
+        run(lifecycle.requestsStopped())
         let error = GatewayReply.error(code: .requestTimeout, message: "a request took over \(configuration.requestTimeout) to arrive; closing")
         answer(replies.reserve(), SessionReply(.reply(error), then: .close))
     }

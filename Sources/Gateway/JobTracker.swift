@@ -62,12 +62,26 @@ final class JobTracker: JobChangeConsumer, Service {
 
     // MARK: Registrations (from any thread)
 
-    /// A pending watcher; once the future completes, the caller reads the job, writes `WATCHING`, then `activate`s it.
-    func watch(_ token: Token, as gatewayID: GatewayJobID, target: any PushTarget, tag: GatewayTag?) -> EventLoopFuture<Void> {
-        eventLoop.submit {
+    /// WATCH, for a session and a job page alike: registers a pending watcher, then reads the job with `read`
+    /// (subscribe, then read). A change before the read is in what it finds; one after it is held for the watcher,
+    /// and goes out once the caller has shown what was found and calls `activate(_:shown:)` (only what is news to it).
+    ///
+    /// When the read fails, or finds nothing left to follow (never issued, expired, ended), the watcher is removed
+    /// again here; otherwise it is the caller's until `activate` and the job's end, or `unwatch`.
+    func watch(
+        _ token: Token, as gatewayID: GatewayJobID, target: any PushTarget, tag: GatewayTag?,
+        read: @escaping @Sendable () -> EventLoopFuture<JobLookup>
+    ) -> EventLoopFuture<JobLookup> {
+        let registered = eventLoop.submit {
             self.machine.value.watch(token, as: gatewayID, target: target, tag: tag)
             self.publishCounts()
         }
+        let lookup = registered.flatMap { read() }
+        lookup.whenComplete { result in
+            if case .success(.found(let record)) = result, !record.state.isTerminal { return }
+            self.unwatch(token)
+        }
+        return lookup
     }
 
     /// The watch's `WATCHING` was written, and what it held, showing `shown`: its events flow from now on.

@@ -165,15 +165,20 @@ final class GatewayHTTPServer: Sendable {
 
     /// The job, with a finished one's result read within the lookup budget (as for `RESULT`: however many pages of
     /// a large result are asked for, the gateway holds at most the budget of them), or nil after answering 404
-    /// (never issued) or 503 (Redis is down).
-    private func lookUp(_ id: GatewayJobID, head: HTTPRequestHead, outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws -> HeldLookup? {
+    /// (never issued) or 503 (Redis is down). `found`: the job as a watch read it, if it did.
+    private func lookUp(
+        _ id: GatewayJobID, found: Result<JobLookup, GatewayFailure>? = nil, head: HTTPRequestHead,
+        outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>
+    ) async throws -> HeldLookup? {
         func unavailable(_ failure: GatewayFailure) async throws -> HeldLookup? {
             try await send(.serviceUnavailable, "text/plain; charset=utf-8", "\(failure.message)\n", head: head, outbound: outbound)
             return nil
         }
+        let result: Result<JobLookup, GatewayFailure>
+        if let found { result = found } else { result = await backend.lookUp([id])[0] }
         let lookup: JobLookup
         do {
-            lookup = try await backend.lookUp([id])[0].get()
+            lookup = try result.get()
         } catch {
             return try await unavailable(error)
         }
@@ -243,9 +248,18 @@ final class GatewayHTTPServer: Sendable {
         guard let id = backend.issuedID(gatewayID) else { return try await notFound(head, outbound) }
         let outbox = SessionOutbox(limit: 1024 * 1024)
         let token = tracker.makeToken(for: id)
-        try await tracker.watch(token, as: gatewayID, target: outbox, tag: nil).get()
-        defer { tracker.unwatch(token) }
-        guard let held = try await lookUp(gatewayID, head: head, outbound: outbound) else { return }
+        defer { tracker.unwatch(token) }  // however the stream ends
+        let backend = self.backend
+        let read = tracker.watch(token, as: gatewayID, target: outbox, tag: nil) {
+            channel.eventLoop.makeFutureWithTask { try await backend.lookUp([gatewayID])[0].get() }
+        }
+        let found: Result<JobLookup, GatewayFailure>
+        do {
+            found = .success(try await read.get())
+        } catch {
+            found = .failure(error as? GatewayFailure ?? GatewayFailure(code: .internal, message: "\(error)"))
+        }
+        guard let held = try await lookUp(gatewayID, found: found, head: head, outbound: outbound) else { return }
         defer { held.release() }
         var headers = HTTPHeaders(Self.commonHeaders)
         headers.add(name: "Content-Security-Policy", value: Self.strictestPolicy)
