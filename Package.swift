@@ -75,15 +75,26 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // MARK: Job records, key schema, change feed, legacy memcached results
+        // MARK: Job records, key schema, change feed
         .target(
             name: "JobStore",
             dependencies: [
-                "Redis", "Memcache",
+                "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: The legacy memcached path: results by Gearman handle, and the bridge that follows such jobs
+        .target(
+            name: "LegacyJobs",
+            dependencies: [
+                "JobStore", "Memcache", "Gearman", "GatewayProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -102,7 +113,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "GatewayProtocol", "JobStore", "Gearman", "Redis", "Memcache",
+                "GatewayProtocol", "JobStore", "LegacyJobs", "Gearman", "Redis", "Memcache",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -121,7 +132,7 @@ let package = Package(
         .target(
             name: "WorkerRuntime",
             dependencies: [
-                "Gearman", "JobStore", "Memcache", "Redis",
+                "Gearman", "JobStore", "LegacyJobs", "Memcache", "Redis",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -153,7 +164,7 @@ let package = Package(
         .executableTarget(
             name: "JobGateCommand",
             dependencies: [
-                "Gearman", "Gateway", "GatewayProtocol", "WorkerRuntime", "JobStore", "Redis", "Memcache", "Benchmarks",
+                "Gearman", "Gateway", "GatewayProtocol", "WorkerRuntime", "JobStore", "LegacyJobs", "Redis", "Memcache", "Benchmarks",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -203,11 +214,19 @@ let package = Package(
         .testTarget(
             name: "JobStoreTests",
             dependencies: [
-                "JobStore", "Redis", "Memcache", "Gearman", "LocalServers",
+                "JobStore", "Redis", "Gearman", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LegacyJobsTests",
+            dependencies: [
+                "LegacyJobs", "Memcache", "LocalServers",
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -238,7 +257,7 @@ let package = Package(
         .testTarget(
             name: "WorkerRuntimeTests",
             dependencies: [
-                "WorkerRuntime", "Gearman", "JobStore", "Redis", "Memcache", "LocalServers",
+                "WorkerRuntime", "Gearman", "JobStore", "LegacyJobs", "Redis", "Memcache", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

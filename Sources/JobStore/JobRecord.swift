@@ -49,8 +49,6 @@ public struct JobRecord: Sendable, Hashable {
     public var finished: Int64?
     /// Seconds a terminal record is kept; the worker applies it when it writes the outcome.
     public var resultTTL: Int?
-    /// Legacy jobs only: values under the handle with a CAS up to this are older than the job (see `LegacyResultStore`).
-    public var legacyFence: String?
 
     public init(id: JobID, state: JobState, function: String) {
         self.id = id
@@ -104,8 +102,6 @@ public enum JobField {
     public static let updated = "updated"
     public static let finished = "finished"
     public static let resultTTL = "result_ttl"
-    /// Legacy (memcached) jobs: the CAS watermark of the handle's memcached server taken before the job was submitted.
-    public static let legacyFence = "legacy_fence"
 }
 
 extension JobRecord {
@@ -137,6 +133,5 @@ extension JobRecord {
         updated = number(JobField.updated)
         finished = number(JobField.finished)
         resultTTL = number(JobField.resultTTL)
-        legacyFence = text(JobField.legacyFence)
     }
 }

@@ -282,9 +282,19 @@ public final class RedisJobStore: Sendable {
         for case .failure(let error) in try await evaluate(commands, Self.update) { throw JobStoreError(redis: error) }
     }
 
-    /// Notes the CAS watermark of a memcached-backed job (see `LegacyResultStore`).
-    public func setLegacyFence(_ id: JobID, _ fence: String) async throws(JobStoreError) {
-        _ = try await updateUnlessFinished(id, [JobField.legacyFence: ByteBuffer(string: fence)])
+    /// Writes `fields` into each unfinished record, in one pipelined write: for a writer keeping fields of its own in
+    /// the record (the legacy bridge's fence), which the store does not read.
+    public func setFields(_ updates: [(id: JobID, fields: [String: ByteBuffer])]) async throws(JobStoreError) {
+        guard !updates.isEmpty else { return }
+        for case .failure(let error) in try await evaluate(updates.map { updateCommand($0.id, $0.fields) }, Self.update) {
+            throw JobStoreError(redis: error)
+        }
+    }
+
+    /// One field of each record, in one pipelined read; nil where the record or the field does not exist.
+    public func field(_ field: String, of ids: [JobID]) async throws(JobStoreError) -> [ByteBuffer?] {
+        guard !ids.isEmpty else { return [] }
+        return try await pipeline(ids.map { ["HGET", "\(schema.jobKey($0))", "\(field)"] }, on: redis).map(\.buffer)
     }
 
     /// Writes `done` and the result over an unfinished record only (for writers that may race each other, such as
@@ -417,7 +427,7 @@ public final class RedisJobStore: Sendable {
     private static let fieldsBesidesOutcome = [
         JobField.state, JobField.function, JobField.numerator, JobField.denominator, JobField.message, JobField.handle,
         JobField.server, JobField.unique, JobField.created, JobField.started, JobField.updated, JobField.finished,
-        JobField.resultTTL, JobField.legacyFence,
+        JobField.resultTTL,
     ]
 
     // MARK: Worker side

@@ -1,5 +1,6 @@
 public import Gearman
 public import JobStore
+public import LegacyJobs
 public import Logging
 public import NIOCore
 import NIOPosix

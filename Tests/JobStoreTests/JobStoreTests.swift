@@ -3,7 +3,6 @@ import Gearman
 import JobStore
 import LocalServers
 import Logging
-import Memcache
 import NIOCore
 import Redis
 import Synchronization

@@ -1,6 +1,7 @@
 import Foundation
 import Gearman
 import JobStore
+import LegacyJobs
 import LocalServers
 import Memcache
 import Logging
