@@ -280,7 +280,7 @@ struct GatewayBackend: Sendable {
         var ended: [JobID] = []
         for id in ids {
             do {
-                if try await store.markFailed(id, reason: reason) {
+                if try await store.markLost(id, reason: reason) {
                     statistics.jobsLost.add(1, ordering: .relaxed)
                     logger.notice("job lost", metadata: ["job.id": "\(id)"])
                 }

@@ -83,7 +83,7 @@ struct LostJobWatch: Sendable {
     private func markLost(_ record: JobRecord) async {
         let id = record.id
         do {
-            if try await store.markFailed(id, reason: check.lostReason(record, grace: grace)) {
+            if try await store.markLost(id, reason: check.lostReason(record, grace: grace)) {
                 statistics.jobsLost.add(1, ordering: .relaxed)
                 logger.notice("job lost", metadata: ["job.id": "\(id)"])
             }
