@@ -15,8 +15,8 @@ import NIOCore
 /// watched or waited on, on a timer, and fails as lost those gone for the grace period.
 public struct LegacyBridge: Sendable {
     /// Memcached-backed functions and the PHP extension their workers store values with.
-    public let functions: [String: PHPMemcacheExtension]
-    public let memcache: MemcacheClient
+    let functions: [String: PHPMemcacheExtension]
+    let memcache: MemcacheClient
     let store: RedisJobStore
     let gearman: GearmanServerPool
     /// Called once per pipelined gearmand status batch (the gateway counts them).
