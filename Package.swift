@@ -83,15 +83,26 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // MARK: Job records, key schema, change feed, legacy memcached results
+        // MARK: Job records, key schema, change feed
         .target(
             name: "JobStore",
             dependencies: [
-                "Redis", "Memcache", "JobgateSupport",
+                "Redis", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: The legacy memcached path: results by Gearman handle, and the bridge that follows such jobs
+        .target(
+            name: "LegacyJobs",
+            dependencies: [
+                "JobStore", "Memcache", "Gearman", "GatewayProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -110,7 +121,7 @@ let package = Package(
         .target(
             name: "Gateway",
             dependencies: [
-                "GatewayProtocol", "JobStore", "Gearman", "Redis", "Memcache", "JobgateSupport",
+                "GatewayProtocol", "JobStore", "LegacyJobs", "Gearman", "Redis", "Memcache", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -129,7 +140,7 @@ let package = Package(
         .target(
             name: "WorkerRuntime",
             dependencies: [
-                "Gearman", "JobStore", "Memcache", "Redis", "JobgateSupport",
+                "Gearman", "JobStore", "LegacyJobs", "Memcache", "Redis", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -161,7 +172,7 @@ let package = Package(
         .executableTarget(
             name: "JobGateCommand",
             dependencies: [
-                "Gearman", "Gateway", "GatewayProtocol", "WorkerRuntime", "JobStore", "Redis", "Memcache", "Benchmarks",
+                "Gearman", "Gateway", "GatewayProtocol", "WorkerRuntime", "JobStore", "LegacyJobs", "Redis", "Memcache", "Benchmarks",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -216,12 +227,20 @@ let package = Package(
         .testTarget(
             name: "JobStoreTests",
             dependencies: [
-                "JobStore", "Redis", "Memcache", "Gearman", "LocalServers",
+                "JobStore", "Redis", "Gearman", "LocalServers",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "InMemoryLogging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "LegacyJobsTests",
+            dependencies: [
+                "LegacyJobs", "Memcache", "LocalServers",
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -252,7 +271,7 @@ let package = Package(
         .testTarget(
             name: "WorkerRuntimeTests",
             dependencies: [
-                "WorkerRuntime", "Gearman", "JobStore", "Redis", "Memcache", "LocalServers", "JobgateSupport",
+                "WorkerRuntime", "Gearman", "JobStore", "LegacyJobs", "Redis", "Memcache", "LocalServers", "JobgateSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

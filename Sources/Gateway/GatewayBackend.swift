@@ -28,7 +28,7 @@ struct GatewayBackend: Sendable {
     let statistics: GatewayStatistics
     let logger: Logger
     /// Set when some functions keep their results in memcached.
-    let legacy: LegacyBridge?
+    let legacy: (any LegacyJobsPlugin)?
     /// Whether the legacy bridge's poller already follows a job (then a lookup need not poll it too).
     let isFollowed: @Sendable (JobID) async -> Bool
 
@@ -113,12 +113,8 @@ struct GatewayBackend: Sendable {
             // Unaccepted again only if the old job could not be ended (Redis trouble): join it; the sweep ends it later.
             for (index, existing) in suspects { settle(index, .success(.joined(existing))) }
         }
-        var watermarks: [String: [UInt64]] = [:]
-        if let legacy {
-            for function in Set(toSubmit.map { jobs[$0].function }) where legacy.handles(function) {
-                watermarks[function] = await legacy.watermarks(for: function)
-            }
-        }
+        var legacyAccepted: (@Sendable ([RedisJobStore.JobLocation]) async -> Void)?
+        if let legacy, toSubmit.contains(where: { legacy.handles(jobs[$0].function) }) { legacyAccepted = await legacy.submitting() }
         let requests = toSubmit.map { index in
             GearmanJobRequest(
                 function: jobs[index].function, unique: jobs[index].id.rawValue, payload: submissions[index].request.payload,
@@ -141,20 +137,10 @@ struct GatewayBackend: Sendable {
             }
         }
         if !located.isEmpty { statistics.metrics.backendSucceeded("gearmand") }
-        if let legacy {
-            // Legacy workers never write Redis: the bridge reads results by handle, so the gateway records it. (A
-            // jobgate worker records the handle itself when it starts the job; writing it here too would cost every
-            // job a second Redis script and a second notification.)
-            let legacyJobs = located.filter { legacy.handles(jobs[$0.index].function) }
-            do {
-                try await store.setLocations(legacyJobs.map(\.location))
-            } catch {
-                logger.warning("could not record legacy jobs' handles", metadata: ["job.count": "\(legacyJobs.count)", "job.error": "\(error)"])
-            }
-            for (index, location) in legacyJobs {
-                let function = jobs[index].function
-                await legacy.fence(location.id, function: function, handle: location.handle, watermarks: watermarks[function] ?? nil)
-            }
+        if let legacy, let legacyAccepted {
+            // Only for legacy jobs: a jobgate worker records the handle itself when it starts the job; writing it here
+            // too would cost every job a second Redis script and a second notification.
+            await legacyAccepted(located.filter { legacy.handles(jobs[$0.index].function) }.map(\.location))
         }
         do {
             try await store.clearUnaccepted(jobs.map(\.id).filter { !unsettled.contains($0) } + accepted)
@@ -294,7 +280,7 @@ struct GatewayBackend: Sendable {
         var ended: [JobID] = []
         for id in ids {
             do {
-                if try await store.markFailed(id, reason: reason) {
+                if try await store.markLost(id, reason: reason) {
                     statistics.jobsLost.add(1, ordering: .relaxed)
                     logger.notice("job lost", metadata: ["job.id": "\(id)"])
                 }

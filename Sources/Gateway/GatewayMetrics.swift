@@ -61,7 +61,7 @@ final class GatewayMetricCounters: Sendable {
         let outcome: String
         switch record?.state {
         case .done: outcome = "done"
-        case .failed: outcome = record?.reason.map { LostJobReason.isLost($0.readableBytesView) } == true ? "lost" : "failed"
+        case .failed: outcome = record?.isLost == true ? "lost" : "failed"
         default: outcome = "expired"
         }
         jobsEnded[outcome]?.increment()

@@ -2,6 +2,7 @@ import Gearman
 import GatewayProtocol
 import JobStore
 import JobgateSupport
+import LegacyJobs
 public import Logging
 import Memcache
 public import NIOCore
@@ -150,8 +151,9 @@ public final class GatewayServer: Service {
                 group.addTask { await backend.sweepUnacceptedJobs() }
                 if let legacy {
                     let legacyJobs = LostJobWatch(
-                        check: legacy, store: store, tracker: tracker, minimumInterval: legacy.minimumInterval,
-                        maximumInterval: legacy.maximumInterval, grace: legacy.grace, statistics: statistics, logger: logger
+                        check: legacy, store: store, tracker: tracker, minimumInterval: configuration.legacyMinimumPollInterval,
+                        maximumInterval: configuration.legacyMaximumPollInterval, grace: configuration.lostJobGrace, statistics: statistics,
+                        logger: logger
                     )
                     group.addTask { await legacyJobs.run() }
                 }
@@ -174,13 +176,13 @@ public final class GatewayServer: Service {
             await gearman.shutdown()
             await redis.close()
             await outcomeRedis.close()
-            await legacy?.memcache.shutdown()
+            await legacy?.shutdown()
             throw error
         }
         await gearman.shutdown()
         await redis.close()
         await outcomeRedis.close()
-        await legacy?.memcache.shutdown()
+        await legacy?.shutdown()
     }
 
     private func makeLegacyBridge(store: RedisJobStore, gearman: GearmanServerPool, statistics: GatewayStatistics) throws -> LegacyBridge? {
@@ -195,10 +197,7 @@ public final class GatewayServer: Service {
             memcache: try MemcacheClient(servers: configuration.memcachedServers, distribution: distribution, logger: logger),
             store: store,
             gearman: gearman,
-            minimumInterval: configuration.legacyMinimumPollInterval,
-            maximumInterval: configuration.legacyMaximumPollInterval,
-            grace: configuration.lostJobGrace,
-            statistics: statistics,
+            polled: { statistics.legacyPolls.add(1, ordering: .relaxed) },
             logger: logger
         )
     }

@@ -4,18 +4,8 @@ import JobStore
 import Logging
 import Synchronization
 
-/// What the backend running a job says about it, asked while the job is unfinished in Redis.
-enum JobPresence: Sendable, Hashable {
-    /// It still has the job.
-    case present
-    /// It had news the check wrote to the record (progress, or the outcome found elsewhere): ask again soon.
-    case moved
-    /// It no longer knows the job, and no outcome came: lost once that lasts the grace period.
-    case gone
-}
-
 /// One way to know a job is gone, for one kind of job: gearmand by unique key for jobs whose workers write Redis
-/// (`GearmanPresenceCheck`), gearmand by handle plus memcached for legacy ones (`LegacyBridge`).
+/// (`GearmanPresenceCheck`), gearmand by handle plus memcached for legacy ones (`LegacyJobsPlugin`).
 protocol JobPresenceCheck: Sendable {
     /// Whether this check is the one for the job.
     func covers(_ record: JobRecord) -> Bool
@@ -32,8 +22,8 @@ protocol JobPresenceCheck: Sendable {
 /// unique key, which survives gearmand's handle renumbering on a persistent-queue replay.
 struct GearmanPresenceCheck: JobPresenceCheck {
     let gearman: GearmanServerPool
-    /// Jobs of these functions are the legacy bridge's.
-    let legacy: LegacyBridge?
+    /// Jobs of its functions are the legacy path's.
+    let legacy: (any LegacyJobsPlugin)?
 
     func covers(_ record: JobRecord) -> Bool {
         !(legacy?.handles(record.function) ?? false)
@@ -93,7 +83,7 @@ struct LostJobWatch: Sendable {
     private func markLost(_ record: JobRecord) async {
         let id = record.id
         do {
-            if try await store.markFailed(id, reason: check.lostReason(record, grace: grace)) {
+            if try await store.markLost(id, reason: check.lostReason(record, grace: grace)) {
                 statistics.jobsLost.add(1, ordering: .relaxed)
                 logger.notice("job lost", metadata: ["job.id": "\(id)"])
             }

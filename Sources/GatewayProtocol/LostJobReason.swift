@@ -1,6 +1,7 @@
 /// A job the gateway ends as lost fails with a reason starting `lost:` (PROTOCOL.md, job states): the one spelling
-/// of that convention, for the gateways that write it and the clients and metrics that tell a lost job from a
-/// worker's failure by it.
+/// of that convention, for the gateways that write it and the clients that tell a lost job from a worker's failure
+/// by it on the wire. (The gateway itself reads the record's kind, `JobRecord.isLost`: a worker's reason may start
+/// the same way.)
 public enum LostJobReason {
     public static let prefix = "lost:"
 

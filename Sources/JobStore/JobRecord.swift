@@ -49,8 +49,8 @@ public struct JobRecord: Sendable, Hashable {
     public var finished: Int64?
     /// Seconds a terminal record is kept; the worker applies it when it writes the outcome.
     public var resultTTL: Int?
-    /// Legacy jobs only: values under the handle with a CAS up to this are older than the job (see `LegacyResultStore`).
-    public var legacyFence: String?
+    /// Whether the job ended failed because a gateway found it lost (`RedisJobStore.markLost`), not by its worker.
+    public var isLost = false
 
     public init(id: JobID, state: JobState, function: String) {
         self.id = id
@@ -104,8 +104,9 @@ public enum JobField {
     public static let updated = "updated"
     public static let finished = "finished"
     public static let resultTTL = "result_ttl"
-    /// Legacy (memcached) jobs: the CAS watermark of the handle's memcached server taken before the job was submitted.
-    public static let legacyFence = "legacy_fence"
+    /// Set by a gateway that ends the job as lost, to the `finished` time of that write: the record is lost while
+    /// it is `failed` with the two equal (a late worker's outcome write moves `finished` on and leaves this).
+    public static let lost = "lost"
 }
 
 extension JobRecord {
@@ -137,6 +138,6 @@ extension JobRecord {
         updated = number(JobField.updated)
         finished = number(JobField.finished)
         resultTTL = number(JobField.resultTTL)
-        legacyFence = text(JobField.legacyFence)
+        isLost = state == .failed && finished != nil && number(JobField.lost) == finished
     }
 }

@@ -282,9 +282,19 @@ public final class RedisJobStore: Sendable {
         for case .failure(let error) in try await evaluate(commands, Self.update) { throw JobStoreError(redis: error) }
     }
 
-    /// Notes the CAS watermark of a memcached-backed job (see `LegacyResultStore`).
-    public func setLegacyFence(_ id: JobID, _ fence: String) async throws(JobStoreError) {
-        _ = try await updateUnlessFinished(id, [JobField.legacyFence: ByteBuffer(string: fence)])
+    /// Writes `fields` into each unfinished record, in one pipelined write: for a writer keeping fields of its own in
+    /// the record (the legacy bridge's fence), which the store does not read.
+    public func setFields(_ updates: [(id: JobID, fields: [String: ByteBuffer])]) async throws(JobStoreError) {
+        guard !updates.isEmpty else { return }
+        for case .failure(let error) in try await evaluate(updates.map { updateCommand($0.id, $0.fields) }, Self.update) {
+            throw JobStoreError(redis: error)
+        }
+    }
+
+    /// One field of each record, in one pipelined read; nil where the record or the field does not exist.
+    public func field(_ field: String, of ids: [JobID]) async throws(JobStoreError) -> [ByteBuffer?] {
+        guard !ids.isEmpty else { return [] }
+        return try await pipeline(ids.map { ["HGET", "\(schema.jobKey($0))", "\(field)"] }, on: redis).map(\.buffer)
     }
 
     /// Writes `done` and the result over an unfinished record only (for writers that may race each other, such as
@@ -294,29 +304,43 @@ public final class RedisJobStore: Sendable {
         try await finishUnlessFinished(id, state: .done, field: JobField.result, payload: result)
     }
 
-    /// Marks an unfinished job failed without a worker (gearmand refused it, or it was lost). A job that
-    /// finished meanwhile keeps its outcome; a record that is gone stays gone. Returns whether it was marked.
+    /// Marks an unfinished job failed without a worker (gearmand refused it). A job that finished meanwhile keeps
+    /// its outcome; a record that is gone stays gone. Returns whether it was marked.
     @discardableResult
     public func markFailed(_ id: JobID, reason: String) async throws(JobStoreError) -> Bool {
         try await finishUnlessFinished(id, state: .failed, field: JobField.reason, payload: ByteBuffer(string: reason))
     }
 
-    private func finishUnlessFinished(_ id: JobID, state: JobState, field: String, payload: ByteBuffer) async throws(JobStoreError) -> Bool {
+    /// `markFailed` for a job that was lost (gearmand no longer has it, and no outcome came): the record says so
+    /// (`JobRecord.isLost`), whatever the reason's text.
+    @discardableResult
+    public func markLost(_ id: JobID, reason: String) async throws(JobStoreError) -> Bool {
+        try await finishUnlessFinished(id, state: .failed, field: JobField.reason, payload: ByteBuffer(string: reason), lost: true)
+    }
+
+    private func finishUnlessFinished(
+        _ id: JobID,
+        state: JobState,
+        field: String,
+        payload: ByteBuffer,
+        lost: Bool = false
+    ) async throws(JobStoreError) -> Bool {
         let now = Self.now()
-        let call = Self.finishUnlessFinished.call(
-            keys: ["\(schema.jobKey(id))"],
-            arguments: ["\(configuration.resultTTL)", "\(field)", .bytes(payload), "\(now)", "\(state.rawValue)", "\(id.rawValue)"] + logArguments(now: now)
-        )
+        var arguments: [RedisArgument] = ["\(configuration.resultTTL)", "\(field)", .bytes(payload), "\(now)", "\(state.rawValue)", "\(id.rawValue)"]
+        arguments += logArguments(now: now)
+        if lost { arguments.append("\(JobField.lost)") }
+        let call = Self.finishUnlessFinished.call(keys: ["\(schema.jobKey(id))"], arguments: arguments)
         return try await evaluate(call, Self.finishUnlessFinished, acknowledgedBy: configuration.replicasAck).int == 1
     }
 
-    /// KEYS[1] job hash; ARGV default TTL, field, value, now, state, id, log key prefix, log length, oldest log id.
-    /// Writes the outcome over an unfinished record only, with the record's own result TTL if it has one, and
-    /// appends it to the function's completion log.
+    /// KEYS[1] job hash; ARGV default TTL, field, value, now, state, id, log key prefix, log length, oldest log id,
+    /// and for a lost job the field `lost`. Writes the outcome over an unfinished record only, with the record's own
+    /// result TTL if it has one, and appends it to the function's completion log.
     static let finishUnlessFinishedScript = """
         local state = redis.call('HGET', KEYS[1], 'state')
         if not state or state == 'done' or state == 'failed' then return 0 end
         redis.call('HSET', KEYS[1], ARGV[2], ARGV[3], 'finished', ARGV[4], 'updated', ARGV[4], 'state', ARGV[5])
+        if ARGV[10] then redis.call('HSET', KEYS[1], ARGV[10], ARGV[4]) end
         redis.call('EXPIRE', KEYS[1], tonumber(redis.call('HGET', KEYS[1], 'result_ttl') or ARGV[1]))
         local fn = redis.call('HGET', KEYS[1], 'function')
         local logKey, jobID, endState, maxLength, minID = fn and (ARGV[7] .. fn), ARGV[6], ARGV[5], ARGV[8], ARGV[9]
@@ -417,7 +441,7 @@ public final class RedisJobStore: Sendable {
     private static let fieldsBesidesOutcome = [
         JobField.state, JobField.function, JobField.numerator, JobField.denominator, JobField.message, JobField.handle,
         JobField.server, JobField.unique, JobField.created, JobField.started, JobField.updated, JobField.finished,
-        JobField.resultTTL, JobField.legacyFence,
+        JobField.resultTTL, JobField.lost,
     ]
 
     // MARK: Worker side

@@ -1,6 +1,7 @@
 public import Gearman
 public import JobStore
 public import JobgateSupport
+public import LegacyJobs
 public import Logging
 public import NIOCore
 import NIOPosix

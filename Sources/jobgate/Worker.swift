@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Gearman
 import JobStore
+import LegacyJobs
 import Logging
 import Memcache
 import NIOSSL

@@ -5,6 +5,7 @@ import JobStore
 import LocalServers
 import Memcache
 import NIOCore
+import Redis
 import Testing
 
 /// A gateway whose function(s) `legacy` keep results in memcached, with memcached running.
@@ -196,6 +197,9 @@ struct LegacyTests {
                 Issue.record("no FAILED for the lost job"); return
             }
             #expect(String(buffer: reason).hasPrefix("lost"))
+            let store = stack.store()
+            #expect(try await store.record(try #require(JobID(rawValue: lost.rawValue)))?.isLost == true, "the record says it was lost")
+            await store.redis.close()
         }
     }
 
@@ -222,6 +226,28 @@ struct LegacyTests {
             }
             _ = try await runPHP(legacyWorkerScript(gearmand: stack.gearmand, memcached: memcached, function: "legacy", extension: .peclMemcache, jobs: 1, store: "$result = 'fresh result';"))
             #expect(try await client.request("WAIT \(id) 20000\n") == .reply(.done(id, result: ByteBuffer(string: "fresh result"))))
+        }
+    }
+
+    /// The fence at work: a job gearmand forgot while a value an earlier job left sits under its reused handle ends
+    /// lost, never `DONE` with that value (gearmand no longer knowing a legacy job is when the bridge reads memcached).
+    @Test func staleValueUnderAForgottenJobsHandle() async throws {
+        try await withLegacyStack(["legacy": .peclMemcache, "probe-handle": .peclMemcache]) { stack, memcached in
+            let client = try await stack.connect()
+            let probe = try #require(try await client.request(submitLine("probe-handle", "x"))?.createdID)
+            let handle = try #require(try await stack.store().record(.init(rawValue: probe.rawValue)!)?.handle)
+            try await stack.gearmand.restart()
+            _ = try await runPHP("<?php $mc = memcache_connect('127.0.0.1', \(memcached.port)); memcache_set($mc, '\(handle)', 'stale result');")
+
+            let id = try #require(try await eventuallyCreated(client, submitLine("legacy", "fresh")))
+            let fresh = try #require(try await stack.store().record(.init(rawValue: id.rawValue)!))
+            #expect(fresh.handle == handle, "gearmand reused the handle")
+            guard case .reply(.watching, _) = try #require(try await client.request("WATCH \(id)\n")) else { Issue.record("no WATCHING"); return }
+            try await stack.gearmand.restart()  // no persistent queue: the job is gone, and no worker wrote anything
+            guard case .event(.failed(id, let reason), _) = try #require(try await client.nextTerminal(timeout: .seconds(20))) else {
+                Issue.record("the stale value was taken as the result"); return
+            }
+            #expect(String(buffer: reason).hasPrefix("lost"))
         }
     }
 }

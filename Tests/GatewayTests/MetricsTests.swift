@@ -1,8 +1,10 @@
 import Foundation
 import Gateway
 import GatewayProtocol
+import JobStore
 import LocalServers
 import NIOCore
+import Redis
 import Testing
 
 /// `/metrics` on the HTTP port, and `STATS` showing the same figures.
@@ -70,6 +72,51 @@ struct MetricsTests {
                 #expect(byName["jobs_submitted"] == "2")
             }
         }
+    }
+
+    /// Only a job the gateway ended as lost counts as lost (its record says so); a worker's failure counts as
+    /// failed, even when its reason happens to start like a lost job's.
+    @Test func lostJobsCountedByTheirRecord() async throws {
+        try await withGatewayStack({ $0.lostJobGrace = .milliseconds(500) }) { stack in
+            try await withTestWorker(stack, ["fail": { _, _ in throw SpelledLikeLost() }]) {
+                let client = try await stack.connect()
+                let before = try await stats(client)
+                let failed = try #require(try await client.request(submitLine("fail", "x"))?.createdID)
+                _ = try await client.request("WATCH \(failed)\n")
+                guard case .event(.failed(failed, let reason), _) = try #require(try await client.nextTerminal(timeout: .seconds(10))) else {
+                    Issue.record("no FAILED from the worker"); return
+                }
+                #expect(String(buffer: reason) == SpelledLikeLost().description)
+
+                let lost = try #require(try await client.request(submitLine("nobody-runs-this", "x"))?.createdID)
+                _ = try await client.request("WATCH \(lost)\n")
+                try await stack.gearmand.restart()  // no persistent queue: the job is gone
+                guard case .event(.failed(lost, _), _) = try #require(try await client.nextTerminal(timeout: .seconds(20))) else {
+                    Issue.record("no FAILED for the lost job"); return
+                }
+                let after = try await stats(client)
+                func moved(_ name: String) -> Double { (after[name] ?? .nan) - (before[name] ?? .nan) }
+                #expect(moved("jobs_ended{state=failed}") == 1)
+                #expect(moved("jobs_ended{state=lost}") == 1)
+                #expect(moved("jobs_marked_lost") == 1)
+                let store = stack.store()
+                let records = try await store.records([failed, lost].compactMap { JobID(rawValue: $0.rawValue) })
+                #expect(records.map { $0?.isLost } == [false, true])
+                await store.redis.close()
+            }
+        }
+    }
+
+    /// A worker's failure whose text looks like a lost job's reason.
+    private struct SpelledLikeLost: Error, CustomStringConvertible {
+        var description: String { "lost: the printer caught fire" }
+    }
+
+    /// `STATS` as numbers by name.
+    private func stats(_ client: GatewayTestClient) async throws -> [String: Double] {
+        let reply = try await client.request("STATS\n")
+        guard case .reply(.stats(let stats), _) = reply else { Issue.record("no STATS: \(String(describing: reply))"); return [:] }
+        return Dictionary(stats.map { ($0.name, Double($0.value) ?? .nan) }, uniquingKeysWith: { $1 })
     }
 
     /// Backend errors are counted by backend, and a backend that answers again counts as a reconnect.

@@ -3,7 +3,6 @@ import Gearman
 import JobStore
 import LocalServers
 import Logging
-import Memcache
 import NIOCore
 import Redis
 import Synchronization
@@ -56,6 +55,45 @@ struct JobStoreTests {
             try await store.reportProgress(id, numerator: 1, denominator: 2)
             let record = try #require(try await store.record(id))
             #expect(record.state == .failed && record.reason == ByteBuffer(string: "disk full") && record.numerator == 0)
+        }
+    }
+
+    /// A job a gateway ended as lost says so in its record, read whole or without its outcome; a worker's failure
+    /// does not, even with a reason spelled like a lost one, nor does a late worker's failure over a lost job.
+    @Test func lostIsAKindOfOutcome() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            let (lost, failed, failedLate) = (newID(), newID(), newID())
+            for id in [lost, failed, failedLate] { _ = try await store.create(id: id, function: "f", unique: nil) }
+            #expect(try await store.markLost(lost, reason: "lost: gearmand no longer knows the job"))
+            try await store.fail(failed, reason: ByteBuffer(string: "lost: the printer caught fire"))
+            #expect(try await !store.markLost(failed, reason: "lost: too late"), "a finished job is not ended again")
+            #expect(try await store.markLost(failedLate, reason: "lost: gone"))
+            try await Task.sleep(for: .milliseconds(5))  // the late worker's write is in a later millisecond
+            try await store.fail(failedLate, reason: ByteBuffer(string: "came back and failed"))
+            let ids = [lost, failed, failedLate]
+            for records in [try await store.records(ids), try await store.recordsWithoutOutcome(ids)] {
+                #expect(records.map { $0?.state } == [.failed, .failed, .failed])
+                #expect(records.map { $0?.isLost } == [true, false, false])
+            }
+            #expect(try await store.record(lost)?.reason == ByteBuffer(string: "lost: gearmand no longer knows the job"))
+        }
+    }
+
+    /// Fields a writer keeps in the record for itself (the legacy bridge's fence) go into unfinished records only,
+    /// and read back one per job.
+    @Test func fieldsOfAWritersOwn() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            let (open, finished, neverCreated) = (newID(), newID(), newID())
+            for id in [open, finished] { _ = try await store.create(id: id, function: "f", unique: nil) }
+            try await store.complete(finished, result: ByteBuffer(string: "r"))
+            try await store.setFields([
+                (open, ["fence": ByteBuffer(string: "7"), JobField.handle: ByteBuffer(string: "H:x:1")]),
+                (finished, ["fence": ByteBuffer(string: "8")]),
+            ])
+            #expect(try await store.field("fence", of: [open, finished, neverCreated]) == [ByteBuffer(string: "7"), nil, nil])
+            #expect(try await store.record(open)?.handle == "H:x:1")
         }
     }
 

@@ -2,6 +2,7 @@ import Foundation
 import Gearman
 import JobStore
 import JobgateSupport
+import LegacyJobs
 import LocalServers
 import Memcache
 import Logging

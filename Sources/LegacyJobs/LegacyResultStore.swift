@@ -1,3 +1,4 @@
+public import JobStore
 public import Memcache
 public import NIOCore
 
