@@ -5,7 +5,8 @@ import Redis
 import ServiceLifecycle
 import Synchronization
 
-/// A job whose record changed, read after the change. `record == nil`: the record is gone (expired or deleted).
+/// A job whose record changed, read after the change: the fields its followers see (`JobRecord.followedFields`).
+/// `record == nil`: the record is gone (expired or deleted).
 public struct JobUpdate: Sendable, Hashable {
     public var id: JobID
     public var record: JobRecord?
@@ -55,6 +56,8 @@ public final class JobChangeFeed: Sendable {
         var dirty: Set<JobID> = []
         var connection: RedisConnection?
         var isReading = false
+        /// A read is due at the end of this event-loop tick (see `noteChange`).
+        var isReadScheduled = false
         var isConnecting = false
         var failures = 0
         var isStopped = false
@@ -175,13 +178,20 @@ public final class JobChangeFeed: Sendable {
         }
     }
 
-    /// A notification, on the event loop: re-read the job if its change concerns anyone.
+    /// A notification, on the event loop: re-read the job if its change concerns anyone. The read waits for the end of
+    /// this tick: every notification that came in the same socket read joins it, so a job written several times in
+    /// a row (a `MULTI`, a worker's start and progress) is read once, and many jobs in one round trip.
     private func noteChange(_ message: RedisPubSubMessage) {
         guard let id = store.schema.jobID(fromKey: String(buffer: message.payload)),
             reader.value.consumer?.wantsChange(of: id) == true
         else { return }
         reader.value.dirty.insert(id)
-        readIfIdle()
+        guard !reader.value.isReadScheduled else { return }
+        reader.value.isReadScheduled = true
+        eventLoop.execute {
+            self.reader.value.isReadScheduled = false
+            self.readIfIdle()
+        }
     }
 
     /// Reads every job the consumer follows again (from any thread): after notifications may have been lost.
@@ -257,13 +267,13 @@ public final class JobChangeFeed: Sendable {
         let batch = Array(reader.value.dirty.prefix(Self.readBatchSize))
         reader.value.dirty.subtract(batch)
         reader.value.isReading = true
-        connection.pipelineFuture(store.readCommands(batch)).assumeIsolated().whenComplete { result in
+        connection.pipelineFuture(store.followedReadCommands(batch)).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let replies):
                 var unreadable: [JobID] = []
                 for (id, reply) in zip(batch, replies) {
                     do {
-                        let record = try RedisJobStore.record(id, from: reply)
+                        let record = try RedisJobStore.followedRecord(id, from: reply)
                         // Asked again: whoever wanted it may have stopped following while it was read.
                         if consumer.wantsChange(of: id) { consumer.changed(JobUpdate(id: id, record: record)) }
                     } catch {

@@ -141,3 +141,33 @@ extension JobRecord {
         isLost = state == .failed && finished != nil && number(JobField.lost) == finished
     }
 }
+
+// MARK: What followers see
+
+extension JobRecord {
+    /// The fields a job's watchers and waiters can be shown: its progress, its outcome, its function (whose access a
+    /// waiter's answer checks) and `finished` (push latency). A change is re-read with `HMGET` of these alone: the
+    /// notification says only that the hash was written, and no event shows the rest (where the job runs, when it
+    /// started, its unique key, fields a worker added).
+    public static let followedFields = [
+        JobField.state, JobField.function, JobField.numerator, JobField.denominator, JobField.message, JobField.result,
+        JobField.reason, JobField.finished,
+    ]
+
+    /// Decodes the values of an `HMGET` of `followedFields`, in that order (nil: the field is not set); nil when the
+    /// key does not exist or has no valid state. The other fields stay unset.
+    init?(id: JobID, followedValues values: [ByteBuffer?]) {
+        guard values.count == Self.followedFields.count, let stateValue = values[0],
+            let state = JobState(rawValue: String(buffer: stateValue))
+        else { return nil }
+        func number<T: FixedWidthInteger>(_ value: ByteBuffer?) -> T? { value.flatMap { T(String(buffer: $0)) } }
+        self.init(id: id, state: state, function: values[1].map { String(buffer: $0) } ?? "")
+        numerator = number(values[2]) ?? 0
+        denominator = number(values[3]) ?? 0
+        message = values[4] ?? ByteBuffer()
+        result = state == .done ? (values[5] ?? ByteBuffer()) : nil
+        reason = state == .failed ? (values[6] ?? ByteBuffer()) : nil
+        outcomeSize = (result ?? reason)?.readableBytes ?? 0
+        finished = number(values[7])
+    }
+}

@@ -382,6 +382,22 @@ public final class RedisJobStore: Sendable {
         return JobRecord(id: id, fields: array.compactMap(\.buffer))
     }
 
+    /// The commands that re-read changed jobs for their followers: `HMGET` of `JobRecord.followedFields` (see
+    /// `followedRecord(_:from:)`).
+    func followedReadCommands(_ ids: [JobID]) -> [RedisCommand] {
+        ids.map { RedisCommand("HMGET", [RedisArgument(schema.jobKey($0))] + Self.followedFieldArguments) }
+    }
+
+    private static let followedFieldArguments = JobRecord.followedFields.map { RedisArgument($0) }
+
+    /// The record, as its followers see it, in the reply to its command of `followedReadCommands`; nil when there is none.
+    static func followedRecord(_ id: JobID, from reply: RedisReply) throws(JobStoreError) -> JobRecord? {
+        guard let values = reply.array, values.count == JobRecord.followedFields.count else {
+            throw JobStoreError(.unexpectedReply, "HMGET answered \(reply)")
+        }
+        return JobRecord(id: id, followedValues: values.map(\.buffer))
+    }
+
     /// Like `records(_:)`, but without the result or reason, only their size (`outcomeSize`): a lookup that may need
     /// a large result reads it with `outcomes(of:)` once there is room for it, and one that needs none (`STATUS`)
     /// never reads it. One pipelined write, three commands per job.

@@ -184,6 +184,62 @@ struct JobChangeFeedTests {
         }
     }
 
+    /// A re-read fetches what followers can be shown, not the whole record: a large field no event shows (a worker's
+    /// own, here) is not sent again for each change. Counted in bytes by the test's own redis-server.
+    @Test func rereadFetchesOnlyWhatFollowersSee() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store) { _, log in
+                let id = newID()
+                _ = try await store.create(id: id, function: "f", unique: nil)
+                let unseen = String(repeating: "x", count: 256 * 1024)
+                try await store.redis.send(["HSET", "\(store.schema.jobKey(id))", "worker_notes", "\(unseen)"])
+                log.follow(id)
+                let before = try await Self.bytesSent(by: store)
+                try await store.reportProgress(id, numerator: 1, denominator: 2, message: ByteBuffer(string: "half"))
+                try await eventually("the progress update") { log.all.contains { $0.record?.message == ByteBuffer(string: "half") } }
+                let sent = try await Self.bytesSent(by: store) - before
+                #expect(sent < 16 * 1024, "a progress re-read sent \(sent) bytes")
+                #expect(log.all.last?.record?.numerator == 1)
+            }
+        }
+    }
+
+    /// Notifications that arrive together are read together: a job written three times in one `MULTI` is re-read once,
+    /// not once for the first notification and again for the others. Counted by the test's own redis-server.
+    @Test func notificationsArrivingTogetherAreReadOnce() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store) { _, log in
+                let id = newID()
+                _ = try await store.create(id: id, function: "f", unique: nil)
+                log.follow(id)
+                let key = RedisArgument(store.schema.jobKey(id))
+                let readsBefore = try await Self.recordReads(store)
+                _ = try await store.redis.pipeline([
+                    ["MULTI"], ["HSET", key, "message", "one"], ["HSET", key, "message", "two"], ["HSET", key, "message", "three"], ["EXEC"],
+                ])
+                try await eventually("the last write's update") { log.all.contains { $0.record?.message == ByteBuffer(string: "three") } }
+                try await Task.sleep(for: .milliseconds(200))  // time for any further read to happen
+                #expect(try await Self.recordReads(store) - readsBefore == 1)
+                #expect(log.all.count == 1)
+            }
+        }
+    }
+
+    /// Bytes redis-server has sent to all its clients (`INFO stats`).
+    static func bytesSent(by store: RedisJobStore) async throws -> Int {
+        let info = try #require(try await store.redis.send(["INFO", "stats"]).string)
+        let line = try #require(info.split(whereSeparator: \.isNewline).first { $0.hasPrefix("total_net_output_bytes:") })
+        return try #require(Int(line.dropFirst("total_net_output_bytes:".count)))
+    }
+
+    /// Commands that read a whole job hash or fields of it, so far.
+    static func recordReads(_ store: RedisJobStore) async throws -> Int {
+        let calls = try await StoreCommandsTests.commandCalls(store)
+        return calls["hgetall", default: 0] + calls["hmget", default: 0]
+    }
+
     /// redis-server killed with -9 in the middle of 1,000 completions and restarted on the same port: every
     /// completion is observed, none twice as a terminal event.
     @Test func redisKilledDuringCompletions() async throws {

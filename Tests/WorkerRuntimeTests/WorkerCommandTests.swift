@@ -240,6 +240,7 @@ struct ReadmeExampleTests {
                 try await eventually("gearmand to forget the job") { try await !gearman.status(handle: handle).known }
             }
             // An empty payload fails: reason in Redis, WORK_FAIL to a foreground client.
+            _ = try await store.redis.send(["CONFIG", "RESETSTAT"])
             let id = newID()
             _ = try await store.create(id: id, function: "reverse", unique: nil)
             let job = try await gearman.submitForeground(GearmanJobRequest(function: "reverse", unique: id.rawValue, payload: ByteBuffer()))
@@ -248,6 +249,10 @@ struct ReadmeExampleTests {
             let record = try #require(try await store.record(id))
             #expect(record.state == .failed && record.reason == ByteBuffer(string: "nothing to reverse"))
             #expect(try await completionLog(store, "reverse") == ["done", "failed"], "each outcome is in the completion log")
+            // Redis has both scripts since the first job: the second one's start and outcome went by their SHA1 alone.
+            let stats = try await store.redis.send(["INFO", "commandstats"]).string ?? ""
+            let scriptCalls = stats.split(whereSeparator: \.isNewline).filter { $0.hasPrefix("cmdstat_eval") }
+            #expect(scriptCalls.count == 1 && scriptCalls[0].hasPrefix("cmdstat_evalsha:calls=2,"), "\(scriptCalls)")
         }
     }
 
