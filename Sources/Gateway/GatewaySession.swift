@@ -677,6 +677,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         if let replaced { endWatch(replaced) }
         let token = tracker.makeToken(for: id)
         watches[id] = token
+        pauseIdleCheck()
         pendingWatches[token] = PendingWatch(gatewayID: gatewayID, tag: request.tag)
         let registered = tracker.watch(token, as: gatewayID, target: target, tag: request.tag)
         registered.hop(to: context.eventLoop).assumeIsolated().whenComplete { _ in
@@ -713,6 +714,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         if watches[token.id] == token { watches[token.id] = nil }
         pendingWatches[token] = nil
         if pendingWatches.isEmpty { pendingWatches = [:] }  // its storage, kept by each of 10,000 idle watchers otherwise
+        resumeIdleCheck()
     }
 
     /// After `WATCHING`: what the tracker handed over meanwhile goes out first, if it is news; then the watch is live.
@@ -836,7 +838,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// An event from the tracker; `ending`: the watch it ends.
     fileprivate func pushed(_ response: GatewayResponse, ending: JobTracker.Token?) {
         guard !isClosed else { return }
-        if let ending, watches[ending.id] == ending { watches[ending.id] = nil }
+        if let ending, watches[ending.id] == ending {
+            watches[ending.id] = nil
+            resumeIdleCheck()
+        }
         emit(response)
         scheduleFlush()
     }
@@ -1102,6 +1107,20 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// the earliest moment it can be idle.
     private func scheduleIdleCheck(in delay: TimeAmount) {
         idleCheck = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { self.checkIdle() }
+    }
+
+    /// A connection that watches a job is never idle: it holds no timer meanwhile (each of 10,000 idle watchers
+    /// would hold one), and gets one again once it watches nothing.
+    private func pauseIdleCheck() {
+        idleCheck?.cancel()
+        idleCheck = nil
+    }
+
+    private func resumeIdleCheck() {
+        guard idleCheck == nil, watches.isEmpty, !isClosed, !isClosing, !inputEnded else { return }
+        let timeout = TimeAmount(configuration.idleTimeout)
+        let quiet = NIODeadline.now() - lastRequest
+        scheduleIdleCheck(in: quiet >= timeout ? timeout : timeout - quiet)
     }
 
     private func checkIdle() {
