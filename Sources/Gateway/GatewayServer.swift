@@ -212,9 +212,10 @@ public final class GatewayServer: Service {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             // A client that sends its requests and shuts its side (`printf … | nc`) still gets every reply.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
-            // Each connection keeps its receive buffer between reads: start it small (it grows with the traffic), as
-            // most connections are idle watchers and there may be 10,000 of them.
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 256, maximum: 65_536))
+            // Each connection keeps its receive buffers between reads (NIO pools two once a read found more): start
+            // them at a `WATCH` line's size (they grow with the traffic, doubling on each full read), as most connections
+            // are idle watchers and there may be 10,000 of them.
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 64, maximum: 65_536))
             .childChannelInitializer { [tls = self.tls, logger = self.logger] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let refusal = connections.admit(channel)

@@ -680,6 +680,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         if let replaced { endWatch(replaced) }
         let token = tracker.makeToken(for: id)
         watches[id] = token
+        pauseIdleCheck()
         pendingWatches[token] = PendingWatch(gatewayID: gatewayID, tag: request.tag)
         let (access, services, eventLoop) = (access, services, context.eventLoop)
         let read = tracker.watch(token, as: gatewayID, target: target, tag: request.tag) {
@@ -723,6 +724,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         if watches[token.id] == token { watches[token.id] = nil }
         pendingWatches[token] = nil
         if pendingWatches.isEmpty { pendingWatches = [:] }  // its storage, kept by each of 10,000 idle watchers otherwise
+        resumeIdleCheck()
     }
 
     /// After `WATCHING`: what the tracker handed over meanwhile goes out first, if it is news; then the watch is live.
@@ -846,7 +848,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// An event from the tracker; `ending`: the watch it ends.
     fileprivate func pushed(_ response: GatewayResponse, ending: JobTracker.Token?) {
         guard !lifecycle.isClosed else { return }
-        if let ending, watches[ending.id] == ending { watches[ending.id] = nil }
+        if let ending, watches[ending.id] == ending {
+            watches[ending.id] = nil
+            resumeIdleCheck()
+        }
         emit(response)
         scheduleFlush()
     }
@@ -1112,6 +1117,20 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// the earliest moment it can be idle.
     private func scheduleIdleCheck(in delay: TimeAmount) {
         idleCheck = context.eventLoop.assumeIsolated().scheduleTask(in: delay) { self.checkIdle() }
+    }
+
+    /// A connection that watches a job is never idle: it holds no timer meanwhile (each of 10,000 idle watchers
+    /// would hold one), and gets one again once it watches nothing.
+    private func pauseIdleCheck() {
+        idleCheck?.cancel()
+        idleCheck = nil
+    }
+
+    private func resumeIdleCheck() {
+        guard idleCheck == nil, watches.isEmpty, lifecycle.isReading else { return }
+        let timeout = TimeAmount(configuration.idleTimeout)
+        let quiet = NIODeadline.now() - lastRequest
+        scheduleIdleCheck(in: quiet >= timeout ? timeout : timeout - quiet)
     }
 
     private func checkIdle() {

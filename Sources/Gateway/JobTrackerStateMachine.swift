@@ -61,9 +61,47 @@ struct JobTrackerStateMachine {
         case update(JobUpdate)
     }
 
+    /// A job's watchers by number. The first is kept inline: most jobs have one watcher, and a dictionary of one
+    /// costs an allocation of ~320 bytes (10,000 idle watchers of 10,000 jobs: 3 MiB).
+    private struct Watchers: Sequence {
+        private var first: (number: UInt64, watcher: Watcher)?
+        private var others: [UInt64: Watcher] = [:]
+
+        var isEmpty: Bool { first == nil && others.isEmpty }
+
+        subscript(number: UInt64) -> Watcher? {
+            get { first?.number == number ? first?.watcher : others[number] }
+            set {
+                if first?.number == number {
+                    first = newValue.map { (number, $0) }
+                } else if others[number] != nil || first != nil {
+                    others[number] = newValue
+                    if others.isEmpty { others = [:] }  // its storage
+                } else {
+                    first = newValue.map { (number, $0) }
+                }
+            }
+        }
+
+        struct Iterator: IteratorProtocol {
+            fileprivate var first: (number: UInt64, watcher: Watcher)?
+            fileprivate var others: [UInt64: Watcher].Iterator
+
+            mutating func next() -> (UInt64, Watcher)? {
+                if let first {
+                    self.first = nil
+                    return first
+                }
+                return others.next().map { ($0.key, $0.value) }
+            }
+        }
+
+        func makeIterator() -> Iterator { Iterator(first: first, others: others.makeIterator()) }
+    }
+
     /// Everyone following one job.
     private struct Interest {
-        var watchers: [UInt64: Watcher] = [:]
+        var watchers = Watchers()
         var waiters: [UInt64: WaitEnd] = [:]
         /// Its end was delivered (only pending watchers, holding it, may remain).
         var hasEnded = false

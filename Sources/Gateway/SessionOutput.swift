@@ -40,8 +40,8 @@ struct ReplyOrder<Reply> {
     }
 }
 
-/// A FIFO queue that allocates nothing while it has never held anything: a connection has several, most stay
-/// empty, and there may be 10,000 connections.
+/// A FIFO queue that holds no storage while it is empty: a connection has several, most are empty most of the time
+/// (an idle watcher's, once its `WATCH` was answered), and there may be 10,000 connections.
 struct LazyQueue<Element> {
     private var storage: CircularBuffer<Element>?
 
@@ -55,7 +55,8 @@ struct LazyQueue<Element> {
     }
 
     mutating func popFirst() -> Element? {
-        storage?.popFirst()
+        defer { if storage?.isEmpty == true { storage = nil } }
+        return storage?.popFirst()
     }
 
     mutating func removeAll() {

@@ -146,12 +146,12 @@ extension JobRecord {
 
 extension JobRecord {
     /// The fields a job's watchers and waiters can be shown: its progress, its outcome, its function (whose access a
-    /// waiter's answer checks) and `finished` (push latency). A change is re-read with `HMGET` of these alone: the
+    /// waiter's answer checks), `finished` (push latency) and `lost` (the kind of a failure, for metrics). A change is re-read with `HMGET` of these alone: the
     /// notification says only that the hash was written, and no event shows the rest (where the job runs, when it
     /// started, its unique key, fields a worker added).
     public static let followedFields = [
         JobField.state, JobField.function, JobField.numerator, JobField.denominator, JobField.message, JobField.result,
-        JobField.reason, JobField.finished,
+        JobField.reason, JobField.finished, JobField.lost,
     ]
 
     /// Decodes the values of an `HMGET` of `followedFields`, in that order (nil: the field is not set); nil when the
@@ -169,5 +169,6 @@ extension JobRecord {
         reason = state == .failed ? (values[6] ?? ByteBuffer()) : nil
         outcomeSize = (result ?? reason)?.readableBytes ?? 0
         finished = number(values[7])
+        isLost = state == .failed && finished != nil && number(values[8]) == finished
     }
 }

@@ -153,11 +153,24 @@ public final class RedisReplyDecoder: NIOSingleStepByteToMessageDecoder {
     }
 }
 
-/// Copies a hiredis reply tree into Swift values; all bulk strings share one ByteBuffer allocation.
+/// Copies a hiredis reply tree into Swift values; all bulk strings share one ByteBuffer allocation. The bytes are all
+/// written before the first slice is taken: a slice shares the storage, so a write after it would copy the whole
+/// storage (for an `HGETALL` of a dozen fields, a dozen growing copies, each kept alive by its field).
 private func copyReply(_ reply: UnsafePointer<redisReply>) -> RedisReply {
     var storage = ByteBuffer()
     storage.reserveCapacity(stringBytes(reply))
-    return copyReply(reply, into: &storage)
+    writeStrings(reply, into: &storage)
+    var offset = storage.readerIndex
+    return copyReply(reply, slicing: storage, at: &offset)
+}
+
+private func writeStrings(_ reply: UnsafePointer<redisReply>, into storage: inout ByteBuffer) {
+    switch reply.pointee.type {
+    case REDIS_REPLY_STRING: storage.writeBytes(UnsafeRawBufferPointer(start: reply.pointee.str, count: reply.pointee.len))
+    case REDIS_REPLY_ARRAY:
+        for index in 0..<reply.pointee.elements { writeStrings(reply.pointee.element[index]!, into: &storage) }
+    default: break
+    }
 }
 
 private func stringBytes(_ reply: UnsafePointer<redisReply>) -> Int {
@@ -173,13 +186,13 @@ private func stringBytes(_ reply: UnsafePointer<redisReply>) -> Int {
     }
 }
 
-private func copyReply(_ reply: UnsafePointer<redisReply>, into storage: inout ByteBuffer) -> RedisReply {
+/// The reply, its bulk strings sliced from `storage` (written by `writeStrings`) in order from `offset`.
+private func copyReply(_ reply: UnsafePointer<redisReply>, slicing storage: ByteBuffer, at offset: inout Int) -> RedisReply {
     let value = reply.pointee
     switch value.type {
     case REDIS_REPLY_STRING:
-        let start = storage.writerIndex
-        storage.writeBytes(UnsafeRawBufferPointer(start: value.str, count: value.len))
-        return .bulkString(storage.getSlice(at: start, length: value.len)!)
+        defer { offset += value.len }
+        return .bulkString(storage.getSlice(at: offset, length: value.len)!)
     case REDIS_REPLY_STATUS:
         return .simpleString(text(value))
     case REDIS_REPLY_ERROR:
@@ -190,7 +203,7 @@ private func copyReply(_ reply: UnsafePointer<redisReply>, into storage: inout B
         var elements: [RedisReply] = []
         elements.reserveCapacity(value.elements)
         for index in 0..<value.elements {
-            elements.append(copyReply(value.element[index]!, into: &storage))
+            elements.append(copyReply(value.element[index]!, slicing: storage, at: &offset))
         }
         return .array(elements)
     default:  // REDIS_REPLY_NIL: hiredis creates no other type

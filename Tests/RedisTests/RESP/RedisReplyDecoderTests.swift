@@ -24,6 +24,21 @@ import Testing
 
     private func bulk(_ text: String) -> RedisReply { .bulkString(ByteBuffer(string: text)) }
 
+    /// The bulk strings of one reply are slices of one allocation, side by side (an `HGETALL` of a watched job is
+    /// kept for as long as the watch: before, each string taken made the next write copy the storage, so a record
+    /// of a dozen fields held a dozen growing copies).
+    @Test func bulkStringsOfAReplyShareOneAllocation() throws {
+        let replies = try decode("*6\r\n$5\r\nstate\r\n$6\r\nqueued\r\n:7\r\n$8\r\nfunction\r\n*1\r\n$3\r\nabc\r\n$0\r\n\r\n")
+        guard case .array(let elements) = try #require(replies.first) else { Issue.record("not an array: \(replies)"); return }
+        var strings = elements.compactMap(\.buffer)
+        if case .array(let nested) = elements[4] { strings.insert(contentsOf: nested.compactMap(\.buffer), at: 3) }
+        #expect(strings.map { String(buffer: $0) } == ["state", "queued", "function", "abc", ""])
+        let addresses = strings.map { $0.withUnsafeReadableBytes { Int(bitPattern: $0.baseAddress) } }
+        for index in 1..<(strings.count - 1) {
+            #expect(addresses[index] == addresses[index - 1] + strings[index - 1].readableBytes, "string \(index) is not next to the one before")
+        }
+    }
+
     /// Every RESP2 type becomes its Swift case.
     @Test func everyType() throws {
         #expect(try decode("+OK\r\n") == [.simpleString("OK")])
