@@ -396,9 +396,9 @@ private struct PipeState {
     }
 }
 
-/// The threads that run children: one per child running at once, kept for the next child when it ends (a thread
-/// started and ended per job was ~7 % of a `jobgate worker`'s CPU with `cat`, and a wake-up more before the
-/// spawn). Idle threads wait on a condition; there are never more than the most children that ran at once.
+/// The threads that run children: one per child running at once, kept for the next child when it ends (starting
+/// and ending a thread per job was 5–10 % of a `jobgate worker`'s profile with `cat`). Idle threads wait on a
+/// condition; there are never more than the most children that ran at once.
 final class ChildThreads: @unchecked Sendable {
     static let shared = ChildThreads()
 
