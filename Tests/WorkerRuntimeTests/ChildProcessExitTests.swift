@@ -27,6 +27,21 @@ struct ChildProcessExitTests {
         #expect(sleeper.timerWakeUps == 0)
     }
 
+    /// Children one after another run on a thread kept from the one before: no thread is started per job. Each
+    /// child lists the threads of this process while the thread that spawned it waits for it; a thread started
+    /// per child is new in every list. Other threads of the test process may start meanwhile (other tests), so
+    /// one list with no thread the list before lacked is enough.
+    @Test func childrenReuseTheirThreads() async throws {
+        var lists: [Set<Substring>] = []
+        for _ in 0..<10 {
+            let outcome = try await Self.child("ls /proc/$PPID/task").run(input: []) { _ in }
+            #expect(outcome.termination == .exited(0))
+            lists.append(Set(String(decoding: outcome.output, as: UTF8.self).split(separator: "\n")))
+        }
+        let withoutNewThread = zip(lists, lists.dropFirst()).filter { before, after in after.isSubset(of: before) }.count
+        #expect(withoutNewThread > 0, "every child was spawned by a thread the child before did not see")
+    }
+
     /// Where the kernel has no pidfd, the exit is still found, by the timed check; output and status are the same.
     @Test func timedExitCheckWithoutPidfd() async throws {
         let outcome = try await Self.child("echo out; echo err >&2; exec >&- 2>&- 3>&-; sleep 0.2; exit 3", watchesExitThroughDescriptor: false)

@@ -42,6 +42,22 @@ struct JobCommandTests {
         #expect(try await JobCommand("true").run(input: ByteBuffer(repeating: 7, count: 1 << 20)).readableBytes == 0)
     }
 
+    /// The program gets the worker's environment with the command's variables over it and the run's over those,
+    /// each name once (the worker's own environment is read once and reused). `env` prints the entries as given
+    /// (a shell would merge repeated names).
+    @Test func environmentLayers() async throws {
+        let path = try #require(ProcessInfo.processInfo.environment["PATH"])
+        var command = JobCommand("env")
+        command.environment = ["PATH": path, "HOME": "/from-command", "LAYER": "command"]
+        for _ in 0..<2 {
+            let output = try await command.run(input: ByteBuffer(), environment: ["LAYER": "run"])
+            let entries = String(buffer: output).split(separator: "\n")
+            #expect(entries.filter { $0.hasPrefix("HOME=") } == ["HOME=/from-command"])
+            #expect(entries.filter { $0.hasPrefix("LAYER=") } == ["LAYER=run"])
+            #expect(entries.filter { $0.hasPrefix("PATH=") } == ["PATH=\(path)"])
+        }
+    }
+
     /// A non-zero exit fails with the tail of stderr as the reason; without stderr the status is named.
     @Test func nonZeroExit() async throws {
         let failed = try await runExpectingError(shell("seq 1 5000 >&2; echo 'disk full' >&2; exit 3"))
