@@ -78,16 +78,15 @@ struct JobTrackerWatchTests {
             let store = RedisJobStore(redis: redis)
             try await KeyspaceNotifications.ensureEnabled(on: redis)
             let eventLoop = MultiThreadedEventLoopGroup.singleton.any()
-            let feed = JobChangeFeed(store: store, eventLoop: eventLoop, sweepInterval: .seconds(30))
             // The gateway's own statistics (their registry is the gateway's).
             let statistics = GatewayStatistics(
                 registry: GatewayServer(configuration: GatewayConfiguration()).metrics,
                 backends: BackendStatus(redisServer: "redis", gearmandServers: [], logger: Logger(label: "test"))
             )
-            let tracker = JobTracker(feed: feed, statistics: statistics)
+            let tracker = JobTracker(store: store, eventLoop: eventLoop, sweepInterval: .seconds(30), statistics: statistics, logger: Logger(label: "test"))
             let running = Task { try await tracker.run() }
             defer { running.cancel() }
-            try await withTimeout(.seconds(10), "the feed's subscription") { await feed.waitUntilReady() }
+            try await withTimeout(.seconds(10), "the feed's subscription") { try await tracker.feed.waitUntilReady() }
             try await body(Fixture(store: store, tracker: tracker, eventLoop: eventLoop))
         }
     }
