@@ -135,14 +135,14 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// (reserved when `SUBSCRIBE` is read): the tracker holds who follows a job, the session what it follows.
     private var watches: [JobID: JobTracker.Token] = [:]
     private var subscriptions: Set<String> = []
-    /// Watches whose `WATCHING` is not written yet, with the latest change the tracker handed over meanwhile: shown
-    /// right after `WATCHING`, before any later reply.
+    /// Watches whose `WATCHING` is not written yet, with their job's end if the tracker handed it over meanwhile:
+    /// written right after `WATCHING`, before any later reply.
     private var pendingWatches: [JobTracker.Token: PendingWatch] = [:]
 
     private struct PendingWatch {
         var gatewayID: GatewayJobID
         var tag: GatewayTag?
-        var held: JobUpdate?
+        var end: JobUpdate?
     }
     /// Bytes of this connection's `SUBMIT` blocks counted in the gateway's input bound (`inputBufferLimit`): from
     /// the moment a block's line is read until its submission is answered, or the session ends.
@@ -727,16 +727,20 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         resumeIdleCheck()
     }
 
-    /// After `WATCHING`: what the tracker handed over meanwhile goes out first, if it is news; then the watch is live.
+    /// After `WATCHING`: the job's end if it came meanwhile, or the watch is live (the tracker sends what is news to
+    /// it, never older than `record`).
     private func activate(_ token: JobTracker.Token, shown record: JobRecord) {
         guard let pending = pendingWatches.removeValue(forKey: token) else { return }  // replaced or ended meanwhile
         if pendingWatches.isEmpty { pendingWatches = [:] }
+        guard let end = pending.end else { return tracker.activate(token, shown: record.progress) }
         var shown: JobRecord.Progress? = record.progress
-        if let held = pending.held {
-            if let event = JobTrackerStateMachine.event(for: held, shown: &shown, as: pending.gatewayID, tag: pending.tag) { emit(event) }
-            if held.record?.state.isTerminal ?? true { return endWatch(token) }
-        }
-        tracker.activate(token, shown: shown ?? record.progress)
+        if let event = JobTrackerStateMachine.event(for: end, shown: &shown, as: pending.gatewayID, tag: pending.tag) { emit(event) }
+        endWatch(token)
+    }
+
+    /// The end of a watched job that arrived before its `WATCHING` was written.
+    fileprivate func heldEnd(_ update: JobUpdate, for token: JobTracker.Token) {
+        pendingWatches[token]?.end = update
     }
 
     /// WAIT (and SUBMIT wait=): the outcome as soon as the job ends, or TIMEOUT with its state.
@@ -838,11 +842,6 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         case .close: run(lifecycle.closeRequested(waitsForOutput: !backlog.isEmpty))
         case .unwatch, .unsubscribe, nil: break
         }
-    }
-
-    /// A change of a watched job that arrived before its `WATCHING` was written.
-    fileprivate func held(_ update: JobUpdate, for token: JobTracker.Token) {
-        pendingWatches[token]?.held = update
     }
 
     /// An event from the tracker; `ending`: the watch it ends.
@@ -1245,12 +1244,12 @@ final class SessionPushTarget: PushTarget, LogSubscriber {
         }
     }
 
-    func hold(_ update: JobUpdate, for watch: JobTracker.Token) {
+    func holdEnd(_ update: JobUpdate, for watch: JobTracker.Token) {
         let handler = self.handler
         if handler.eventLoop.inEventLoop {
-            handler.value?.held(update, for: watch)
+            handler.value?.heldEnd(update, for: watch)
         } else {
-            handler.eventLoop.execute { handler.value?.held(update, for: watch) }
+            handler.eventLoop.execute { handler.value?.heldEnd(update, for: watch) }
         }
     }
 

@@ -63,8 +63,8 @@ final class JobTracker: JobChangeConsumer, Service {
     // MARK: Registrations (from any thread)
 
     /// WATCH, for a session and a job page alike: registers a pending watcher, then reads the job with `read`
-    /// (subscribe, then read). A change before the read is in what it finds; one after it is held for the watcher,
-    /// and goes out once the caller has shown what was found and calls `activate(_:shown:)` (only what is news to it).
+    /// (subscribe, then read). A change before the read is in what it finds; one after it goes out once the caller
+    /// has shown what was found and calls `activate(_:shown:)` (only what is news to it, never older than it).
     ///
     /// When the read fails, or finds nothing left to follow (never issued, expired, ended), the watcher is removed
     /// again here; otherwise it is the caller's until `activate` and the job's end, or `unwatch`.
@@ -84,10 +84,10 @@ final class JobTracker: JobChangeConsumer, Service {
         return lookup
     }
 
-    /// The watch's `WATCHING` was written, and what it held, showing `shown`: its events flow from now on.
+    /// The watch's `WATCHING` was written, showing `shown`: its events flow from now on.
     func activate(_ token: Token, shown: JobRecord.Progress) {
         eventLoop.execute {
-            self.run(self.machine.value.activate(token, shown: shown).map { [$0] } ?? [])
+            self.run(self.machine.value.activate(token, shown: shown, nextRead: self.feed.nextReadNumber, readInFlight: self.feed.isReading))
             self.publishCounts()
         }
     }
@@ -168,8 +168,10 @@ final class JobTracker: JobChangeConsumer, Service {
             case .push(let target, let response, let ending):
                 target.push(response, ending: ending)
                 statistics.eventsPushed.add(1, ordering: .relaxed)
-            case .hold(let target, let update, let token):
-                target.hold(update, for: token)
+            case .holdEnd(let target, let update, let token):
+                target.holdEnd(update, for: token)
+            case .readAgain(let id):
+                feed.readAgain(id)
             case .endWait(let onEnd, let outcome):
                 onEnd(outcome)
             case .jobEnded(let record, let pushes):

@@ -15,10 +15,10 @@ protocol PushTarget: AnyObject, Sendable {
     /// Called from the tracker's event loop, in the order of the job's changes; must not block. `ending`: the watch
     /// this event ends (its terminal event), which the tracker has forgotten.
     func push(_ response: GatewayResponse, ending: JobTrackerStateMachine.Token?)
-    /// A change that arrived while the watch is pending (its `WATCHING` not written yet), also held by the tracker:
-    /// a target that writes `WATCHING` in order with other replies shows it right after that reply, and activates the
-    /// watch with what it showed then (see `JobTrackerStateMachine.event(for:shown:as:tag:)`).
-    func hold(_ update: JobUpdate, for watch: JobTrackerStateMachine.Token)
+    /// The job's end, arrived while the watch is pending (its `WATCHING` not written yet), also held by the tracker:
+    /// a target that writes `WATCHING` in order with other replies writes the end right after that reply, before any
+    /// later one (PROTOCOL.md: a job that ended gets its terminal event right after `WATCHING`), and ends the watch.
+    func holdEnd(_ update: JobUpdate, for watch: JobTrackerStateMachine.Token)
 }
 
 /// Who follows which job, and what each was shown: the one owner of per-job interest in a gateway.
@@ -26,7 +26,7 @@ protocol PushTarget: AnyObject, Sendable {
 /// Watchers get every change of their job they have not seen and end with its terminal event; waiters get the end
 /// only. (Subscribers of a function read its completion log instead: `CompletionLogHub`.) A watcher registers before its
 /// session reads the job (subscribe, then read) and stays *pending* until the session wrote its `WATCHING` reply:
-/// what arrives meanwhile is held and delivered right after that reply, so no event ever precedes it.
+/// what arrives meanwhile is held, so no event ever precedes that reply, and none shows the job older than it did.
 ///
 /// A plain value: each event (a registration, a record read after a change, shutdown) returns the actions to run.
 /// `JobTracker` runs it on its event loop; the tests drive it event by event.
@@ -40,7 +40,9 @@ struct JobTrackerStateMachine {
 
     enum Action {
         case push(any PushTarget, GatewayResponse, ending: Token?)
-        case hold(any PushTarget, JobUpdate, for: Token)
+        case holdEnd(any PushTarget, JobUpdate, for: Token)
+        /// Read the job again, in the feed's next read: a watcher starts from that read (see `activate`).
+        case readAgain(JobID)
         case endWait(WaitEnd, WaitOutcome)
         /// A job's end reached its followers (once per job; `record == nil`: it expired): `pushes` events carry it.
         case jobEnded(JobRecord?, pushes: Int)
@@ -55,6 +57,9 @@ struct JobTrackerStateMachine {
         var held: Held?
         /// The progress this watcher was last shown: the one place progress is de-duplicated.
         var shown: JobRecord.Progress?
+        /// The first of the feed's reads whose progress this watcher may be shown: earlier reads were sent before its
+        /// session had its own answer, on another connection, so they may be older than what it showed.
+        var firstFreshRead: UInt64 = 0
     }
 
     private indirect enum Held {
@@ -135,25 +140,26 @@ struct JobTrackerStateMachine {
         watcherCount += 1
     }
 
-    /// The session wrote `WATCHING` (and what it held) showing `shown`: what arrived meanwhile goes out now, if it
-    /// is news.
-    mutating func activate(_ token: Token, shown: JobRecord.Progress) -> Action? {
-        guard var watcher = jobs[token.id]?.watchers[token.number] else { return nil }
+    /// The session wrote `WATCHING` showing `shown`: the watch is live. `nextRead`: the number of the feed's next
+    /// read; `readInFlight`: whether a read is on its way.
+    ///
+    /// What the session showed came from its own read, on another connection than the feed's, so a change the feed
+    /// read before that answer came may be *older* than what was shown (progress would go backwards). Such a change,
+    /// held while pending or still on its way, is not shown; the job is read again instead, after what was shown, and
+    /// the watcher starts from that read. An end is final, whenever it was read: it goes out at once.
+    mutating func activate(_ token: Token, shown: JobRecord.Progress, nextRead: UInt64, readInFlight: Bool) -> [Action] {
+        guard var watcher = jobs[token.id]?.watchers[token.number] else { return [] }
         watcher.isActive = true
         watcher.shown = shown.compacted
-        guard case .update(let held) = watcher.held else {
-            jobs[token.id]?.watchers[token.number] = watcher
-            return nil
-        }
+        watcher.firstFreshRead = nextRead
+        let held = watcher.held
         watcher.held = nil
-        let ended = held.record.map(\.state.isTerminal) ?? true
-        let event = Self.event(for: held, shown: &watcher.shown, as: watcher.gatewayID, tag: watcher.tag)
-        if ended {
+        if case .update(let update) = held, update.record.map(\.state.isTerminal) ?? true {
             remove(token)
-        } else {
-            jobs[token.id]?.watchers[token.number] = watcher
+            return Self.event(for: update, shown: &watcher.shown, as: watcher.gatewayID, tag: watcher.tag).map { [.push(watcher.target, $0, ending: token)] } ?? []
         }
-        return event.map { .push(watcher.target, $0, ending: ended ? token : nil) }
+        jobs[token.id]?.watchers[token.number] = watcher
+        return held != nil || readInFlight ? [.readAgain(token.id)] : []
     }
 
     /// Removes a watcher (`UNWATCH`, or its connection closed); nothing if it already ended.
@@ -238,9 +244,11 @@ struct JobTrackerStateMachine {
                 guard watcher.isActive else {
                     watcher.held = .update(update)
                     interest.watchers[number] = watcher
-                    actions.append(.hold(watcher.target, update, for: token))
+                    if ended { actions.append(.holdEnd(watcher.target, update, for: token)) }
                     continue
                 }
+                // Read before the watcher's own answer came: maybe older than what it showed (`activate`).
+                if !ended, update.readNumber < watcher.firstFreshRead { continue }
                 if let response = Self.event(for: update, shown: &watcher.shown, as: watcher.gatewayID, tag: watcher.tag) {
                     actions.append(.push(watcher.target, response, ending: ended ? token : nil))
                     pushes += 1

@@ -33,8 +33,8 @@ final class SessionOutbox: PushTarget {
         enqueue(response)
     }
 
-    /// Nothing: the stream writes its events only after activating the watch, which delivers what the tracker held.
-    func hold(_ update: JobUpdate, for watch: JobTracker.Token) {}
+    /// Nothing: the stream writes its events only after activating the watch, which delivers the end the tracker held.
+    func holdEnd(_ update: JobUpdate, for watch: JobTracker.Token) {}
 
     /// Queues a response; false once the outbox is closed or overflowed.
     @discardableResult

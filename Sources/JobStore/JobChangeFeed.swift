@@ -10,10 +10,15 @@ import Synchronization
 public struct JobUpdate: Sendable, Hashable {
     public var id: JobID
     public var record: JobRecord?
+    /// The feed's read this came from (they are numbered from 1 in the order they are sent): what a follower read
+    /// itself, on another connection, may be newer than an update from a read sent before it had that answer.
+    /// Updates from elsewhere carry `.max`.
+    public var readNumber: UInt64
 
-    public init(id: JobID, record: JobRecord?) {
+    public init(id: JobID, record: JobRecord?, readNumber: UInt64 = .max) {
         self.id = id
         self.record = record
+        self.readNumber = readNumber
     }
 }
 
@@ -56,6 +61,8 @@ public final class JobChangeFeed: Sendable {
         var dirty: Set<JobID> = []
         var connection: RedisConnection?
         var isReading = false
+        /// Reads sent so far (`JobUpdate.readNumber`).
+        var readsSent: UInt64 = 0
         /// A read is due at the end of this event-loop tick (see `noteChange`).
         var isReadScheduled = false
         var isConnecting = false
@@ -194,6 +201,18 @@ public final class JobChangeFeed: Sendable {
         }
     }
 
+    /// On the event loop: the number the next read will carry; every update numbered lower was read before now.
+    public var nextReadNumber: UInt64 { reader.value.readsSent + 1 }
+
+    /// On the event loop: whether a read is on its way (what it brings was read before now).
+    public var isReading: Bool { reader.value.isReading }
+
+    /// On the event loop: reads `id` again, in the next read (sent now unless one is on its way).
+    public func readAgain(_ id: JobID) {
+        reader.value.dirty.insert(id)
+        readIfIdle()
+    }
+
     /// Reads every job the consumer follows again (from any thread): after notifications may have been lost.
     public func rereadFollowed() {
         eventLoop.execute { self.rereadFollowedOnLoop() }
@@ -267,6 +286,8 @@ public final class JobChangeFeed: Sendable {
         let batch = Array(reader.value.dirty.prefix(Self.readBatchSize))
         reader.value.dirty.subtract(batch)
         reader.value.isReading = true
+        reader.value.readsSent += 1
+        let readNumber = reader.value.readsSent
         connection.pipelineFuture(store.followedReadCommands(batch)).assumeIsolated().whenComplete { result in
             switch result {
             case .success(let replies):
@@ -275,7 +296,7 @@ public final class JobChangeFeed: Sendable {
                     do {
                         let record = try RedisJobStore.followedRecord(id, from: reply)
                         // Asked again: whoever wanted it may have stopped following while it was read.
-                        if consumer.wantsChange(of: id) { consumer.changed(JobUpdate(id: id, record: record)) }
+                        if consumer.wantsChange(of: id) { consumer.changed(JobUpdate(id: id, record: record, readNumber: readNumber)) }
                     } catch {
                         unreadable.append(id)
                         self.logger.warning("cannot re-read a changed job", metadata: ["job.id": "\(id)", "jobstore.error": "\(error)"])

@@ -10,13 +10,14 @@ import Testing
 struct JobTrackerStateMachineTests {
     final class Target: PushTarget {
         func push(_ response: GatewayResponse, ending: JobTrackerStateMachine.Token?) {}
-        func hold(_ update: JobUpdate, for watch: JobTrackerStateMachine.Token) {}
+        func holdEnd(_ update: JobUpdate, for watch: JobTrackerStateMachine.Token) {}
     }
 
     /// What a run of actions does, in a form tests can compare.
     enum Effect: Equatable {
         case push(ObjectIdentifier, GatewayResponse, ending: JobTrackerStateMachine.Token?)
-        case hold(ObjectIdentifier, JobState?, for: JobTrackerStateMachine.Token)
+        case holdEnd(ObjectIdentifier, JobState?, for: JobTrackerStateMachine.Token)
+        case readAgain(JobID)
         case endWait(String)
         case jobEnded(JobState?, pushes: Int)
     }
@@ -33,7 +34,7 @@ struct JobTrackerStateMachineTests {
         return record
     }
 
-    static func update(_ record: JobRecord?) -> JobUpdate { JobUpdate(id: id, record: record) }
+    static func update(_ record: JobRecord?, read: UInt64 = .max) -> JobUpdate { JobUpdate(id: id, record: record, readNumber: read) }
 
     static func progress(_ numerator: UInt64, of denominator: UInt64) -> GatewayResponse {
         .event(.progress(gatewayID, numerator: numerator, denominator: denominator, message: ByteBuffer()), tag: nil)
@@ -47,8 +48,10 @@ struct JobTrackerStateMachineTests {
             switch action {
             case .push(let target, let response, let ending):
                 effects.append(.push(ObjectIdentifier(target), response, ending: ending))
-            case .hold(let target, let update, let token):
-                effects.append(.hold(ObjectIdentifier(target), update.record?.state, for: token))
+            case .holdEnd(let target, let update, let token):
+                effects.append(.holdEnd(ObjectIdentifier(target), update.record?.state, for: token))
+            case .readAgain(let id):
+                effects.append(.readAgain(id))
             case .endWait(_, .ended(let record?)):
                 effects.append(.endWait("ended \(record.state)"))
             case .endWait(_, .ended(nil)):
@@ -62,28 +65,59 @@ struct JobTrackerStateMachineTests {
         return effects
     }
 
-    /// What arrives before `WATCHING` is written is held, and goes out when the watch is activated, if it is news.
-    @Test func pendingWatcherHoldsUntilActivated() {
+    /// A change that arrives before `WATCHING` is written is not shown: it may be older than what `WATCHING` showed
+    /// (read on another connection). The job is read again, and the watcher starts from that read.
+    @Test func pendingWatcherStartsFromAReadAfterItsOwn() {
         var machine = JobTrackerStateMachine()
         let target = Target()
         let token = JobTrackerStateMachine.Token(id: Self.id, number: 1)
         machine.watch(token, as: Self.gatewayID, target: target, tag: nil)
         #expect(machine.wantsChange(of: Self.id) && machine.followedCount == 1 && machine.watcherCount == 1)
+        #expect(Self.effects(machine.read(Self.update(Self.record(.running, 1, of: 2), read: 1))).isEmpty, "held, not shown")
+        let activated = machine.activate(token, shown: Self.record(.queued).progress, nextRead: 2, readInFlight: false)
+        #expect(Self.effects(activated) == [.readAgain(Self.id)])
         #expect(
-            Self.effects(machine.read(Self.update(Self.record(.running, 1, of: 2)))) == [.hold(ObjectIdentifier(target), .running, for: token)],
-            "handed to the target too, which may show it right after WATCHING"
+            Self.effects(machine.read(Self.update(Self.record(.running, 1, of: 2), read: 2)))
+                == [.push(ObjectIdentifier(target), Self.progress(1, of: 2), ending: nil)]
         )
-        let activated = machine.activate(token, shown: Self.record(.queued).progress)
-        #expect(Self.effects(activated.map { [$0] } ?? []) == [.push(ObjectIdentifier(target), Self.progress(1, of: 2), ending: nil)])
     }
 
-    /// A held change that `WATCHING` already showed is not pushed again.
-    @Test func heldChangeAlreadyShownIsDropped() {
+    /// Progress never goes backwards: a read sent before the watcher's own answer came (still on its way when it
+    /// was activated) is not shown, though it differs from what `WATCHING` showed; the read after it is.
+    @Test func readsSentBeforeTheWatchersOwnAnswerAreNotShown() {
+        var machine = JobTrackerStateMachine()
+        let target = Target()
+        let token = JobTrackerStateMachine.Token(id: Self.id, number: 1)
+        machine.watch(token, as: Self.gatewayID, target: target, tag: nil)
+        let activated = machine.activate(token, shown: Self.record(.running, 2, of: 3).progress, nextRead: 5, readInFlight: true)
+        #expect(Self.effects(activated) == [.readAgain(Self.id)], "a read on its way: the job is read again after it")
+        #expect(Self.effects(machine.read(Self.update(Self.record(.running, 1, of: 3), read: 4))).isEmpty, "older than WATCHING")
+        #expect(Self.effects(machine.read(Self.update(Self.record(.running, 2, of: 3), read: 5))).isEmpty, "what WATCHING showed")
+        #expect(
+            Self.effects(machine.read(Self.update(Self.record(.running, 3, of: 3), read: 6)))
+                == [.push(ObjectIdentifier(target), Self.progress(3, of: 3), ending: nil)]
+        )
+    }
+
+    /// With no read on its way and nothing held, activating reads nothing more.
+    @Test func quietActivationReadsNothing() {
         var machine = JobTrackerStateMachine()
         let token = JobTrackerStateMachine.Token(id: Self.id, number: 1)
         machine.watch(token, as: Self.gatewayID, target: Target(), tag: nil)
-        _ = machine.read(Self.update(Self.record(.running, 1, of: 2)))
-        #expect(machine.activate(token, shown: Self.record(.running, 1, of: 2).progress) == nil)
+        #expect(machine.activate(token, shown: Self.record(.running, 1, of: 2).progress, nextRead: 3, readInFlight: false).isEmpty)
+    }
+
+    /// An end is final: read before the watcher's own answer or after, it goes out.
+    @Test func anEndReadEarlierStillEndsTheWatch() {
+        var machine = JobTrackerStateMachine()
+        let target = Target()
+        let token = JobTrackerStateMachine.Token(id: Self.id, number: 1)
+        machine.watch(token, as: Self.gatewayID, target: target, tag: nil)
+        _ = machine.activate(token, shown: Self.record(.running).progress, nextRead: 5, readInFlight: true)
+        #expect(
+            Self.effects(machine.read(Self.update(Self.record(.done), read: 4)))
+                == [.push(ObjectIdentifier(target), Self.done, ending: token), .jobEnded(.done, pushes: 1)]
+        )
     }
 
     /// Progress is de-duplicated per watcher, against what each was shown; a change of state alone is no event.
@@ -94,10 +128,10 @@ struct JobTrackerStateMachineTests {
         let earlyToken = JobTrackerStateMachine.Token(id: Self.id, number: 1)
         let lateToken = JobTrackerStateMachine.Token(id: Self.id, number: 2)
         machine.watch(earlyToken, as: Self.gatewayID, target: early, tag: nil)
-        _ = machine.activate(earlyToken, shown: Self.record(.queued).progress)
+        _ = machine.activate(earlyToken, shown: Self.record(.queued).progress, nextRead: 1, readInFlight: false)
         #expect(Self.effects(machine.read(Self.update(Self.record(.running)))).isEmpty, "queued → running alone has no event")
         machine.watch(lateToken, as: Self.gatewayID, target: late, tag: nil)
-        _ = machine.activate(lateToken, shown: Self.record(.running, 1, of: 2).progress)
+        _ = machine.activate(lateToken, shown: Self.record(.running, 1, of: 2).progress, nextRead: 1, readInFlight: false)
         #expect(
             Self.effects(machine.read(Self.update(Self.record(.running, 1, of: 2))))
                 == [.push(ObjectIdentifier(early), Self.progress(1, of: 2), ending: nil)]
@@ -112,7 +146,7 @@ struct JobTrackerStateMachineTests {
         let watch = JobTrackerStateMachine.Token(id: Self.id, number: 1)
         let wait = JobTrackerStateMachine.Token(id: Self.id, number: 2)
         machine.watch(watch, as: Self.gatewayID, target: target, tag: nil)
-        _ = machine.activate(watch, shown: Self.record(.queued).progress)
+        _ = machine.activate(watch, shown: Self.record(.queued).progress, nextRead: 1, readInFlight: false)
         #expect(machine.wait(wait, onEnd: { _ in }) == nil)
         #expect(
             Self.effects(machine.read(Self.update(Self.record(.done))))
@@ -130,7 +164,7 @@ struct JobTrackerStateMachineTests {
         let target = Target()
         let watch = JobTrackerStateMachine.Token(id: Self.id, number: 1)
         machine.watch(watch, as: Self.gatewayID, target: target, tag: nil)
-        _ = machine.activate(watch, shown: Self.record(.running).progress)
+        _ = machine.activate(watch, shown: Self.record(.running).progress, nextRead: 1, readInFlight: false)
         _ = machine.wait(JobTrackerStateMachine.Token(id: Self.id, number: 2), onEnd: { _ in })
         #expect(
             Self.effects(machine.read(Self.update(nil)))
@@ -144,10 +178,10 @@ struct JobTrackerStateMachineTests {
         let target = Target()
         let token = JobTrackerStateMachine.Token(id: Self.id, number: 1)
         machine.watch(token, as: Self.gatewayID, target: target, tag: nil)
-        #expect(Self.effects(machine.read(Self.update(Self.record(.done)))) == [.hold(ObjectIdentifier(target), .done, for: token), .jobEnded(.done, pushes: 0)])
-        #expect(Self.effects(machine.read(Self.update(Self.record(.done)))) == [.hold(ObjectIdentifier(target), .done, for: token)], "a re-read while pending")
-        let activated = machine.activate(token, shown: Self.record(.running).progress)
-        #expect(Self.effects(activated.map { [$0] } ?? []) == [.push(ObjectIdentifier(target), Self.done, ending: token)])
+        #expect(Self.effects(machine.read(Self.update(Self.record(.done)))) == [.holdEnd(ObjectIdentifier(target), .done, for: token), .jobEnded(.done, pushes: 0)])
+        #expect(Self.effects(machine.read(Self.update(Self.record(.done)))) == [.holdEnd(ObjectIdentifier(target), .done, for: token)], "a re-read while pending")
+        let activated = machine.activate(token, shown: Self.record(.running).progress, nextRead: 3, readInFlight: false)
+        #expect(Self.effects(activated) == [.push(ObjectIdentifier(target), Self.done, ending: token)])
         #expect(machine.followedCount == 0 && machine.watcherCount == 0)
     }
 

@@ -18,7 +18,7 @@ import Testing
 struct JobTrackerWatchTests {
     /// What the tracker hands a watcher: events pushed, and changes held while the watch is pending.
     final class Recorder: PushTarget {
-        private let state = Mutex((pushed: [String](), held: 0))
+        private let state = Mutex([String]())
 
         func push(_ response: GatewayResponse, ending: JobTracker.Token?) {
             guard case .event(let event, _) = response else { return }
@@ -29,15 +29,12 @@ struct JobTrackerWatchTests {
                 case .failed: "failed"
                 case .expired, .logged: "expired"
                 }
-            state.withLock { $0.pushed.append(text) }
+            state.withLock { $0.append(text) }
         }
 
-        func hold(_ update: JobUpdate, for watch: JobTracker.Token) {
-            state.withLock { $0.held += 1 }
-        }
+        func holdEnd(_ update: JobUpdate, for watch: JobTracker.Token) {}
 
-        var pushed: [String] { state.withLock { $0.pushed } }
-        var held: Int { state.withLock { $0.held } }
+        var pushed: [String] { state.withLock { $0 } }
     }
 
     private struct Fixture: Sendable {
@@ -49,6 +46,14 @@ struct JobTrackerWatchTests {
             let (id, gatewayID) = Self.newID()
             _ = try await store.create(id: id, function: "f", unique: nil)
             return (id, gatewayID)
+        }
+
+        /// The feed's reads of changed jobs so far (`HMGET`s, counted by the test's own redis-server).
+        func feedReads() async throws -> Int {
+            let info = try #require(try await store.redis.send(["INFO", "commandstats"]).string)
+            guard let line = info.split(whereSeparator: \.isNewline).first(where: { $0.hasPrefix("cmdstat_hmget:") }) else { return 0 }
+            let calls = try #require(line.split(separator: ",").first?.split(separator: "=").last)
+            return try #require(Int(calls))
         }
 
         static func newID() -> (JobID, GatewayJobID) {
@@ -99,8 +104,9 @@ struct JobTrackerWatchTests {
             let recorder = Recorder()
             let token = fixture.tracker.makeToken(for: id)
             let read = fixture.read(id, before: {
+                let reads = try await fixture.feedReads()
                 try await fixture.store.reportProgress(id, numerator: 1, denominator: 4)
-                try await eventually("the tracker to hold the change for the pending watcher") { recorder.held == 1 }
+                try await eventually("the feed to read the change for the pending watcher") { try await fixture.feedReads() > reads }
             })
             let lookup = try await fixture.tracker.watch(token, as: gatewayID, target: recorder, tag: nil, read: read).get()
             guard case .found(let record) = lookup else { Issue.record("the job was not found: \(lookup)"); return }
@@ -113,23 +119,25 @@ struct JobTrackerWatchTests {
         }
     }
 
-    /// A change after the read and before the watch is active (its `WATCHING` not written yet): held, and pushed
-    /// once the watch is activated with what the read showed.
+    /// A change after the read and before the watch is active (its `WATCHING` not written yet): the job is read
+    /// again once the watch is activated, and the change pushed (a change held while pending may be older than what
+    /// was shown, so it is not shown itself).
     @Test func changeAfterTheReadIsNotLost() async throws {
         try await withTracker { fixture in
             let (id, gatewayID) = try await fixture.newJob()
             let recorder = Recorder()
             let token = fixture.tracker.makeToken(for: id)
             let read = fixture.read(id, after: {
+                let reads = try await fixture.feedReads()
                 try await fixture.store.reportProgress(id, numerator: 1, denominator: 4)
-                try await eventually("the tracker to hold the change for the pending watcher") { recorder.held == 1 }
+                try await eventually("the feed to read the change for the pending watcher") { try await fixture.feedReads() > reads }
             })
             let lookup = try await fixture.tracker.watch(token, as: gatewayID, target: recorder, tag: nil, read: read).get()
             guard case .found(let record) = lookup else { Issue.record("the job was not found: \(lookup)"); return }
             #expect(record.numerator == 0)
             #expect(recorder.pushed.isEmpty)  // nothing before the caller showed the job
             fixture.tracker.activate(token, shown: record.progress)
-            try await eventually("the held change") { recorder.pushed == ["progress 1/4"] }
+            try await eventually("the change, read again") { recorder.pushed == ["progress 1/4"] }
             try await fixture.store.complete(id, result: ByteBuffer(string: "r"))
             try await eventually("the job's end") { recorder.pushed.last == "done" }
             #expect(recorder.pushed == ["progress 1/4", "done"])
@@ -165,6 +173,64 @@ struct JobTrackerWatchTests {
             let expired = try await fixture.tracker.watch(fixture.tracker.makeToken(for: gone), as: goneGatewayID, target: Recorder(), tag: nil, read: fixture.read(gone)).get()
             guard case .expired = expired else { Issue.record("not expired: \(expired)"); return }
             try await eventually("the watcher to be removed") { fixture.tracker.watcherCount == 0 && fixture.tracker.followedCount == 0 }
+        }
+    }
+}
+
+/// The same sequence through the line protocol: WATCHes land before, between and after a job's changes.
+@Suite("WATCH racing a job's progress", .timeLimit(.minutes(2)))
+struct WatchRaceTests {
+    /// However a WATCH falls between the job's changes, its connection is shown each change at most once and in
+    /// order (its `WATCHING`, then only newer progress), and the job's end always arrives.
+    @Test func watchesRacingProgressSeeEachChangeOnce() async throws {
+        try await withGatewayStack { stack in
+            let steps: UInt32 = 30
+            try await withTestWorker(stack, [
+                "race": { _, progress in
+                    for step in 1...steps {
+                        try await progress(step, steps, "")
+                        try await Task.sleep(for: .milliseconds(3))
+                    }
+                    return ByteBuffer(string: "ok")
+                }
+            ]) {
+                let submitter = try await stack.connect()
+                let id = try #require(try await submitter.request(submitLine("race", "x"))?.createdID)
+                /// What one connection was shown, as (state, numerator) ranks: queued < running < done.
+                @Sendable func watch(after delay: Duration) async throws -> [UInt64] {
+                    try await Task.sleep(for: delay)
+                    let client = try await stack.connect()
+                    let watching = try await client.request("WATCH \(id)\n")
+                    guard case .reply(.watching(id, let status), _) = watching else {
+                        Issue.record("unexpected \(String(describing: watching))")
+                        return []
+                    }
+                    let rank: UInt64 = switch status.state {
+                        case .queued: 0
+                        case .running: 1_000
+                        default: 2_000
+                    }
+                    var shown = [rank + status.numerator]
+                    while true {
+                        guard case .event(let event, _) = try #require(try await client.next()) else { continue }
+                        switch event {
+                        case .progress(_, let numerator, _, _): shown.append(1_000 + numerator)
+                        case .done: return shown + [2_000 + UInt64(steps) + 1]
+                        default:
+                            Issue.record("unexpected \(event)")
+                            return shown
+                        }
+                    }
+                }
+                try await withThrowingTaskGroup(of: [UInt64].self) { group in
+                    for index in 0..<32 {
+                        group.addTask { try await watch(after: .milliseconds(index * 4)) }
+                    }
+                    for try await shown in group {
+                        #expect(zip(shown, shown.dropFirst()).allSatisfy { $0 < $1 }, "shown twice or out of order: \(shown)")
+                    }
+                }
+            }
         }
     }
 }
