@@ -129,12 +129,9 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private var flushIsScheduled = false
     private var lastRequest = NIODeadline.now()
     private var idleCheck: Scheduled<Void>?
-    /// `WAIT`s (and `SUBMIT wait=`) in progress, by reply slot.
-    private var waits: [Int: PendingWait] = [:]
-    /// This connection's watches (for its limit and `UNWATCH`; a terminal event pushed ends one) and subscriptions
-    /// (reserved when `SUBSCRIBE` is read): the tracker holds who follows a job, the session what it follows.
-    private var watches: [JobID: JobTracker.Token] = [:]
-    private var subscriptions: Set<String> = []
+    /// This connection's watches (for its limit and `UNWATCH`; a terminal event pushed ends one): the tracker holds
+    /// who follows a job, the session what it follows.
+    private var watches = SessionWatches()
     /// Watches whose `WATCHING` is not written yet, with their job's end if the tracker handed it over meanwhile:
     /// written right after `WATCHING`, before any later reply.
     private var pendingWatches: [JobTracker.Token: PendingWatch] = [:]
@@ -144,41 +141,112 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         var tag: GatewayTag?
         var end: JobUpdate?
     }
-    /// Bytes of this connection's `SUBMIT` blocks counted in the gateway's input bound (`inputBufferLimit`): from
-    /// the moment a block's line is read until its submission is answered, or the session ends.
-    private var heldInput = 0
-    /// The length of the block the decoder reads now, admitted by `admit(_:)`.
-    private var admittedBlock: Int?
-    /// When the request now arriving began, while one is unfinished (for `requestTimeout`).
-    private var requestStarted: NIODeadline?
-    private var requestCheck: Scheduled<Void>?
-    private var authFailures = 0
-    private var lastAuthFailureAnswer = NIODeadline.uptimeNanoseconds(0)
-    /// Result bytes this connection's lookups reserved and the socket has not taken yet (`--max-lookup-bytes`).
-    private var heldOutcomes = OutcomeLanes.Held()
-    /// Results to read once there is room for them, by reply slot.
-    private var outcomeReads: [Int: (bytes: Int, read: () -> Void)] = [:]
-    /// Subscriptions, by function: where each is in its completion log.
-    private var logSubscriptions: [String: LogSubscription] = [:]
-    /// Slots from `outcomeReadFrontier` on whose results have room reserved.
-    private var reservedOutcomeSlots: Set<Int> = []
     /// The first slot neither answered nor with room for its result: only its result may be reserved next. So
     /// results are reserved in request order, and room is never held by a reply that waits for an earlier one which
     /// itself waits for room (a deadlock); replies held behind a slow `WAIT` hold no result bytes.
     private var outcomeReadFrontier = 0
-    /// The bytes of the reservation this connection waits for in the lookup budget, if any.
-    private var outcomeBytesReserving: Int?
-    /// Set while output waits for the socket (`--output-stall`): the channel is not writable, or results are held.
-    private var stallCheck: Scheduled<Void>?
     /// The last sign that the socket takes output: a reply's result written, or the channel writable again.
     private var lastOutputProgress = NIODeadline.now()
 
-    /// The subject (`CN=…,O=…`) of the client certificate verified under mutual TLS (`--tls-client-ca`); nil otherwise.
-    let tlsPeerSubject: String?
+    /// What only some connections use, allocated on first use: an idle watcher holds none of it (memory, with 10,000
+    /// of them). Read through the properties below, as nothing until set; cleared through `occasionalState?`, which
+    /// allocates nothing.
+    private final class Occasional {
+        /// `WAIT`s (and `SUBMIT wait=`) in progress, by reply slot.
+        var waits: [Int: PendingWait] = [:]
+        /// Functions subscribed to, reserved when `SUBSCRIBE` is read (for its limit).
+        var subscriptions: Set<String> = []
+        /// Bytes of this connection's `SUBMIT` blocks counted in the gateway's input bound (`inputBufferLimit`): from
+        /// the moment a block's line is read until its submission is answered, or the session ends.
+        var heldInput = 0
+        /// The length of the block the decoder reads now, admitted by `admit(_:)`.
+        var admittedBlock: Int?
+        /// When the request now arriving began, while one is unfinished (for `requestTimeout`).
+        var requestStarted: NIODeadline?
+        var requestCheck: Scheduled<Void>?
+        var authFailures = 0
+        var lastAuthFailureAnswer = NIODeadline.uptimeNanoseconds(0)
+        /// Result bytes this connection's lookups reserved and the socket has not taken yet (`--max-lookup-bytes`).
+        var heldOutcomes = OutcomeLanes.Held()
+        /// Results to read once there is room for them, by reply slot.
+        var outcomeReads: [Int: (bytes: Int, read: () -> Void)] = [:]
+        /// Subscriptions, by function: where each is in its completion log.
+        var logSubscriptions: [String: LogSubscription] = [:]
+        /// Slots from `outcomeReadFrontier` on whose results have room reserved.
+        var reservedOutcomeSlots: Set<Int> = []
+        /// The bytes of the reservation this connection waits for in the lookup budget, if any.
+        var outcomeBytesReserving: Int?
+        /// Set while output waits for the socket (`--output-stall`): the channel is not writable, or results are held.
+        var stallCheck: Scheduled<Void>?
+    }
+    private var occasionalState: Occasional?
+    private var occasional: Occasional {
+        if let occasionalState { return occasionalState }
+        let state = Occasional()
+        occasionalState = state
+        return state
+    }
+    private var waits: [Int: PendingWait] {
+        get { occasionalState?.waits ?? [:] }
+        _modify { yield &occasional.waits }
+    }
+    private var subscriptions: Set<String> {
+        get { occasionalState?.subscriptions ?? [] }
+        _modify { yield &occasional.subscriptions }
+    }
+    private var heldInput: Int {
+        get { occasionalState?.heldInput ?? 0 }
+        set { if newValue != 0 || occasionalState != nil { occasional.heldInput = newValue } }
+    }
+    private var admittedBlock: Int? {
+        get { occasionalState?.admittedBlock }
+        set { if newValue != nil || occasionalState != nil { occasional.admittedBlock = newValue } }
+    }
+    private var requestStarted: NIODeadline? {
+        get { occasionalState?.requestStarted }
+        set { if newValue != nil || occasionalState != nil { occasional.requestStarted = newValue } }
+    }
+    private var requestCheck: Scheduled<Void>? {
+        get { occasionalState?.requestCheck }
+        set { if newValue != nil || occasionalState != nil { occasional.requestCheck = newValue } }
+    }
+    private var authFailures: Int {
+        get { occasionalState?.authFailures ?? 0 }
+        set { occasional.authFailures = newValue }
+    }
+    private var lastAuthFailureAnswer: NIODeadline {
+        get { occasionalState?.lastAuthFailureAnswer ?? .uptimeNanoseconds(0) }
+        set { occasional.lastAuthFailureAnswer = newValue }
+    }
+    private var heldOutcomes: OutcomeLanes.Held {
+        get { occasionalState?.heldOutcomes ?? OutcomeLanes.Held() }
+        _modify { yield &occasional.heldOutcomes }
+    }
+    private var outcomeReads: [Int: (bytes: Int, read: () -> Void)] {
+        get { occasionalState?.outcomeReads ?? [:] }
+        _modify { yield &occasional.outcomeReads }
+    }
+    private var logSubscriptions: [String: LogSubscription] {
+        get { occasionalState?.logSubscriptions ?? [:] }
+        _modify { yield &occasional.logSubscriptions }
+    }
+    private var reservedOutcomeSlots: Set<Int> {
+        get { occasionalState?.reservedOutcomeSlots ?? [] }
+        _modify { yield &occasional.reservedOutcomeSlots }
+    }
+    private var outcomeBytesReserving: Int? {
+        get { occasionalState?.outcomeBytesReserving }
+        set { if newValue != nil || occasionalState != nil { occasional.outcomeBytesReserving = newValue } }
+    }
+    private var stallCheck: Scheduled<Void>? {
+        get { occasionalState?.stallCheck }
+        set { if newValue != nil || occasionalState != nil { occasional.stallCheck = newValue } }
+    }
 
+    /// `tlsPeerSubject`: the subject (`CN=…,O=…`) of the client certificate verified under mutual TLS
+    /// (`--tls-client-ca`), nil otherwise; only its access is kept.
     init(services: SessionServices, tlsPeerSubject: String? = nil) {
         self.services = services
-        self.tlsPeerSubject = tlsPeerSubject
         self.decoder = GatewayRequestDecoder(
             maximumLineLength: services.configuration.maximumLineLength,
             maximumPayloadSize: services.configuration.maximumPayloadSize
@@ -232,15 +300,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         releaseInput(heldInput)
         stallCheck?.cancel()
         statistics.outcomes.release(heldOutcomes)
-        heldOutcomes = OutcomeLanes.Held()
-        outcomeReads = [:]
         for wait in waits.values { wait.timer?.cancel() }
-        tracker.removeAll(watches: Array(watches.values), waits: waits.values.map(\.token))
-        waits = [:]
-        watches = [:]
+        tracker.removeAll(watches: watches.tokens, waits: waits.values.map(\.token))
+        watches.removeAll()
         pendingWatches = [:]
-        subscriptions = []
         endSubscriptions()
+        occasionalState = nil  // waits, outcome reads, held outcomes, subscriptions…
         target.detach()
     }
 
@@ -270,10 +335,10 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     /// The client closed its side (`printf … | nc`), or the gateway shuts down: what was read is still answered,
     /// nothing is followed any more, then the connection closes.
     private func stopFollowing() {
-        tracker.removeAll(watches: Array(watches.values), waits: [])
-        watches = [:]
+        tracker.removeAll(watches: watches.tokens, waits: [])
+        watches.removeAll()
         pendingWatches = [:]
-        subscriptions = []
+        occasionalState?.subscriptions = []
         endSubscriptions()
     }
 
@@ -633,7 +698,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     private func startOutcomeRead() {
         guard outcomeBytesReserving == nil, !lifecycle.isClosed else { return }
         while outcomeReadFrontier < replies.nextSlot,
-            replies.isFilled(outcomeReadFrontier) || reservedOutcomeSlots.remove(outcomeReadFrontier) != nil
+            replies.isFilled(outcomeReadFrontier) || occasionalState?.reservedOutcomeSlots.remove(outcomeReadFrontier) != nil
         {
             outcomeReadFrontier += 1
         }
@@ -649,7 +714,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     private func outcomeReserved(_ bytes: Int, slot: Int) {
         outcomeBytesReserving = nil
-        guard !lifecycle.isClosed, let next = outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
+        guard !lifecycle.isClosed, let next = occasionalState?.outcomeReads.removeValue(forKey: slot) else { return statistics.outcomes.release(bytes) }
         heldOutcomes.add(bytes)
         reservedOutcomeSlots.insert(slot)
         watchForStall()
@@ -770,7 +835,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
                 if case .success(.found(let record)) = result, !record.state.isTerminal { return }  // the job's end or the timer answers
                 self.tracker.unwait(token)
                 wait.timer?.cancel()
-                self.waits[slot] = nil
+                self.occasionalState?.waits[slot] = nil
                 switch result {
                 case .success(.found(let record)): self.answerOutcome(record, gatewayID, request: request, slot: slot)
                 case .success(.expired): self.answer(slot, SessionReply(request.reply(.expired(gatewayID))))
@@ -782,7 +847,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func waitEnded(slot: Int, _ outcome: WaitOutcome) {
-        guard let wait = waits.removeValue(forKey: slot) else { return }
+        guard let wait = occasionalState?.waits.removeValue(forKey: slot) else { return }
         wait.timer?.cancel()
         let (gatewayID, request) = (wait.gatewayID, wait.request)
         switch outcome {
@@ -828,7 +893,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
         switch reply.effect {
         case .unwatch(let token): endWatch(token)
         case .unsubscribe(let function):
-            subscriptions.remove(function)
+            occasionalState?.subscriptions.remove(function)
             endSubscription(function)
         default: break
         }
@@ -1017,12 +1082,12 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
             guard !self.lifecycle.isClosed else { return }
             switch result {
             case .failure(let error):
-                if self.logSubscriptions[function.rawValue] == nil { self.subscriptions.remove(function.rawValue) }
+                if self.logSubscriptions[function.rawValue] == nil { self.occasionalState?.subscriptions.remove(function.rawValue) }
                 self.answer(slot, SessionReply(request.reply(.error(code: .backendDown, message: "Redis: \(error)"))))
             case .success(let end):
                 guard case .after(let cursor) = from else { return self.answer(slot, subscribed(after: end.last)) }
                 guard end.trimmedThrough <= cursor else {
-                    if self.logSubscriptions[function.rawValue] == nil { self.subscriptions.remove(function.rawValue) }
+                    if self.logSubscriptions[function.rawValue] == nil { self.occasionalState?.subscriptions.remove(function.rawValue) }
                     let message = "the log of \(function) no longer holds what ended after \(cursor): entries up to \(end.trimmedThrough) were trimmed (--subscription-retention); resubscribe with from=start"
                     return self.answer(slot, SessionReply(request.reply(.error(code: .trimmed, message: message))))
                 }
@@ -1041,13 +1106,13 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
     }
 
     private func endSubscription(_ function: String) {
-        guard logSubscriptions.removeValue(forKey: function) != nil else { return }
+        guard occasionalState?.logSubscriptions.removeValue(forKey: function) != nil else { return }
         services.logHub.unfollow(function, target)
     }
 
     private func endSubscriptions() {
         for function in logSubscriptions.keys { services.logHub.unfollow(function, target) }
-        logSubscriptions = [:]
+        occasionalState?.logSubscriptions = [:]
     }
 
     /// A run of a function's log that the hub read for every subscriber.
