@@ -19,16 +19,8 @@ struct IdleWatchersMemoryTests {
     @Test func idleWatchersStayWithinTheirBound() async throws {
         try await withLocalServer(.gearmand) { gearmand in
             try await withLocalServer(.redis) { redis in
-                let port = try freeLoopbackPort()
-                let process = try LocalProcess(
-                    jobgateExecutable(),
-                    ["serve", "--listen", "127.0.0.1:\(port)", "--gearman", gearmand.address, "--redis", redis.address, "--log-level", "warning"]
-                )
+                let (process, port) = try await LargeResultProcessTests.startServe(gearmand: gearmand, redis: redis)
                 defer { process.stop() }
-                try await eventually("the gateway to answer PING") {
-                    if let status = process.exitStatus { throw LargeResultProcessTests.UnexpectedExit(description: "jobgate serve exited (\(status)): \(process.log)") }
-                    return (try? LoopbackSocket.exchange(port: port, request: Array("PING\r\n".utf8), timeoutMs: 500)) == Array("PONG\r\n".utf8)
-                }
                 let submitter = try await GatewayTestClient.connect(port: port)
                 var ids: [GatewayJobID] = []
                 for _ in 0..<Self.watchers { ids.append(try await submitter.submit("memory.watch", "x")) }

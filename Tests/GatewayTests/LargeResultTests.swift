@@ -254,16 +254,8 @@ struct LargeResultProcessTests {
         let result = ByteBuffer(repeating: UInt8(ascii: "p"), count: size)
         try await withLocalServer(.gearmand) { gearmand in
             try await withLocalServer(.redis) { redis in
-                let port = try freeLoopbackPort()
-                let process = try LocalProcess(
-                    jobgateExecutable(),
-                    ["serve", "--listen", "127.0.0.1:\(port)", "--gearman", gearmand.address, "--redis", redis.address, "--log-level", "warning"]
-                )
+                let (process, port) = try await LargeResultProcessTests.startServe(gearmand: gearmand, redis: redis)
                 defer { process.stop() }
-                try await eventually("the gateway to answer PING") {
-                    if let status = process.exitStatus { throw UnexpectedExit(description: "jobgate serve exited (\(status)): \(process.log)") }
-                    return (try? LoopbackSocket.exchange(port: port, request: Array("PING\r\n".utf8), timeoutMs: 500)) == Array("PONG\r\n".utf8)
-                }
                 // A job the gateway issued, finished by writing its record as a worker would.
                 let client = try await GatewayTestClient.connect(port: port)
                 let id = try await client.submit("large", "x")
@@ -307,6 +299,25 @@ struct LargeResultProcessTests {
             let kilobytes = line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first.flatMap({ Int($0) })
         else { throw UnexpectedExit(description: "no VmRSS for \(pid)") }
         return kilobytes * 1_024
+    }
+
+    /// A `jobgate serve` process of its own on a free loopback port, once it answers `PING`.
+    static func startServe(gearmand: LocalServer, redis: LocalServer) async throws -> (LocalProcess, port: Int) {
+        let port = try freeLoopbackPort()
+        let process = try LocalProcess(
+            jobgateExecutable(),
+            ["serve", "--listen", "127.0.0.1:\(port)", "--gearman", gearmand.address, "--redis", redis.address, "--log-level", "warning"]
+        )
+        do {
+            try await eventually("the gateway to answer PING") {
+                if let status = process.exitStatus { throw UnexpectedExit(description: "jobgate serve exited (\(status)): \(process.log)") }
+                return (try? LoopbackSocket.exchange(port: port, request: Array("PING\r\n".utf8), timeoutMs: 500)) == Array("PONG\r\n".utf8)
+            }
+        } catch {
+            process.stop()
+            throw error
+        }
+        return (process, port)
     }
 
     struct UnexpectedExit: Error, CustomStringConvertible {
