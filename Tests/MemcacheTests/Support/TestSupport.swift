@@ -25,10 +25,28 @@ func expectMemcacheError<T>(
 }
 
 extension LocalServer {
-    /// SIGSTOP / SIGCONT: the server keeps its socket but stops answering.
+    /// SIGSTOP / SIGCONT: the server keeps its socket but stops answering. Returns once every thread of it is stopped
+    /// (`kill` returns before the signal reached a thread running on another CPU, which could still answer).
     func pause() throws {
         let pid = try #require(self.pid)
         Glibc.kill(pid, SIGSTOP)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !Self.allThreadsStopped(pid) {
+            guard ContinuousClock.now < deadline else { throw LocalServerError(message: "memcached (pid \(pid)) did not stop after SIGSTOP") }
+            usleep(1_000)
+        }
+    }
+
+    private static func allThreadsStopped(_ pid: pid_t) -> Bool {
+        guard let threads = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"), !threads.isEmpty else { return false }
+        return threads.allSatisfy { thread in
+            // The state is the field after the command's closing parenthesis: `T` (stopped) or `t` (traced).
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(thread)/stat", encoding: .utf8),
+                let end = stat.lastIndex(of: ")")
+            else { return false }
+            let state = stat[stat.index(after: end)...].drop { $0 == " " }.first
+            return state == "T" || state == "t"
+        }
     }
 
     func resume() throws {
