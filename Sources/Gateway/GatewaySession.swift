@@ -724,7 +724,8 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     /// The socket took a reply's result (or the read ended without one): its bytes are free again.
     private func outcomeWritten(_ bytes: Int) {
-        guard heldOutcomes.total >= bytes else { return }  // the session ended: it released everything
+        // Nothing reserved (an event, a small reply), or the session ended and released everything.
+        guard bytes > 0, heldOutcomes.total >= bytes else { return }
         heldOutcomes.remove(bytes)
         statistics.outcomes.release(bytes)
         startOutcomeRead()

@@ -60,6 +60,11 @@ struct JobTrackerStateMachine {
         /// The first of the feed's reads whose progress this watcher may be shown: earlier reads were sent before its
         /// session had its own answer, on another connection, so they may be older than what it showed.
         var firstFreshRead: UInt64 = 0
+
+        var holdsEnd: Bool {
+            guard case .update(let update) = held else { return false }
+            return update.record.map(\.state.isTerminal) ?? true
+        }
     }
 
     private indirect enum Held {
@@ -242,9 +247,10 @@ struct JobTrackerStateMachine {
             for (number, var watcher) in interest.watchers {
                 let token = Token(id: update.id, number: number)
                 guard watcher.isActive else {
+                    // An end is handed over once (later reads of an ended job, a sweep or a reconnect, bring it again).
+                    if ended, !watcher.holdsEnd { actions.append(.holdEnd(watcher.target, update, for: token)) }
                     watcher.held = .update(update)
                     interest.watchers[number] = watcher
-                    if ended { actions.append(.holdEnd(watcher.target, update, for: token)) }
                     continue
                 }
                 // Read before the watcher's own answer came: maybe older than what it showed (`activate`).

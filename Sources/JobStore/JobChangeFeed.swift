@@ -12,10 +12,9 @@ public struct JobUpdate: Sendable, Hashable {
     public var record: JobRecord?
     /// The feed's read this came from (they are numbered from 1 in the order they are sent): what a follower read
     /// itself, on another connection, may be newer than an update from a read sent before it had that answer.
-    /// Updates from elsewhere carry `.max`.
     public var readNumber: UInt64
 
-    public init(id: JobID, record: JobRecord?, readNumber: UInt64 = .max) {
+    public init(id: JobID, record: JobRecord?, readNumber: UInt64) {
         self.id = id
         self.record = record
         self.readNumber = readNumber

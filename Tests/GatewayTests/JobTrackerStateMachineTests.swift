@@ -179,7 +179,7 @@ struct JobTrackerStateMachineTests {
         let token = JobTrackerStateMachine.Token(id: Self.id, number: 1)
         machine.watch(token, as: Self.gatewayID, target: target, tag: nil)
         #expect(Self.effects(machine.read(Self.update(Self.record(.done)))) == [.holdEnd(ObjectIdentifier(target), .done, for: token), .jobEnded(.done, pushes: 0)])
-        #expect(Self.effects(machine.read(Self.update(Self.record(.done)))) == [.holdEnd(ObjectIdentifier(target), .done, for: token)], "a re-read while pending")
+        #expect(Self.effects(machine.read(Self.update(Self.record(.done)))).isEmpty, "a re-read while pending: the end was handed over")
         let activated = machine.activate(token, shown: Self.record(.running).progress, nextRead: 3, readInFlight: false)
         #expect(Self.effects(activated) == [.push(ObjectIdentifier(target), Self.done, ending: token)])
         #expect(machine.followedCount == 0 && machine.watcherCount == 0)
