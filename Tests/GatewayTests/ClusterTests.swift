@@ -151,7 +151,10 @@ struct ClusterTests {
                 for job in jobs {
                     group.addTask {
                         let client = try await GatewayTestClient.connect(port: cluster.gatewayPorts[1])
-                        let outcome = try #require(try await client.request("WAIT \(job.id) 60000\n"))
+                        // A lost job ends two lost-job checks (5 s apart) after gearmand forgot it: up to ~10 s after
+                        // the kill, longer on a loaded machine, so the reply is given more than `request`'s 10 s.
+                        try await client.send("WAIT \(job.id) 60000\n")
+                        let outcome = try #require(try await client.next(timeout: .seconds(40)))
                         await client.close()
                         switch outcome {
                         case .reply(.done(job.id, let result), _):
