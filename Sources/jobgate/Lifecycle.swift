@@ -23,8 +23,12 @@ struct ProcessLifecycle: Service {
         // Trapped first: a SIGHUP's default action ends the process.
         let hangups = await UnixSignalsSequence(trapping: .sighup)
         await withGracefulShutdownHandler {
-            // Not ready: stopping first, or it could not start (the service says why).
-            guard await untilReady() else { return }
+            // Not ready: stopping first, or it could not start. Then the service that failed ends the group and says
+            // why: this waits for that, so that its own return is not taken for the cause (it would race the error).
+            guard await untilReady() else {
+                try? await gracefulShutdown()
+                return
+            }
             SystemdNotifier.notify("READY=1")
             for await _ in hangups.cancelOnGracefulShutdown() {
                 SystemdNotifier.notify("RELOADING=1\nMONOTONIC_USEC=\(SystemdNotifier.monotonicMicroseconds())")
