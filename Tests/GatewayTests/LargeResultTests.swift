@@ -214,8 +214,15 @@ struct LargeResultTests {
                 // 2 MiB held by a client that does not read: the large results' lane (3/4 of 3 MiB) has no room left.
                 let stalled = try await RawGatewayConnection.connect(port: stack.port, receiveBufferSize: 4_096)
                 try await stalled.setReading(false)
-                try await stalled.send(String(repeating: "RESULT \(id)\n", count: 8))
+                // 12 MiB asked: the kernel takes up to 4 MiB of it into the gateway's send buffer (`tcp_wmem`) before
+                // the socket stops taking any; from then on the client holds 2 MiB of the budget for good. Until then
+                // results are written and their room released, and a page could take room in between.
+                try await stalled.send(String(repeating: "RESULT \(id)\n", count: 12))
                 try await eventually("the stalled client to hold 2 MiB") { try await stack.statistic("outcome_bytes_in_flight") == 2 * Self.mebibyte }
+                try await Task.sleep(for: .seconds(2))
+                try await eventually("the stalled client to hold 2 MiB once its socket is full") {
+                    try await stack.statistic("outcome_bytes_in_flight") == 2 * Self.mebibyte
+                }
                 let served = Mutex(false)
                 let page = Task {
                     let status = try await httpRequest(port: http, "/jobs/\(id)").status
