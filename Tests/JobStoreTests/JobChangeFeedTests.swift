@@ -213,8 +213,17 @@ struct JobChangeFeedTests {
             try await withFeed(store) { _, log in
                 let id = newID()
                 _ = try await store.create(id: id, function: "f", unique: nil)
+                // The creation's own notification may still be on its way: wait until a later change of another job
+                // has been read (notifications come in order), so that it has passed while `id` was not followed.
+                let marker = newID()
+                _ = try await store.create(id: marker, function: "f", unique: nil)
+                log.follow(marker)
+                try await store.redis.send(["HSET", "\(store.schema.jobKey(marker))", "message", "marker"])
+                try await eventually("the marker's update") { log.all.contains { $0.record?.message == ByteBuffer(string: "marker") } }
+                try await Task.sleep(for: .milliseconds(200))  // time for any read still on its way to end
                 log.follow(id)
                 let key = RedisArgument(store.schema.jobKey(id))
+                let updatesBefore = log.all.count
                 let readsBefore = try await Self.recordReads(store)
                 _ = try await store.redis.pipeline([
                     ["MULTI"], ["HSET", key, "message", "one"], ["HSET", key, "message", "two"], ["HSET", key, "message", "three"], ["EXEC"],
@@ -222,7 +231,7 @@ struct JobChangeFeedTests {
                 try await eventually("the last write's update") { log.all.contains { $0.record?.message == ByteBuffer(string: "three") } }
                 try await Task.sleep(for: .milliseconds(200))  // time for any further read to happen
                 #expect(try await Self.recordReads(store) - readsBefore == 1)
-                #expect(log.all.count == 1)
+                #expect(log.all.count - updatesBefore == 1)
             }
         }
     }
