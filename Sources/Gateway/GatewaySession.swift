@@ -263,7 +263,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        target = SessionPushTarget(handler: NIOLoopBoundBox<GatewaySessionHandler?>(self, eventLoop: context.eventLoop))
+        target = SessionPushTarget(handler: self, eventLoop: context.eventLoop)
         scheduleIdleCheck(in: TimeAmount(configuration.idleTimeout))
     }
 
@@ -1294,38 +1294,42 @@ private struct LogSubscription {
 
 /// The session as the job tracker and the completion logs see it: events hop to the session's event loop. Detached
 /// when the session ends, so a tracker or hub that still holds it keeps no connection alive.
-final class SessionPushTarget: PushTarget, LogSubscriber {
-    private let handler: NIOLoopBoundBox<GatewaySessionHandler?>
+///
+/// `NIOLoopBoundBox` written out: one allocation per connection instead of two (10,000 watchers: ~0.5 MiB).
+final class SessionPushTarget: PushTarget, LogSubscriber, @unchecked Sendable {
+    let eventLoop: any EventLoop
+    /// Read and written on `eventLoop` only.
+    private var handler: GatewaySessionHandler?
 
-    init(handler: NIOLoopBoundBox<GatewaySessionHandler?>) {
+    init(handler: GatewaySessionHandler, eventLoop: any EventLoop) {
         self.handler = handler
+        self.eventLoop = eventLoop
     }
 
     func push(_ response: GatewayResponse, ending: JobTracker.Token?) {
-        let handler = self.handler
-        if handler.eventLoop.inEventLoop {
-            handler.value?.pushed(response, ending: ending)
+        if eventLoop.inEventLoop {
+            handler?.pushed(response, ending: ending)
         } else {
-            handler.eventLoop.execute { handler.value?.pushed(response, ending: ending) }
+            eventLoop.execute { self.handler?.pushed(response, ending: ending) }
         }
     }
 
     func holdEnd(_ update: JobUpdate, for watch: JobTracker.Token) {
-        let handler = self.handler
-        if handler.eventLoop.inEventLoop {
-            handler.value?.heldEnd(update, for: watch)
+        if eventLoop.inEventLoop {
+            handler?.heldEnd(update, for: watch)
         } else {
-            handler.eventLoop.execute { handler.value?.heldEnd(update, for: watch) }
+            eventLoop.execute { self.handler?.heldEnd(update, for: watch) }
         }
     }
 
     func logAdvanced(_ function: String, _ run: LogRun) {
-        let handler = self.handler
-        handler.eventLoop.execute { handler.value?.logAdvanced(function, run) }
+        eventLoop.execute { self.handler?.logAdvanced(function, run) }
     }
 
+    /// On the event loop.
     func detach() {
-        handler.value = nil
+        eventLoop.preconditionInEventLoop()
+        handler = nil
     }
 }
 
