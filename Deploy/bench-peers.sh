@@ -99,8 +99,8 @@ fi
 
 if [ -z "$jobgate" ]; then
     echo "building jobgate (release)…" >&2
-    swift build -c release --product jobgate >"$state/logs/build.log" 2>&1 || { cat "$state/logs/build.log" >&2; exit 1; }
-    jobgate="$(swift build -c release --show-bin-path)/jobgate"
+    swift build -c release --static-swift-stdlib --product jobgate >"$state/logs/build.log" 2>&1 || { cat "$state/logs/build.log" >&2; exit 1; }
+    jobgate="$(swift build -c release --static-swift-stdlib --show-bin-path)/jobgate"
 fi
 
 redis_port=$(free_port)

@@ -205,7 +205,7 @@ public final class GatewayServer: Service {
 
     private func acceptConnections(services: SessionServices, tracker: JobTracker, statistics: GatewayStatistics) async throws {
         let configuration = self.configuration
-        let connections = GatewayConnections(configuration: live, statistics: statistics)
+        let connections = services.connections
         let listener = try await ServerBootstrap(group: eventLoopGroup)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -219,11 +219,22 @@ public final class GatewayServer: Service {
             .childChannelInitializer { [tls = self.tls, logger = self.logger] channel in
                 channel.eventLoop.makeCompletedFuture {
                     let refusal = connections.admit(channel)
-                    try tls.secure(channel, port: "line protocol", logger: logger) { pipeline, peerSubject in
-                        if let refusal {
-                            return try pipeline.addHandler(ConnectionRefusal(message: refusal))
+                    do {
+                        // The session leaves `connections` when its channel closes (no callback on the close future:
+                        // an allocation less per connection), but under TLS it starts only after the handshake,
+                        // which may never end.
+                        let waitsForHandshake = try tls.secure(channel, port: "line protocol", logger: logger) { pipeline, peerSubject in
+                            if let refusal {
+                                return try pipeline.addHandler(ConnectionRefusal(message: refusal))
+                            }
+                            try pipeline.addHandler(GatewaySessionHandler(services: services, tlsPeerSubject: peerSubject))
                         }
-                        try pipeline.addHandler(GatewaySessionHandler(services: services, tlsPeerSubject: peerSubject))
+                        if waitsForHandshake, refusal == nil {
+                            channel.closeFuture.whenComplete { _ in connections.remove(channel) }
+                        }
+                    } catch {
+                        connections.remove(channel)
+                        throw error
                     }
                 }
             }
@@ -284,18 +295,18 @@ final class GatewayConnections: Sendable {
             return refusal
         }
         statistics.connectionsOpen.add(1, ordering: .relaxed)
-        channel.closeFuture.whenComplete { _ in self.remove(key) }
         return nil
     }
 
-    private func remove(_ key: ObjectIdentifier) {
-        statistics.connectionsOpen.subtract(1, ordering: .relaxed)
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            state.channels[key] = nil
-            guard state.channels.isEmpty else { return [] }
+    /// A connection closed (nothing if it was not admitted, or was removed already).
+    func remove(_ channel: any Channel) {
+        let (wasOpen, waiters) = state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
+            guard state.channels.removeValue(forKey: ObjectIdentifier(channel)) != nil else { return (false, []) }
+            guard state.channels.isEmpty else { return (true, []) }
             defer { state.allClosed = [] }
-            return state.allClosed
+            return (true, state.allClosed)
         }
+        if wasOpen { statistics.connectionsOpen.subtract(1, ordering: .relaxed) }
         for waiter in waiters { waiter.resume() }
     }
 

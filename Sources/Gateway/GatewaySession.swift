@@ -18,6 +18,8 @@ final class SessionServices: Sendable {
     /// Reads the results (or reasons) of finished records found by `lookups`; nil where the record expired since.
     let outcomes: BackendBatcher<JobRecord, JobRecord?>
     let statistics: GatewayStatistics
+    /// The open connections: a session leaves them when its channel closes.
+    let connections: GatewayConnections
     let logger: Logger
 
     /// What is in effect now: a reload (SIGHUP) changes the secrets, limits and timeouts for what follows.
@@ -35,6 +37,7 @@ final class SessionServices: Sendable {
         self.outcomes = BackendBatcher { records, _ in await backend.outcomes(of: records) }
         self.live = configuration
         self.statistics = statistics
+        self.connections = GatewayConnections(configuration: configuration, statistics: statistics)
         self.logger = logger
     }
 }
@@ -274,6 +277,7 @@ final class GatewaySessionHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         run(lifecycle.channelClosed())
+        services.connections.remove(context.channel)
         self.context = nil  // the context holds this handler: without this, neither is ever freed
     }
 

@@ -70,18 +70,23 @@ final class GatewayTLSContext: Sendable {
 
     /// Adds TLS in front of a new connection's handlers: `then` adds them once the handshake is done (with the
     /// client certificate's subject under mutual TLS), so nothing of the session runs for a client that never
-    /// finishes it.
+    /// finishes it. Returns whether it waits for a handshake (false: TLS is off, `then` ran).
+    @discardableResult
     func secure(
         _ channel: any Channel,
         port: String,
         logger: Logger,
         then: @escaping (ChannelPipeline.SynchronousOperations, _ peerSubject: String?) throws -> Void
-    ) throws {
-        guard let current = value else { return try then(channel.pipeline.syncOperations, nil) }
+    ) throws -> Bool {
+        guard let current = value else {
+            try then(channel.pipeline.syncOperations, nil)
+            return false
+        }
         let pipeline = channel.pipeline.syncOperations
         try pipeline.addHandler(NIOSSLServerHandler(context: current.context))
         try pipeline.addHandler(TLSInputClosing())
         try pipeline.addHandler(TLSHandshakeGate(timeout: TimeAmount(current.configuration.handshakeTimeout), port: port, logger: logger, then: then))
+        return true
     }
 
     /// Adds TLS in front of the handlers the caller adds next, which see the connection from the start (the HTTP
