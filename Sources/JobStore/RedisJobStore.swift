@@ -255,7 +255,7 @@ public final class RedisJobStore: Sendable {
         return zip(ids, try await records(ids)).filter { $0.1.map { ($0.created ?? 0) < createdBefore } ?? true }.map { ($0, $1) }
     }
 
-    /// Where gearmand put a job: see `setLocations(_:)`.
+    /// Where gearmand put a job (its handle on that server).
     public struct JobLocation: Sendable {
         public var id: JobID
         public var handle: String
@@ -271,15 +271,6 @@ public final class RedisJobStore: Sendable {
     /// Records where gearmand put the job, unless it already finished.
     public func setLocation(_ id: JobID, handle: String, server: String) async throws(JobStoreError) {
         _ = try await updateUnlessFinished(id, [JobField.handle: ByteBuffer(string: handle), JobField.server: ByteBuffer(string: server)])
-    }
-
-    /// `setLocation` for many jobs in one pipelined write.
-    public func setLocations(_ locations: [JobLocation]) async throws(JobStoreError) {
-        guard !locations.isEmpty else { return }
-        let commands = locations.map {
-            updateCommand($0.id, [JobField.handle: ByteBuffer(string: $0.handle), JobField.server: ByteBuffer(string: $0.server)])
-        }
-        for case .failure(let error) in try await evaluate(commands, Self.update) { throw JobStoreError(redis: error) }
     }
 
     /// Writes `fields` into each unfinished record, in one pipelined write: for a writer keeping fields of its own in

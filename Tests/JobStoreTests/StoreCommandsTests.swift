@@ -63,7 +63,7 @@ struct StoreCommandsTests {
             _ = try await store.redis.send(["SCRIPT", "FLUSH"])
             try await store.reportProgress(first, numerator: 1, denominator: 3)
             _ = try await store.redis.send(["SCRIPT", "FLUSH"])
-            try await store.setLocations([.init(id: first, handle: "H:x:2", server: "s2")])
+            try await store.setFields([(first, [JobField.handle: ByteBuffer(string: "H:x:2"), JobField.server: ByteBuffer(string: "s2")])])
             _ = try await store.redis.send(["SCRIPT", "FLUSH"])
             #expect(try await store.completeUnlessFinished(first, result: ByteBuffer(string: "ok")))
             #expect(try await !store.markFailed(first, reason: "late"))
