@@ -87,7 +87,7 @@ final class JobTracker: JobChangeConsumer, Service {
     /// The watch's `WATCHING` was written, showing `shown`: its events flow from now on.
     func activate(_ token: Token, shown: JobRecord.Progress) {
         eventLoop.execute {
-            self.run(self.machine.value.activate(token, shown: shown, nextRead: self.feed.nextReadNumber, readInFlight: self.feed.isReading))
+            self.run(self.machine.value.activate(token, shown: shown, nextRead: self.feed.nextReadNumber, readInFlight: self.feed.isReading(token.id)))
             self.publishCounts()
         }
     }

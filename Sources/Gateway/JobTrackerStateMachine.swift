@@ -148,7 +148,7 @@ struct JobTrackerStateMachine {
     }
 
     /// The session wrote `WATCHING` showing `shown`: the watch is live. `nextRead`: the number of the feed's next
-    /// read; `readInFlight`: whether a read is on its way.
+    /// read; `readInFlight`: whether a read of this job is on its way.
     ///
     /// What the session showed came from its own read, on another connection than the feed's, so a change the feed
     /// read before that answer came may be *older* than what was shown (progress would go backwards). Such a change,

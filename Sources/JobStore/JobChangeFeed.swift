@@ -60,6 +60,8 @@ public final class JobChangeFeed: Sendable {
         var dirty: Set<JobID> = []
         var connection: RedisConnection?
         var isReading = false
+        /// The jobs of the read on its way (empty when none is).
+        var inFlight: [JobID] = []
         /// Reads sent so far (`JobUpdate.readNumber`).
         var readsSent: UInt64 = 0
         /// A read is due at the end of this event-loop tick (see `noteChange`).
@@ -203,8 +205,9 @@ public final class JobChangeFeed: Sendable {
     /// On the event loop: the number the next read will carry; every update numbered lower was read before now.
     public var nextReadNumber: UInt64 { reader.value.readsSent + 1 }
 
-    /// On the event loop: whether a read is on its way (what it brings was read before now).
-    public var isReading: Bool { reader.value.isReading }
+    /// On the event loop: whether a read of `id` is on its way (what it brings was read before now). A linear search
+    /// of at most one batch, asked once per `WATCH`: cheaper than keeping a set of every batch.
+    public func isReading(_ id: JobID) -> Bool { reader.value.inFlight.contains(id) }
 
     /// On the event loop: reads `id` again, in the next read (sent now unless one is on its way).
     public func readAgain(_ id: JobID) {
@@ -285,9 +288,11 @@ public final class JobChangeFeed: Sendable {
         let batch = Array(reader.value.dirty.prefix(Self.readBatchSize))
         reader.value.dirty.subtract(batch)
         reader.value.isReading = true
+        reader.value.inFlight = batch
         reader.value.readsSent += 1
         let readNumber = reader.value.readsSent
         connection.pipelineFuture(store.followedReadCommands(batch)).assumeIsolated().whenComplete { result in
+            self.reader.value.inFlight = []
             switch result {
             case .success(let replies):
                 var unreadable: [JobID] = []

@@ -236,6 +236,31 @@ struct JobChangeFeedTests {
         }
     }
 
+    /// `isReading(_:)` names the jobs of the read on its way, and no others (a `WATCH` activated meanwhile asks for a
+    /// read of its own job only if that job is among them). The read is held on its way by `CLIENT PAUSE`.
+    @Test func readInFlightIsKnownPerJob() async throws {
+        try await withLocalServer(.redis) { server in
+            let store = makeStore(server)
+            try await withFeed(store) { feed, log in
+                let (changed, other) = (newID(), newID())
+                for id in [changed, other] {
+                    _ = try await store.create(id: id, function: "f", unique: nil)
+                    log.follow(id)
+                }
+                try await Task.sleep(for: .milliseconds(200))  // the creations' reads are done
+                _ = try await store.redis.pipeline([
+                    ["HSET", RedisArgument(store.schema.jobKey(changed)), "message", "held"], ["CLIENT", "PAUSE", "1500", "ALL"],
+                ])
+                try await eventually("the read of the changed job on its way") {
+                    try await feed.eventLoop.submit { feed.isReading(changed) }.get()
+                }
+                #expect(try await feed.eventLoop.submit { feed.isReading(other) }.get() == false)
+                try await eventually("the held read's update") { log.all.contains { $0.record?.message == ByteBuffer(string: "held") } }
+                #expect(try await feed.eventLoop.submit { feed.isReading(changed) }.get() == false)
+            }
+        }
+    }
+
     /// Bytes redis-server has sent to all its clients (`INFO stats`).
     static func bytesSent(by store: RedisJobStore) async throws -> Int {
         let info = try #require(try await store.redis.send(["INFO", "stats"]).string)
