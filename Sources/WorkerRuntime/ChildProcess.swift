@@ -103,17 +103,14 @@ package struct ChildProcess: Sendable {
     ) -> Result<ChildProcessOutcome, JobWorkerError> {
         var pipes: [(read: Int32, write: Int32)] = []
         defer { for pipe in pipes { closeIfOpen(pipe.read); closeIfOpen(pipe.write) } }
-        let spawned = descriptorLock.withLock { _ -> Result<pid_t, JobWorkerError> in
-            for _ in 0..<4 {
-                guard let pipe = makePipe() else {
-                    return .failure(JobWorkerError(.cannotStart, "cannot create a pipe: \(String(cString: strerror(errno)))"))
-                }
-                pipes.append(pipe)
+        for _ in 0..<4 {
+            guard let pipe = makePipe() else {
+                return .failure(JobWorkerError(.cannotStart, "cannot create a pipe: \(String(cString: strerror(errno)))"))
             }
-            return spawn(stdin: pipes[0].read, stdout: pipes[1].write, stderr: pipes[2].write, progress: pipes[3].write)
+            pipes.append(pipe)
         }
         let pid: pid_t
-        switch spawned {
+        switch spawn(stdin: pipes[0].read, stdout: pipes[1].write, stderr: pipes[2].write, progress: pipes[3].write) {
         case .success(let child): pid = child
         case .failure(let error): return .failure(error)
         }
@@ -270,22 +267,26 @@ private let systemCall: (@convention(c) (Int, Int, Int) -> Int)? = dlsym(UnsafeM
     unsafeBitCast($0, to: (@convention(c) (Int, Int, Int) -> Int).self)
 }
 
-/// Held while descriptors are made close-on-exec and while spawning. Without `pipe2` (not exported to Swift)
-/// a pipe is created, then marked close-on-exec: a child spawned in between by another job would inherit
-/// it and hold that job's pipe open.
-private let descriptorLock = Mutex(())
+/// glibc's `pipe2(2)`, looked up at run time: it is a GNU extension, which Swift's Glibc module does not import.
+private let pipeWithFlags: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32)? =
+    dlsym(UnsafeMutableRawPointer(bitPattern: 0), "pipe2").map {
+        unsafeBitCast($0, to: (@convention(c) (UnsafeMutablePointer<Int32>, Int32) -> Int32).self)
+    }
 
-/// A pipe whose ends are close-on-exec and above 0–3, so that dup2 onto a standard descriptor always copies
-/// (dup2 onto itself would leave close-on-exec set). Call with `descriptorLock` held.
+/// A pipe whose ends are close-on-exec from their creation, so that a child another job spawns meanwhile never
+/// inherits them (no lock around spawning), and above 0–3, so that dup2 onto a standard descriptor always copies
+/// (dup2 onto itself would leave close-on-exec set): an end at 0–3, only in a process started with those closed,
+/// is moved up.
 private func makePipe() -> (read: Int32, write: Int32)? {
     var fds: [Int32] = [-1, -1]
-    guard pipe(&fds) == 0 else { return nil }
-    func moved(_ fd: Int32) -> Int32 {
-        let high = fcntl(fd, F_DUPFD_CLOEXEC, ChildProcess.progressDescriptor + 1)
+    guard let pipeWithFlags, pipeWithFlags(&fds, O_CLOEXEC) == 0 else { return nil }
+    func high(_ fd: Int32) -> Int32 {
+        guard fd <= ChildProcess.progressDescriptor else { return fd }
+        let moved = fcntl(fd, F_DUPFD_CLOEXEC, ChildProcess.progressDescriptor + 1)
         close(fd)
-        return high
+        return moved
     }
-    let read = moved(fds[0]), write = moved(fds[1])
+    let read = high(fds[0]), write = high(fds[1])
     guard read >= 0, write >= 0 else {
         closeIfOpen(read)
         closeIfOpen(write)
@@ -451,7 +452,7 @@ private final class Canceller: Sendable {
     private let writeDescriptor: Mutex<Int32>
 
     init() throws {
-        guard let (read, write) = descriptorLock.withLock({ _ in makePipe() }) else {
+        guard let (read, write) = makePipe() else {
             throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
         }
         _ = fcntl(write, F_SETFL, fcntl(write, F_GETFL) | O_NONBLOCK)
