@@ -27,9 +27,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
-        // MARK: What the client libraries and the gateway share: backoff, readiness
+        // MARK: What the client libraries and the gateway share: backoff, readiness, event-loop task executors
         .target(
             name: "JobgateSupport",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: swiftSettings
         ),
 

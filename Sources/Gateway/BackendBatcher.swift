@@ -1,4 +1,5 @@
 import GatewayProtocol
+import JobgateSupport
 import NIOCore
 import Synchronization
 
@@ -26,8 +27,8 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
 
     private struct State {
         var queued: [Queued] = []
-        /// Drainers waiting for requests.
-        var idle: [CheckedContinuation<Void, Never>] = []
+        /// Drainers waiting for requests, with the loop each runs on (nil: the cooperative pool).
+        var idle: [(continuation: CheckedContinuation<Void, Never>, eventLoop: (any EventLoop)?)] = []
         var nextTurn: UInt64 = 0
         /// `run()` was cancelled: what is queued is still answered, nothing more is taken.
         var isStopped = false
@@ -45,13 +46,18 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
         self.operation = operation
     }
 
+    /// How many drainers wait for requests (for tests).
+    var idleDrainers: Int { state.withLock { $0.idle.count } }
+
     /// Queues `input`; the future fails with a `GatewayFailure` when the backend refused or is down, or `run()` ended.
     func enqueue(_ input: Input, on eventLoop: any EventLoop) -> EventLoopFuture<Output> {
         let promise = eventLoop.makePromise(of: Output.self)
         let (isTaken, drainer) = state.withLock { state -> (Bool, CheckedContinuation<Void, Never>?) in
             guard !state.isStopped else { return (false, nil) }
             state.queued.append(Queued(input: input, promise: promise))
-            return (true, state.idle.popLast())
+            // The drainer on the caller's loop, if idle: it starts without waking another thread.
+            let local = state.idle.lastIndex { $0.eventLoop === eventLoop } ?? (state.idle.isEmpty ? nil : state.idle.count - 1)
+            return (true, local.map { state.idle.remove(at: $0).continuation })
         }
         if !isTaken { promise.fail(GatewayFailure(code: .busy, message: "the gateway is shutting down; try another or again later")) }
         drainer?.resume()
@@ -59,12 +65,14 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
     }
 
     /// Runs the batches until cancelled, then answers what is still queued and returns: no batch of this batcher
-    /// runs after that.
-    func run() async {
+    /// runs after that. The drainers take turns over `executors` (one per event loop of the gateway), so that a
+    /// batch's steps resume on the loops of its connections instead of hopping through the cooperative pool.
+    func run(on executors: [EventLoopTaskExecutor] = []) async {
         await withTaskCancellationHandler {
             await withDiscardingTaskGroup { group in
-                for _ in 0..<maximumConcurrentBatches {
-                    group.addTask { await self.drain() }
+                for drainer in 0..<maximumConcurrentBatches {
+                    let executor = executors.isEmpty ? nil : executors[drainer % executors.count]
+                    group.addTask(executorPreference: executor) { await self.drain(on: executor?.eventLoop) }
                 }
             }
         } onCancel: {
@@ -73,12 +81,12 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
                 defer { state.idle = [] }
                 return state.idle
             }
-            for drainer in idle { drainer.resume() }
+            for drainer in idle { drainer.continuation.resume() }
         }
     }
 
-    private func drain() async {
-        while let next = await nextBatch() {
+    private func drain(on eventLoop: (any EventLoop)?) async {
+        while let next = await nextBatch(on: eventLoop) {
             let (batch, turn) = next
             let results = await operation(batch.map(\.input), turn)
             turn.end()  // in case the operation did not take its turn
@@ -89,7 +97,7 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
     }
 
     /// The next batch, waiting while there is none; nil once stopped with nothing queued.
-    private func nextBatch() async -> ([Queued], BatchTurn)? {
+    private func nextBatch(on eventLoop: (any EventLoop)?) async -> ([Queued], BatchTurn)? {
         while true {
             let next = state.withLock { state -> Take in
                 let count = min(maximumBatch, state.queued.count)
@@ -107,7 +115,7 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
                     // Parked unless a request or the stop came in since the look above.
                     let isReady = state.withLock { state -> Bool in
                         guard state.queued.isEmpty && !state.isStopped else { return true }
-                        state.idle.append(continuation)
+                        state.idle.append((continuation, eventLoop))
                         return false
                     }
                     if isReady { continuation.resume() }

@@ -142,11 +142,10 @@ struct GatewayBackend: Sendable {
             // too would cost every job a second Redis script and a second notification.
             await legacyAccepted(located.filter { legacy.handles(jobs[$0.index].function) }.map(\.location))
         }
-        do {
-            try await store.clearUnaccepted(jobs.map(\.id).filter { !unsettled.contains($0) } + accepted)
-        } catch {
+        // Not waited for: the submitters' replies need not wait for this cleanup (one Redis round trip per batch).
+        store.startClearingUnaccepted(jobs.map(\.id).filter { !unsettled.contains($0) } + accepted) { [logger, count = jobs.count] error in
             // The sweep clears them: gearmand knows these jobs.
-            logger.warning("could not clear the unaccepted index", metadata: ["job.count": "\(jobs.count)", "job.error": "\(error)"])
+            logger.warning("could not clear the unaccepted index", metadata: ["job.count": "\(count)", "job.error": "\(error)"])
         }
         statistics.jobsSubmitted.add(located.count, ordering: .relaxed)
         return results.map { $0! }

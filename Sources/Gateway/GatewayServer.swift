@@ -133,9 +133,10 @@ public final class GatewayServer: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await tracker.run() }
                 // Cancelled once every connection closed: nothing is queued by then.
-                group.addTask { await services.submits.run() }
-                group.addTask { await services.lookups.run() }
-                group.addTask { await services.outcomes.run() }
+                let executors = EventLoopTaskExecutor.all(of: eventLoopGroup)
+                group.addTask { await services.submits.run(on: executors) }
+                group.addTask { await services.lookups.run(on: executors) }
+                group.addTask { await services.outcomes.run(on: executors) }
                 group.addTask { await logHub.run() }
                 if let locator = redis.configuration.primaryLocator {
                     group.addTask { try await locator.run() }  // failovers announced by the sentinels

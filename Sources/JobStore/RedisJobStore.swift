@@ -244,6 +244,25 @@ public final class RedisJobStore: Sendable {
         _ = try await send(RedisCommand(["SREM", unacceptedKeyArgument] + ids.map { "\($0.rawValue)" }))
     }
 
+    /// `clearUnaccepted` without waiting for Redis to answer, on a connection that is up now: the submit path's
+    /// clients need not wait for this cleanup. Where it cannot be sent or fails, `failed` is called and the entries
+    /// stay for the sweep (`unacceptedJobs`), which finds their jobs known to gearmand or ended.
+    public func startClearingUnaccepted(_ ids: [JobID], failed: @escaping @Sendable (any Error) -> Void) {
+        guard !ids.isEmpty else { return }
+        guard let connection = redis.connectedConnection() else {
+            return failed(JobStoreError(.backendDown, "no Redis connection is up"))
+        }
+        let command = RedisCommand(["SREM", unacceptedKeyArgument] + ids.map { "\($0.rawValue)" })
+        connection.pipelineFuture([command]).whenComplete { result in
+            switch result {
+            case .success(let replies):
+                if let message = replies.first?.errorMessage { failed(JobStoreError(.serverError, message)) }
+            case .failure(let error):
+                failed(JobStoreError(redis: error))
+            }
+        }
+    }
+
     /// The jobs of the unaccepted index created more than `age` ago, with their records (nil: the record is gone).
     /// Looks at up to `limit` entries: all of them, or a random sample when the index holds more (only while gateways
     /// submit faster than gearmand accepts, or after many crashes), so that repeated sweeps still reach every entry.

@@ -22,14 +22,19 @@ public struct JobRegistry: Sendable {
 
     /// Serves `function` with a Swift handler (a later registration of the same name replaces it).
     public mutating func register(_ function: String, _ handler: @escaping JobHandler) {
-        handlers[function] = handler
+        // On the cooperative pool: the worker runs a job's steps on an event loop, where code that computes for long
+        // would hold up every connection of that loop.
+        handlers[function] = { job, context in
+            try await withTaskExecutorPreference(globalConcurrentExecutor) { try await handler(job, context) }
+        }
     }
 
     /// Serves `function` by running `command` once per job (see `JobCommand` for its contract). The program
     /// also gets `JOBGATE_FUNCTION`, `JOBGATE_HANDLE`, `JOBGATE_UNIQUE` (= `JOBGATE_JOB_ID`) and
     /// `JOBGATE_PROGRESS_FD=3` in its environment.
     public mutating func register(_ function: String, command: JobCommand) {
-        register(function) { job, context in
+        // On the job's event loop: the program runs on a thread of its own, this only waits for it.
+        handlers[function] = { job, context in
             let environment = [
                 "JOBGATE_FUNCTION": job.function, "JOBGATE_HANDLE": job.handle, "JOBGATE_UNIQUE": job.unique,
                 "JOBGATE_JOB_ID": job.unique, "JOBGATE_PROGRESS_FD": "\(ChildProcess.progressDescriptor)",

@@ -1,4 +1,5 @@
 import GatewayProtocol
+import JobgateSupport
 import LocalServers
 import NIOCore
 import NIOPosix
@@ -93,5 +94,32 @@ struct BackendBatcherTests {
         let refused = batcher.enqueue(3, on: loop)
         let error = await #expect(throws: GatewayFailure.self) { try await refused.get() }
         #expect(error?.code == .busy)
+    }
+
+    /// With executors, each batch runs on an event loop, the one of the drainer that took it: a request from a
+    /// loop wakes the idle drainer of that loop, so a lone request's batch starts on its caller's thread.
+    @Test func batchesRunOnTheCallersLoop() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let loops = Array(group.makeIterator())
+        let ranOn = Mutex<[(input: Int, isOnLoop: Bool)]>([])
+        let batcher = BackendBatcher<Int, Int>(maximumConcurrentBatches: 2) { inputs, _ in
+            let expected = loops[inputs[0] % 2]
+            ranOn.withLock { $0.append((inputs[0], expected.inEventLoop)) }
+            return inputs.map { .success($0) }
+        }
+        let running = Task { await batcher.run(on: EventLoopTaskExecutor.all(of: group)) }
+        for input in 0..<20 {
+            try await eventually("both drainers to be idle") { batcher.idleDrainers == 2 }
+            let loop = loops[input % 2]
+            let answer = try await loop.flatSubmit { batcher.enqueue(input, on: loop) }.get()
+            #expect(answer == input)
+        }
+        let runs = ranOn.withLock { $0 }
+        #expect(runs.count == 20)
+        let elsewhere = runs.filter { !$0.isOnLoop }.map(\.input)
+        #expect(elsewhere.isEmpty, "these ran on another thread than their caller's loop")
+        running.cancel()
+        await running.value
+        try await group.shutdownGracefully()
     }
 }

@@ -108,6 +108,22 @@ struct JobIDMinterTests {
         }
     }
 
+    /// A minter accepts the ids of every key of its ring and signs with the first, also when many threads check ids
+    /// at once (its keyed HMACs are shared, each check works on a copy); bytes outside the alphabet are refused.
+    @Test func everyKeyOfTheRingIsAcceptedFromManyThreads() async {
+        let old = JobIDMinter(key: Array(repeating: 1, count: 32))
+        let current = JobIDMinter(key: Array(repeating: 2, count: 32), alsoAccepted: [old.signingKey])
+        let ids = (0..<200).map { $0.isMultiple(of: 2) ? old.mint().rawValue : current.mint().rawValue }
+        #expect(ids.allSatisfy { current.isGenuine($0) })
+        #expect(ids.enumerated().allSatisfy { old.isGenuine($1) == $0.isMultiple(of: 2) })
+        let genuine = await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<8 { group.addTask { ids.filter { current.isGenuine($0) }.count } }
+            return await group.reduce(0, +)
+        }
+        #expect(genuine == 8 * ids.count)
+        #expect(!current.isGenuine(String(ids[1].dropLast()) + "é") && !current.isGenuine(String(ids[1].dropLast()) + "1"))
+    }
+
     /// Base32 decodes only canonical spellings, and those round-trip.
     @Test func base32IsStrict() {
         var random = SplitMix64(seed: 5)

@@ -98,6 +98,29 @@ struct UnacceptedJobTests {
         }
     }
 
+    /// Accepted jobs leave the index without their submitters waiting for it: the `SREM` is sent after gearmand
+    /// answered and not waited for, so the index is emptied shortly after the replies, not before them.
+    @Test func acceptedJobsLeaveTheIndex() async throws {
+        try await withGatewayStack { stack in
+            let client = try await stack.connect()
+            var ids: [GatewayJobID] = []
+            for index in 0..<50 {
+                let created = try await client.request(submitLine("later", "\(index)", options: index.isMultiple(of: 2) ? "unique=u-\(index)" : ""))
+                guard case .reply(.created(let id), _) = try #require(created) else {
+                    Issue.record("no CREATED: \(String(describing: created))"); return
+                }
+                ids.append(id)
+            }
+            let store = stack.store()
+            try await eventually("the index to be empty") {
+                try await store.redis.send(["SCARD", "\(store.schema.unacceptedKey)"]).int == 0
+            }
+            for id in ids.prefix(3) {
+                #expect(try await client.request("STATUS \(id)\n") == .reply(.status(id, GatewayJobStatus(.queued))))
+            }
+        }
+    }
+
     /// Starts a real `jobgate serve` on the stack's Redis whose gearmand takes connections and never answers, sends
     /// it `SUBMIT … unique=`, and kills it (`kill -9`) once the job's record is in Redis: gearmand never had the job.
     static func createThenKillGateway(_ stack: GatewayStack, function: String, unique: String) async throws -> GatewayJobID {

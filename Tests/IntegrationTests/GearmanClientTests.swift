@@ -1,6 +1,7 @@
 import Gearman
 import LocalServers
 import NIOCore
+import NIOPosix
 import Testing
 
 /// The Gearman client, pool and worker against real gearmand processes.
@@ -29,6 +30,30 @@ struct GearmanClientTests {
             }
             #expect(seen.all == ["high-1", "high-2", "normal-1", "normal-2", "low-1", "low-2"])
             await client.shutdown()
+        }
+    }
+
+    /// A worker's jobs run on the loop of the connection that brought them: their reports, and whatever else they
+    /// send on connections of that loop, need no wakeup of another thread.
+    @Test func aWorkersJobsRunOnTheirConnectionsLoop() async throws {
+        try await withLocalServer(.gearmand) { server in
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+            let loops = Array(group.makeIterator())
+            let client = GearmanClient(address: server.gearmanAddress)
+            for index in 0..<4 { _ = try await client.submitBackground(job("loops", "\(index)", "x")) }
+            let ranOnALoop = Recorder<Bool>()
+            let worker = try GearmanWorker(servers: [server.gearmanAddress], handlers: [
+                "loops": { _, _ in
+                    ranOnALoop.append(loops.contains { $0.inEventLoop })
+                    return .complete(ByteBuffer())
+                }
+            ], eventLoopGroup: group)
+            try await withRunning(worker) {
+                try await eventually("the four jobs to run") { ranOnALoop.count == 4 }
+            }
+            #expect(ranOnALoop.all == [true, true, true, true])
+            await client.shutdown()
+            try await group.shutdownGracefully()
         }
     }
 

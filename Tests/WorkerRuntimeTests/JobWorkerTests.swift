@@ -7,6 +7,7 @@ import LocalServers
 import Memcache
 import Logging
 import NIOCore
+import NIOPosix
 import Redis
 import ServiceLifecycle
 import Synchronization
@@ -71,6 +72,25 @@ struct JobWorkerTests {
                     try await eventually("gearmand to forget the job") { try await !gearman.status(handle: handle).known }
                 }
             }
+        }
+    }
+
+    /// The worker's steps around a job run on an event loop, but a Swift handler runs on the cooperative pool: a
+    /// handler that computes for long holds up no connection.
+    @Test func aSwiftHandlerRunsOffTheEventLoops() async throws {
+        try await withWorkerServers { redis, gearmand, store, gearman in
+            let onALoop = Mutex<[Bool]>([])
+            let worker = try makeWorker(gearmand, store: store) { registry in
+                registry.register("where") { job, _ in
+                    onALoop.withLock { $0.append(MultiThreadedEventLoopGroup.singleton.makeIterator().contains { $0.inEventLoop }) }
+                    return job.payload
+                }
+            }
+            try await withRunning(worker) {
+                let (id, _) = try await submit("where", "x", store: store, gearman: gearman)
+                try await eventually("done") { try await store.record(id)?.state == .done }
+            }
+            #expect(onALoop.withLock { $0 } == [false])
         }
     }
 

@@ -124,7 +124,9 @@ public final class GearmanWorker: Service {
                     deliver.finish()
                 }
                 for await (job, connection) in assignments {
-                    group.addTask { await self.execute(job, on: connection) }
+                    // On the connection's loop: its report, and the handler's Redis and gearmand requests on
+                    // connections of that loop, need no wakeup of another thread.
+                    group.addTask(executorPreference: connection.executor) { await self.execute(job, on: connection) }
                 }
             }
         } onGracefulShutdown: {

@@ -1,3 +1,4 @@
+import JobgateSupport
 import Logging
 import NIOCore
 import Synchronization
@@ -211,10 +212,13 @@ final class GearmanWorkerChannelHandler: ChannelDuplexHandler {
 final class GearmanWorkerConnection: Sendable {
     let channel: any Channel
     private let handler: NIOLoopBound<GearmanWorkerChannelHandler>
+    /// Where the jobs it brings run (the worker's steps around a job's handler: its reports go out here).
+    let executor: EventLoopTaskExecutor
 
     init(channel: any Channel, handler: NIOLoopBound<GearmanWorkerChannelHandler>) {
         self.channel = channel
         self.handler = handler
+        self.executor = EventLoopTaskExecutor(channel.eventLoop)
     }
 
     func send(_ packet: GearmanPacket) async throws {
@@ -223,7 +227,11 @@ final class GearmanWorkerConnection: Sendable {
 
     func jobFinished() {
         let handler = self.handler
-        channel.eventLoop.execute { handler.value.jobFinished() }
+        if channel.eventLoop.inEventLoop {
+            handler.value.jobFinished()
+        } else {
+            channel.eventLoop.execute { handler.value.jobFinished() }
+        }
     }
 
     func drain() {

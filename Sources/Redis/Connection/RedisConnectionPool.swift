@@ -14,7 +14,8 @@ public final class RedisConnectionPool: Sendable {
     public let configuration: RedisConnectionConfiguration
     public let size: Int
     public let backoff: Backoff
-    private let eventLoopGroup: any EventLoopGroup
+    /// The slots' loops, in turn: slot `i` connects on `eventLoops[i % count]`, so that every loop has connections.
+    private let eventLoops: [any EventLoop]
     private let logger: Logger
 
     private enum Slot {
@@ -42,7 +43,7 @@ public final class RedisConnectionPool: Sendable {
         self.configuration = configuration
         self.size = size
         self.backoff = backoff
-        self.eventLoopGroup = eventLoopGroup
+        self.eventLoops = Array(eventLoopGroup.makeIterator())
         self.logger = logger
         self.state = Mutex(State(slots: Array(repeating: .idle(failures: 0, retryAt: .now, lastError: nil), count: size)))
     }
@@ -75,9 +76,25 @@ public final class RedisConnectionPool: Sendable {
 
     /// The next live connection, round robin; starts reconnecting every dead slot whose backoff ended.
     public func connection() async throws -> RedisConnection {
-        let pick = state.withLock { state -> Pick in
+        switch pick() {
+        case .use(let connection): return connection
+        case .wait(let task): return try await task.value
+        case .fail(let error): throw error
+        }
+    }
+
+    /// A live connection if there is one now, without waiting for one to connect: for work that may as well not
+    /// happen when Redis is away (a cleanup that a sweep does too).
+    public func connectedConnection() -> RedisConnection? {
+        guard case .use(let connection) = pick() else { return nil }
+        return connection
+    }
+
+    private func pick() -> Pick {
+        state.withLock { state -> Pick in
             guard !state.isClosed else { return .fail(RedisError.closed("the connection pool is closed")) }
             var live: RedisConnection?
+            var isLocal = false
             var pending: Task<RedisConnection, any Error>?
             var lastError: (any Error)?
             let now = ContinuousClock.now
@@ -88,7 +105,10 @@ public final class RedisConnectionPool: Sendable {
                 }
                 switch state.slots[index] {
                 case .connected(let connection):
-                    if live == nil {
+                    // A caller on an event loop (a batcher's drainer) gets that loop's connection if it has one: its
+                    // request and reply then stay on the thread, with no wakeup of another.
+                    if live == nil || (!isLocal && connection.eventLoop.inEventLoop) {
+                        isLocal = connection.eventLoop.inEventLoop
                         live = connection
                         state.next = index + 1
                     }
@@ -107,11 +127,6 @@ public final class RedisConnectionPool: Sendable {
             if let pending { return .wait(pending) }
             return .fail(lastError ?? RedisError.closed("no Redis connection available"))
         }
-        switch pick {
-        case .use(let connection): return connection
-        case .wait(let task): return try await task.value
-        case .fail(let error): throw error
-        }
     }
 
     private func startConnecting(slot index: Int, failures: Int) -> Task<RedisConnection, any Error> {
@@ -120,7 +135,7 @@ public final class RedisConnectionPool: Sendable {
         Task {
             do {
                 let connection = try await RedisConnection.connect(
-                    configuration: configuration, eventLoop: eventLoopGroup.any(), logger: logger
+                    configuration: configuration, eventLoop: eventLoops[index % eventLoops.count], logger: logger
                 )
                 let keep = state.withLock { state in
                     guard !state.isClosed else { return false }

@@ -1,6 +1,7 @@
 import JobgateSupport
 import LocalServers
 import NIOCore
+import NIOPosix
 import Testing
 
 @testable import Redis
@@ -48,6 +49,29 @@ import Testing
                     if reply == nil { try await Task.sleep(for: .milliseconds(20)) }
                 }
                 #expect(reply == .simpleString("PONG"))
+            }
+        }
+    }
+
+    /// The slots connect on the group's loops in turn, and a caller on a loop gets that loop's connection: a
+    /// request and its reply stay on one thread.
+    @Test func aCallerOnALoopGetsThatLoopsConnection() async throws {
+        try await withLocalServer(.redis) { server in
+            try await withTimeout {
+                let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+                        let pool = RedisConnectionPool(configuration: server.redisConfiguration(), size: 4, eventLoopGroup: group)
+                try await eventually("all four pool connections") {
+                    _ = try await pool.send(["PING"])
+                    return try await pool.send(["CLIENT", "LIST"]).string?.split(separator: "\n").count == 4
+                }
+                for loop in group.makeIterator() {
+                    for _ in 0..<4 {
+                        let isLocal = try await loop.submit { pool.connectedConnection()?.eventLoop === loop }.get()
+                        #expect(isLocal)
+                    }
+                }
+                await pool.close()
+                try await group.shutdownGracefully()
             }
         }
     }
