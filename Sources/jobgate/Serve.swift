@@ -5,6 +5,8 @@ import Gearman
 import Logging
 import Memcache
 import Metrics
+import NIOCore
+import NIOPosix
 import Prometheus
 import Redis
 import ServiceLifecycle
@@ -136,6 +138,9 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("max-connections"), help: "Open connections; more get ERR BUSY and are closed. (default: 10000)")
     var maxConnections: Int?
 
+    @Option(name: .customLong("event-loops"), help: ArgumentHelp(EventLoops.help))
+    var eventLoops: Int?
+
     @Option(name: .customLong("idle-timeout"), help: "Seconds without a request before an idle connection is closed. (default: 300)")
     var idleTimeout: Int?
 
@@ -222,6 +227,7 @@ struct Serve: AsyncParsableCommand {
         ProcessLogLevel.level = loaded.logLevel
         loaded.logFormat.bootstrap()
         let logger = Logger(label: "jobgate.gateway")
+        EventLoops.start(loaded.eventLoops, logger: logger)
         // One registry for the process: the gateway's own metrics, and whatever a library reports through swift-metrics.
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
@@ -241,6 +247,7 @@ struct Serve: AsyncParsableCommand {
         var gateway: GatewayConfiguration
         var logLevel: Logger.Level
         var logFormat = LogFormat.text
+        var eventLoops = System.coreCount
     }
 
     /// Reads the options, the environment and the config file, refusing bad values and unknown names.
@@ -249,8 +256,9 @@ struct Serve: AsyncParsableCommand {
         let gateway = try makeConfiguration(settings)
         let level = try settings.parse("log-level", logLevel, expected: "trace, debug, info, notice, warning, error or critical")?.level ?? .info
         let format = try settings.parse("log-format", logFormat, expected: "text or json") ?? .text
+        let loops = try EventLoops.load(settings, eventLoops)
         try settings.checkAllKnown()
-        return Loaded(gateway: gateway, logLevel: level, logFormat: format)
+        return Loaded(gateway: gateway, logLevel: level, logFormat: format, eventLoops: loops)
     }
 
     /// SIGHUP: reads the file again (the environment and the options still win) and takes what can change while
@@ -263,9 +271,10 @@ struct Serve: AsyncParsableCommand {
             logger.error("configuration not reloaded: keeping the running one", metadata: ["config.error": "\(error)"])
             return
         }
-        let before = Self.entries(Loaded(gateway: server.configuration, logLevel: ProcessLogLevel.level, logFormat: logFormat))
-        // The log format stays what the process started with: the logging system is bootstrapped once.
-        let after = Self.entries(Loaded(gateway: server.reload(new.gateway), logLevel: new.logLevel, logFormat: logFormat))
+        let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator()).count
+        let before = Self.entries(Loaded(gateway: server.configuration, logLevel: ProcessLogLevel.level, logFormat: logFormat, eventLoops: loops))
+        // The log format and the event loops stay what the process started with.
+        let after = Self.entries(Loaded(gateway: server.reload(new.gateway), logLevel: new.logLevel, logFormat: logFormat, eventLoops: loops))
         ProcessLogLevel.level = new.logLevel
         let wanted = Self.entries(new)
         let changed = zip(before, after).filter { $0.value != $1.value }.map(\.0.name)
@@ -309,6 +318,7 @@ struct Serve: AsyncParsableCommand {
             ("max-payload", "\(gateway.maximumPayloadSize)"),
             ("max-watches", "\(gateway.maximumWatchesPerConnection)"),
             ("max-connections", "\(gateway.maximumConnections)"),
+            ("event-loops", "\(loaded.eventLoops)"),
             ("idle-timeout", seconds(gateway.idleTimeout)),
             ("output-buffer", "\(gateway.outputBufferLimit)"),
             ("max-wait", seconds(gateway.maximumWaitTimeout)),

@@ -5,6 +5,7 @@ import JobStore
 import LegacyJobs
 import Logging
 import Memcache
+import NIOCore
 import NIOSSL
 import Redis
 import ServiceLifecycle
@@ -126,6 +127,9 @@ struct Worker: AsyncParsableCommand {
     )
     var distribution: Distribution?
 
+    @Option(name: .customLong("event-loops"), help: ArgumentHelp(EventLoops.help))
+    var eventLoops: Int?
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical. (default: info)")
     var logLevel: LogLevel?
 
@@ -159,6 +163,7 @@ struct Worker: AsyncParsableCommand {
         var distribution = Distribution.peclConsistent
         var logLevel = Logger.Level.info
         var logFormat = LogFormat.text
+        var eventLoops = System.coreCount
     }
 
     /// Reads the options, the environment and the config file, refusing bad values and unknown names (the same
@@ -197,6 +202,7 @@ struct Worker: AsyncParsableCommand {
         }
         loaded.logLevel = try settings.parse("log-level", logLevel, expected: "trace, debug, info, notice, warning, error or critical")?.level ?? loaded.logLevel
         loaded.logFormat = try settings.parse("log-format", logFormat, expected: "text or json") ?? loaded.logFormat
+        loaded.eventLoops = try EventLoops.load(settings, eventLoops)
         try settings.checkAllKnown()
         return loaded
     }
@@ -220,6 +226,7 @@ struct Worker: AsyncParsableCommand {
             ("subscription-log-length", "\(loaded.logRetention.maximumLength)"),
             ("memcached", loaded.memcached.map { "\($0.host):\($0.port)" }.joined(separator: ",")),
             ("memcached-distribution", loaded.distribution.rawValue),
+            ("event-loops", "\(loaded.eventLoops)"),
             ("log-level", loaded.logLevel.rawValue),
             ("log-format", loaded.logFormat.rawValue),
         ]
@@ -234,6 +241,7 @@ struct Worker: AsyncParsableCommand {
         ProcessLogLevel.level = loaded.logLevel
         loaded.logFormat.bootstrap()
         let logger = Logger(label: "jobgate.worker")
+        EventLoops.start(loaded.eventLoops, logger: logger)
 
         unsetenv("JOBGATE_REDIS_PASSWORD")  // the job programs inherit the environment: keep the password out of it
         // With Sentinel, one locator finds the primary for every connection and follows failovers.

@@ -31,6 +31,23 @@ struct LifecycleTests {
         }
     }
 
+    /// `--event-loops` (or `JOBGATE_EVENT_LOOPS`) sets how many threads serve: the process runs exactly that many
+    /// event loops, and jobs go through as with the default.
+    @Test(arguments: [1, 3])
+    func runsTheEventLoopsItIsGiven(count: Int) async throws {
+        try await withServeProcess(arguments: [], environment: ["JOBGATE_EVENT_LOOPS": "\(count)"]) { gateway, port in
+            let client = try await GatewayTestClient.connect(port: port)
+            defer { Task { await client.close() } }
+            #expect(try await client.request(submitLine("nobody-runs-this", "x"))?.createdID != nil)
+            let pid = gateway.pid
+            let threads = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task").map {
+                try String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8)
+            }
+            let loops = threads.filter { $0.hasPrefix("NIO-SGLTN-") }
+            #expect(loops.count == count, "\(threads)")
+        }
+    }
+
     /// SIGTERM while the gateway still waits for Redis (not listening yet) stops it at once with exit status 0.
     @Test func stopsWhileWaitingForRedis() async throws {
         try await withLocalServer(.gearmand) { gearmand in
