@@ -123,6 +123,8 @@ public final class JobWorker: Service {
         let runner = JobRunner(handlers: registry.handlers, store: store, legacy: legacy, configuration: configuration, logger: logger)
         var gearman = configuration.gearman
         gearman.concurrency = configuration.concurrency
+        // A job's steps (mark running, outcome, report) on its connection's loop; Swift handlers go to the pool.
+        gearman.runsHandlersOnEventLoops = true
         var handlers: [String: GearmanJobHandler] = [:]
         for function in registry.handlers.keys {
             handlers[function] = { job, reporter in await runner.execute(job, reporter: reporter) }

@@ -33,25 +33,28 @@ struct GearmanClientTests {
         }
     }
 
-    /// A worker's jobs run on the loop of the connection that brought them: their reports, and whatever else they
-    /// send on connections of that loop, need no wakeup of another thread.
-    @Test func aWorkersJobsRunOnTheirConnectionsLoop() async throws {
+    /// By default a worker's handlers run on the cooperative pool; with `runsHandlersOnEventLoops`, on the loop of
+    /// the connection that brought their job (their reports then wake no other thread).
+    @Test(arguments: [false, true])
+    func handlersRunOnTheirConnectionsLoopWhenAsked(onLoops: Bool) async throws {
         try await withLocalServer(.gearmand) { server in
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
             let loops = Array(group.makeIterator())
             let client = GearmanClient(address: server.gearmanAddress)
             for index in 0..<4 { _ = try await client.submitBackground(job("loops", "\(index)", "x")) }
             let ranOnALoop = Recorder<Bool>()
+            var configuration = GearmanWorkerConfiguration()
+            configuration.runsHandlersOnEventLoops = onLoops
             let worker = try GearmanWorker(servers: [server.gearmanAddress], handlers: [
                 "loops": { _, _ in
                     ranOnALoop.append(loops.contains { $0.inEventLoop })
                     return .complete(ByteBuffer())
                 }
-            ], eventLoopGroup: group)
+            ], configuration: configuration, eventLoopGroup: group)
             try await withRunning(worker) {
                 try await eventually("the four jobs to run") { ranOnALoop.count == 4 }
             }
-            #expect(ranOnALoop.all == [true, true, true, true])
+            #expect(ranOnALoop.all == Array(repeating: onLoops, count: 4))
             await client.shutdown()
             try await group.shutdownGracefully()
         }

@@ -68,6 +68,11 @@ public struct GearmanWorkerConfiguration: Sendable {
     public var connectTimeout: TimeAmount = .seconds(3)
     /// The waits between attempts to reach a server that is down.
     public var reconnectBackoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
+    /// Run each handler on the event loop of the connection that brought its job, not on the cooperative pool: its
+    /// report, and its requests on connections of that loop, then wake no other thread. Only for handlers that
+    /// wait rather than compute (a long computation would hold up every connection of the loop); `JobWorker` sets it
+    /// and moves Swift handlers to the pool itself.
+    public var runsHandlersOnEventLoops = false
 
     public init() {}
 }
@@ -124,9 +129,8 @@ public final class GearmanWorker: Service {
                     deliver.finish()
                 }
                 for await (job, connection) in assignments {
-                    // On the connection's loop: its report, and the handler's Redis and gearmand requests on
-                    // connections of that loop, need no wakeup of another thread.
-                    group.addTask(executorPreference: connection.executor) { await self.execute(job, on: connection) }
+                    let executor = self.configuration.runsHandlersOnEventLoops ? connection.executor : nil
+                    group.addTask(executorPreference: executor) { await self.execute(job, on: connection) }
                 }
             }
         } onGracefulShutdown: {

@@ -212,7 +212,7 @@ final class GearmanWorkerChannelHandler: ChannelDuplexHandler {
 final class GearmanWorkerConnection: Sendable {
     let channel: any Channel
     private let handler: NIOLoopBound<GearmanWorkerChannelHandler>
-    /// Where the jobs it brings run (the worker's steps around a job's handler: its reports go out here).
+    /// Where the jobs it brings run with `runsHandlersOnEventLoops`.
     let executor: EventLoopTaskExecutor
 
     init(channel: any Channel, handler: NIOLoopBound<GearmanWorkerChannelHandler>) {
