@@ -241,7 +241,11 @@ public final class RedisJobStore: Sendable {
     /// Clears the unaccepted-index entries of jobs gearmand accepted, or whose fate is settled otherwise (one `SREM`).
     public func clearUnaccepted(_ ids: [JobID]) async throws(JobStoreError) {
         guard !ids.isEmpty else { return }
-        _ = try await send(RedisCommand(["SREM", unacceptedKeyArgument] + ids.map { "\($0.rawValue)" }))
+        _ = try await send(clearUnacceptedCommand(ids))
+    }
+
+    private func clearUnacceptedCommand(_ ids: [JobID]) -> RedisCommand {
+        RedisCommand(["SREM", unacceptedKeyArgument] + ids.map { "\($0.rawValue)" })
     }
 
     /// `clearUnaccepted` without waiting for Redis to answer, on a connection that is up now: the submit path's
@@ -252,8 +256,7 @@ public final class RedisJobStore: Sendable {
         guard let connection = redis.connectedConnection() else {
             return failed(JobStoreError(.backendDown, "no Redis connection is up"))
         }
-        let command = RedisCommand(["SREM", unacceptedKeyArgument] + ids.map { "\($0.rawValue)" })
-        connection.pipelineFuture([command]).whenComplete { result in
+        connection.pipelineFuture([clearUnacceptedCommand(ids)]).whenComplete { result in
             switch result {
             case .success(let replies):
                 if let message = replies.first?.errorMessage { failed(JobStoreError(.serverError, message)) }
