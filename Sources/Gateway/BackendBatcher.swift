@@ -56,7 +56,7 @@ final class BackendBatcher<Input: Sendable, Output: Sendable>: Sendable {
             guard !state.isStopped else { return (false, nil) }
             state.queued.append(Queued(input: input, promise: promise))
             // The drainer on the caller's loop, if idle: it starts without waking another thread.
-            let local = state.idle.lastIndex { $0.eventLoop === eventLoop } ?? (state.idle.isEmpty ? nil : state.idle.count - 1)
+            let local = state.idle.lastIndex { $0.eventLoop === eventLoop } ?? state.idle.indices.last
             return (true, local.map { state.idle.remove(at: $0).continuation })
         }
         if !isTaken { promise.fail(GatewayFailure(code: .busy, message: "the gateway is shutting down; try another or again later")) }

@@ -20,9 +20,11 @@ enum EventLoops {
     /// Sizes the singleton group; must run before anything uses it. Says so if it was too late.
     static func start(_ count: Int, logger: Logger) {
         NIOSingletons.groupLoopCountSuggestion = count
-        let running = Array(MultiThreadedEventLoopGroup.singleton.makeIterator()).count
         if running != count {
             logger.warning("the event loops were started before --event-loops was read", metadata: ["event_loops": "\(running)"])
         }
     }
+
+    /// How many loops the process runs (what a reload compares `--event-loops` against: it needs a restart).
+    static var running: Int { Array(MultiThreadedEventLoopGroup.singleton.makeIterator()).count }
 }

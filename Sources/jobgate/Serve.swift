@@ -6,7 +6,6 @@ import Logging
 import Memcache
 import Metrics
 import NIOCore
-import NIOPosix
 import Prometheus
 import Redis
 import ServiceLifecycle
@@ -271,7 +270,7 @@ struct Serve: AsyncParsableCommand {
             logger.error("configuration not reloaded: keeping the running one", metadata: ["config.error": "\(error)"])
             return
         }
-        let loops = Array(MultiThreadedEventLoopGroup.singleton.makeIterator()).count
+        let loops = EventLoops.running
         let before = Self.entries(Loaded(gateway: server.configuration, logLevel: ProcessLogLevel.level, logFormat: logFormat, eventLoops: loops))
         // The log format and the event loops stay what the process started with.
         let after = Self.entries(Loaded(gateway: server.reload(new.gateway), logLevel: new.logLevel, logFormat: logFormat, eventLoops: loops))
