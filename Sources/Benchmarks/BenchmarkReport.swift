@@ -86,6 +86,9 @@ public struct BenchmarkReport: Sendable, Codable {
         public var jobsPerSecond: Double
         /// One job at a time: `SUBMIT` written → `EVENT … DONE` decoded.
         public var latency: Distribution
+        /// One job at a time: the job's end in its worker (a Swift handler's return, a program's exit, a PHP job's
+        /// work done), before the worker writes its outcome → `EVENT … DONE` decoded.
+        public var latencyFromEnd: Distribution
         /// Per process (or group of processes, such as a worker's children), over the throughput part.
         public var cpuSecondsPer1000Jobs: [ProcessCPU]
     }
@@ -333,6 +336,7 @@ extension BenchmarkReport {
             lines.append("   \(rate(section.jobsPerSecond)) (\(section.jobs) jobs, \(section.inFlight) in flight)")
             lines.append(header)
             lines.append(row("SUBMIT → EVENT DONE", section.latency))
+            lines.append(row("job's end → EVENT DONE", section.latencyFromEnd))
             let total = section.cpuSecondsPer1000Jobs.reduce(0) { $0 + $1.seconds }
             lines.append("   CPU-s per 1,000 jobs: " + section.cpuSecondsPer1000Jobs.map { "\($0.process) \(String(format: "%.3f", $0.seconds))" }.joined(separator: ", ") + "; all \(String(format: "%.3f", total))")
             lines.append("")

@@ -94,12 +94,17 @@ extension BenchmarkStack {
         case .swift:
             var metered = metered
             metered.roles.append(("bench process (in-process worker and clients)", [getpid()], false))
-            return try await withJobWorker(kind.function, concurrency: options.workerConcurrency, handler: { job, _ in job.payload }) {
+            let returned = Instants()
+            return try await withJobWorker(kind.function, concurrency: options.workerConcurrency, handler: { job, _ in
+                defer { returned.record(job.unique) }
+                return job.payload
+            }) {
                 try await measureUserWorker(
                     kind,
                     worker: "in-process JobWorker, no-op Swift handler, concurrency \(options.workerConcurrency)",
                     metered: metered,
-                    options: options
+                    options: options,
+                    ends: .init(function: kind.function, what: "the handler's return") { id, _ in returned[id.rawValue] }
                 )
             }
         case .command:
@@ -109,35 +114,109 @@ extension BenchmarkStack {
                 "--redis", "\(redis.host):\(redis.port)", "--log-level", "warning", "--", cat,
             ])
             defer { worker.stop() }
+            // The same kind of worker running a program that appends its exit time to the result, for the latency
+            // from the program's exit (bash's $EPOCHREALTIME, the wall clock in microseconds, is its last act).
+            let stamping = try LocalProcess(executable, [
+                "worker", "--function", Self.stampedCommandFunction, "--concurrency", "1", "--gearman", gearman.description,
+                "--redis", "\(redis.host):\(redis.port)", "--log-level", "warning", "--", "/bin/bash", "-c", #"cat; printf '\n%s' "$EPOCHREALTIME""#,
+            ])
+            defer { stamping.stop() }
             var metered = metered
             metered.roles.append(("worker (jobgate worker and its programs)", [worker.pid], true))
-            return try await measureUserWorker(kind, worker: "jobgate worker --concurrency 4 -- cat", metered: metered, options: options) {
-                if worker.exitStatus != nil { throw BenchmarkError("jobgate worker exited:\n\(worker.log)") }
+            return try await measureUserWorker(
+                kind,
+                worker: "jobgate worker --concurrency 4 -- cat",
+                metered: metered,
+                options: options,
+                ends: .init(function: Self.stampedCommandFunction, what: "the program's exit (a bash -c that runs cat, then prints $EPOCHREALTIME as its last act)", endedAt: { _, result in Self.endStamped(in: String(buffer: result)) })
+            ) {
+                for process in [worker, stamping] where process.exitStatus != nil { throw BenchmarkError("jobgate worker exited:\n\(process.log)") }
             }
         case .php:
+            let source = try Self.readmeExample("php-worker")
             let script = FileManager.default.temporaryDirectory.appendingPathComponent("jobgate-bench-\(UUID().uuidString).php")
-            try Self.readmeExample("php-worker").write(to: script, atomically: true, encoding: .utf8)
+            let stampingScript = script.deletingPathExtension().appendingPathExtension("stamping.php")
+            try source.write(to: script, atomically: true, encoding: .utf8)
             defer { try? FileManager.default.removeItem(at: script) }
+            try Self.phpWorkerStampingItsEnd(source).write(to: stampingScript, atomically: true, encoding: .utf8)
+            defer { try? FileManager.default.removeItem(at: stampingScript) }
             let environment = [
                 "GEARMAN_HOST": gearman.host, "GEARMAN_PORT": "\(gearman.port)", "REDIS_HOST": redis.host, "REDIS_PORT": "\(redis.port)",
             ]
             var workers: [LocalProcess] = []
             defer { for worker in workers { worker.stop() } }
             for _ in 0..<4 { workers.append(try LocalProcess("/usr/bin/php", [script.path], environment: environment)) }
+            let stamping = try LocalProcess("/usr/bin/php", [stampingScript.path], environment: environment)
+            defer { stamping.stop() }
             var metered = metered
             metered.roles.append(("worker (4 php processes)", workers.map(\.pid), true))
-            return try await measureUserWorker(kind, worker: "the README's PHP worker × 4 (reverses the payload)", metered: metered, options: options) {
-                if let ended = workers.first(where: { $0.exitStatus != nil }) { throw BenchmarkError("a PHP worker exited:\n\(ended.log)") }
+            return try await measureUserWorker(
+                kind,
+                worker: "the README's PHP worker × 4 (reverses the payload)",
+                metered: metered,
+                options: options,
+                ends: .init(
+                    function: Self.stampedPHPFunction,
+                    what: "the job's end (a copy of the worker whose result ends with microtime(true) taken once it reversed the payload, before its outcome write)",
+                    endedAt: { _, result in Self.endStamped(in: String(buffer: result)) }
+                )
+            ) {
+                if let ended = (workers + [stamping]).first(where: { $0.exitStatus != nil }) { throw BenchmarkError("a PHP worker exited:\n\(ended.log)") }
             }
         }
     }
 
-    /// Warm-up, then throughput with CPU per process, then latency one job at a time.
+    static let stampedPHPFunction = "bench.php.stamped"
+
+    /// The README's PHP worker serving `stampedPHPFunction`, its result followed by a line with the wall-clock time
+    /// its work ended (taken before its outcome write, as a Swift handler's return and a program's exit are).
+    static func phpWorkerStampingItsEnd(_ source: String) throws -> String {
+        let edits = [
+            ("$worker->addFunction('reverse',", "$worker->addFunction('\(stampedPHPFunction)',"),
+            // %F: the decimal point whatever the locale.
+            ("$result = strrev($payload);", #"$result = strrev($payload) . "\n" . sprintf('%.6F', microtime(true));"#),
+        ]
+        var text = source
+        for (original, edited) in edits {
+            guard text.components(separatedBy: original).count == 2 else {
+                throw BenchmarkError("the README's PHP worker has no single `\(original)`: the bench cannot make the copy that reports each job's end")
+            }
+            text = text.replacingOccurrences(of: original, with: edited)
+        }
+        return text
+    }
+
+    /// Where a section learns when each job ended in its worker, to time from there to `EVENT DONE`.
+    struct JobEnds: Sendable {
+        /// Jobs of this function report their end (the section's own, or one a worker of the same kind serves).
+        var function: String
+        var what: String
+        /// When the job with this id and result ended in its worker; nil if it did not say.
+        var endedAt: @Sendable (GatewayJobID, ByteBuffer) -> ContinuousClock.Instant?
+    }
+
+    static let stampedCommandFunction = "bench.command.stamped"
+
+    /// The wall-clock instant (`seconds.microseconds`, either decimal separator) a program wrote as the last line of
+    /// its result, on the continuous clock.
+    static func endStamped(in result: String) -> ContinuousClock.Instant? {
+        var wallClock = timespec()
+        clock_gettime(CLOCK_REALTIME, &wallClock)
+        let now = ContinuousClock.now
+        guard let line = result.split(separator: "\n").last else { return nil }
+        let parts = line.split(whereSeparator: { $0 == "." || $0 == "," })
+        guard parts.count == 2, parts[1].count == 6, let seconds = Int64(parts[0]), let microseconds = Int64(parts[1]) else { return nil }
+        return now - (.seconds(Int64(wallClock.tv_sec) - seconds) + .nanoseconds(Int64(wallClock.tv_nsec) - microseconds * 1_000))
+    }
+
+    /// Warm-up, then throughput with CPU per process, then latency one job at a time: from `SUBMIT`, and from the
+    /// job's end as `ends` learns it.
     private func measureUserWorker(
         _ kind: UserWorker,
         worker: String,
         metered: MeteredProcesses,
         options: BenchmarkOptions,
+        ends: JobEnds,
         check: () throws -> Void = {}
     ) async throws -> BenchmarkReport.UserWorker {
         let (connections, window) = (options.connections, options.endToEndWindow)
@@ -148,14 +227,22 @@ extension BenchmarkStack {
         let rate = try await gatewayEndToEndRate(function: kind.function, jobs: options.workerJobs, connections: connections, window: window)
         let used = zip(try metered.seconds(), before).map { $0 - $1 }
         try check()
-        let latencies = try await sequentialLatencies(function: kind.function, samples: options.workerLatencySamples)
+        let samples = options.workerLatencySamples
+        var latencies = try await sequentialLatencies(function: kind.function, samples: samples, ends: ends.function == kind.function ? ends : nil)
+        if ends.function != kind.function {
+            latencies.fromEnd = try await sequentialLatencies(function: ends.function, samples: samples, ends: ends).fromEnd
+        }
+        try check()
         return .init(
-            what: "SUBMIT + WATCH until EVENT DONE, \(connections) connections × \(window) jobs in flight, 16-byte payloads; latency: one job at a time, SUBMIT written → EVENT DONE decoded; CPU: user + system from /proc/<pid>/stat over the throughput part",
+            what: "SUBMIT + WATCH until EVENT DONE, \(connections) connections × \(window) jobs in flight, 16-byte payloads; latency: one job at a time, SUBMIT written → EVENT DONE decoded"
+                + ", and \(ends.what) → EVENT DONE decoded"
+                + "; CPU: user + system from /proc/<pid>/stat over the throughput part",
             worker: worker,
             jobs: options.workerJobs,
             inFlight: connections * window,
             jobsPerSecond: rate,
-            latency: .init(nanoseconds: latencies),
+            latency: .init(nanoseconds: latencies.fromSubmit),
+            latencyFromEnd: .init(nanoseconds: latencies.fromEnd),
             cpuSecondsPer1000Jobs: zip(metered.roles, used).map { .init(process: $0.name, seconds: $1 / Double(options.workerJobs) * 1_000) }
         )
     }
@@ -169,12 +256,13 @@ extension BenchmarkStack {
         return metered
     }
 
-    /// One job at a time on one connection: SUBMIT, WATCH, EVENT DONE; from writing the SUBMIT to decoding the DONE.
-    func sequentialLatencies(function: String, samples: Int) async throws -> [Int64] {
+    /// One job at a time on one connection: SUBMIT, WATCH, EVENT DONE; from writing the SUBMIT to decoding the DONE,
+    /// and with `ends`, from the job's end in its worker to decoding the DONE.
+    func sequentialLatencies(function: String, samples: Int, ends: JobEnds? = nil) async throws -> (fromSubmit: [Int64], fromEnd: [Int64]) {
         try await connectGateway(port: gatewayPort).executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            var latencies: [Int64] = []
-            latencies.reserveCapacity(samples)
+            var latencies: (fromSubmit: [Int64], fromEnd: [Int64]) = ([], [])
+            latencies.fromSubmit.reserveCapacity(samples)
             for _ in 0..<samples {
                 var buffer = ByteBuffer()
                 GatewayRequests.submit(function, payload: Self.payload, into: &buffer)
@@ -188,8 +276,14 @@ extension BenchmarkStack {
                     let next = try await iterator.nextResponse("waiting for DONE")
                     guard case .event(let event, _) = next.response, event.jobID == id else { continue }
                     if case .progress = event { continue }
-                    guard case .done = event else { throw BenchmarkError("expected EVENT DONE, got \(event)") }
-                    latencies.append((next.at - start).nanoseconds)
+                    guard case .done(_, let result) = event else { throw BenchmarkError("expected EVENT DONE, got \(event)") }
+                    latencies.fromSubmit.append((next.at - start).nanoseconds)
+                    if let ends {
+                        guard let end = ends.endedAt(id, result) else {
+                            throw BenchmarkError("job \(id) of \(function) did not report its end (\(ends.what)); result: \(String(buffer: result).debugDescription)")
+                        }
+                        latencies.fromEnd.append((next.at - end).nanoseconds)
+                    }
                     break
                 }
             }

@@ -29,11 +29,45 @@ import Testing
         #expect(own.isFinite && own >= 0)
     }
 
+    /// A job's end, written by its program (bash's `$EPOCHREALTIME`, PHP's `microtime(true)`) as the last line of its
+    /// result, back on the continuous clock.
+    @Test func exitStampsParse() throws {
+        var wallClock = timespec()
+        clock_gettime(CLOCK_REALTIME, &wallClock)
+        let microseconds = String(Int(wallClock.tv_nsec) / 1_000)
+        let stamp = "\(wallClock.tv_sec).\(String(repeating: "0", count: 6 - microseconds.count))\(microseconds)"
+        for result in ["payload\n\(stamp)", "\n\(stamp.replacingOccurrences(of: ".", with: ","))", stamp] {
+            let instant = try #require(BenchmarkStack.endStamped(in: result), "\(result)")
+            let since = ContinuousClock.now - instant
+            // Written just now: within the test's own run, and not in the future.
+            #expect(since >= .zero && since < .seconds(60), "\(result): \(since)")
+        }
+        let earlier = try #require(BenchmarkStack.endStamped(in: "\(wallClock.tv_sec - 10).000000"))
+        #expect(ContinuousClock.now - earlier >= .seconds(9))
+        for bad in ["", "payload", "payload\n1700000000", "1700000000.1234", "x.123456", "1.2.3"] {
+            #expect(BenchmarkStack.endStamped(in: bad) == nil, "\(bad)")
+        }
+    }
+
+    /// The copy of the README's PHP worker that reports each job's end serves a function of its own; a README whose
+    /// worker no longer has the edited lines stops the bench with a clear error rather than a copy that does nothing.
+    @Test func phpWorkerCopyReportsItsEnd() throws {
+        let source = try BenchmarkStack.readmeExample("php-worker")
+        let copy = try BenchmarkStack.phpWorkerStampingItsEnd(source)
+        #expect(copy.contains("addFunction('\(BenchmarkStack.stampedPHPFunction)'") && !copy.contains("addFunction('reverse'"))
+        #expect(copy.contains("sprintf('%.6F', microtime(true))"))
+        let error = try #require(throws: (any Error).self) {
+            try BenchmarkStack.phpWorkerStampingItsEnd(source.replacingOccurrences(of: "strrev($payload)", with: "str_rot13($payload)"))
+        }
+        #expect("\(error)".contains("strrev"), "\(error)")
+    }
+
     /// A report of some sections: the others are absent from its JSON and its table.
     @Test func partialReportShape() throws {
         let section = BenchmarkReport.UserWorker(
             what: "w", worker: "jobgate worker --concurrency 4 -- cat", jobs: 10, inFlight: 4, jobsPerSecond: 100,
             latency: BenchmarkReport.Distribution(samples: 1, meanMicroseconds: 1, p50Microseconds: 1, p99Microseconds: 1, p999Microseconds: 1, maxMicroseconds: 1),
+            latencyFromEnd: BenchmarkReport.Distribution(samples: 1, meanMicroseconds: 1, p50Microseconds: 1, p99Microseconds: 1, p999Microseconds: 1, maxMicroseconds: 1),
             cpuSecondsPer1000Jobs: [.init(process: "gateway", seconds: 0.25), .init(process: "worker", seconds: 1.5)]
         )
         var report = BenchmarkReport(
@@ -73,13 +107,16 @@ import Testing
     }
 
     /// Every figure of a worker section is there and sane: a CPU figure per process (gateway, the servers the bench
-    /// started, the worker), none negative, and some CPU spent in all.
+    /// started, the worker), none negative, and some CPU spent in all; the latency from the job's end too.
     static func checkWorkerSection(_ section: BenchmarkReport.UserWorker, options: BenchmarkOptions, serversStarted: Bool) {
         #expect(section.jobs == options.workerJobs && section.inFlight == options.connections * options.endToEndWindow)
         #expect(section.jobsPerSecond.isFinite && section.jobsPerSecond > 0)
         #expect(section.latency.samples == options.workerLatencySamples)
         #expect(section.latency.p50Microseconds > 0 && section.latency.p50Microseconds <= section.latency.p99Microseconds)
         #expect(section.latency.p99Microseconds <= section.latency.p999Microseconds && section.latency.p999Microseconds <= section.latency.maxMicroseconds)
+        let fromEnd = section.latencyFromEnd
+        #expect(fromEnd.samples == options.workerLatencySamples)
+        #expect(fromEnd.p50Microseconds > 0 && fromEnd.p50Microseconds <= fromEnd.p99Microseconds && fromEnd.p99Microseconds <= fromEnd.maxMicroseconds)
         let processes = section.cpuSecondsPer1000Jobs.map(\.process)
         #expect(processes.first == "gateway" && processes.count == (serversStarted ? 4 : 2), "\(processes)")
         if serversStarted { #expect(processes[1] == "redis-server" && processes[2] == "gearmand") }
