@@ -19,8 +19,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     private struct Request {
         let id: UInt64
-        var remaining: Int
-        var replies: [RedisReply]
+        let expectedReplies: Int
         /// `nil` once cancelled: the replies are still read, then dropped.
         var promise: EventLoopPromise<[RedisReply]>?
         /// For (P)SUBSCRIBE: one error reply answers the whole command rather than one name.
@@ -30,6 +29,10 @@ final class RedisChannelHandler: ChannelInboundHandler {
 
     private var processor: NIOSingleStepByteToMessageProcessor<RedisReplyDecoder>
     private var requests = CircularBuffer<Request>()
+    /// The replies so far of the oldest request. Not kept in its `Request`: a `CircularBuffer` element cannot be
+    /// changed in place, so appending through its subscript copied the whole array for every reply (quadratic in a
+    /// pipeline's length: a batch of 50 creates has ~150 replies).
+    private var oldestReplies: [RedisReply] = []
     private var context: ChannelHandlerContext?
     /// Set once the connection cannot carry requests any more; new ones fail with it.
     private var closedError: RedisError?
@@ -74,10 +77,8 @@ final class RedisChannelHandler: ChannelInboundHandler {
         for command in commands {
             RedisCommandEncoder.write(command, into: &buffer)
         }
-        var replies: [RedisReply] = []
-        replies.reserveCapacity(expected)
         let deadline = commandTimeout.map { context.eventLoop.now + $0 } ?? .distantFuture
-        requests.append(Request(id: nextID, remaining: expected, replies: replies, promise: promise, errorEndsRequest: errorEndsRequest, deadline: deadline))
+        requests.append(Request(id: nextID, expectedReplies: expected, promise: promise, errorEndsRequest: errorEndsRequest, deadline: deadline))
         armTimeout(context: context)
         context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
         return nextID
@@ -130,16 +131,17 @@ final class RedisChannelHandler: ChannelInboundHandler {
             pushHandler(message)
             return
         }
-        guard !requests.isEmpty else {
+        guard let oldest = requests.first else {
             failAndClose(RedisError(.protocolError, "unexpected reply with no request in flight: \(reply)"), context: context)
             return
         }
-        let head = requests.startIndex
-        requests[head].replies.append(reply)
-        requests[head].remaining -= 1
-        if requests[head].remaining == 0 || (requests[head].errorEndsRequest && reply.errorMessage != nil) {
-            let request = requests.removeFirst()
-            request.promise?.succeed(request.replies)
+        if oldestReplies.isEmpty { oldestReplies.reserveCapacity(oldest.expectedReplies) }
+        oldestReplies.append(reply)
+        if oldestReplies.count == oldest.expectedReplies || (oldest.errorEndsRequest && reply.errorMessage != nil) {
+            requests.removeFirst()
+            let replies = oldestReplies
+            oldestReplies = []
+            oldest.promise?.succeed(replies)
         }
     }
 
@@ -154,6 +156,7 @@ final class RedisChannelHandler: ChannelInboundHandler {
         if closedError == nil { closedError = error }
         timeoutTimer?.cancel()
         timeoutTimer = nil
+        oldestReplies = []
         while let request = requests.popFirst() {
             request.promise?.fail(error)
         }
