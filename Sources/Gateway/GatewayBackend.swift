@@ -45,22 +45,24 @@ struct GatewayBackend: Sendable {
     }
 
     /// Creates the records, then submits to gearmand as background jobs whose unique keys are the job ids: one
-    /// Redis pipeline and one gearmand batch for all of them (group commit; see `BackendBatcher`). The records of
-    /// one batch are created only after the previous batch's (its `turn`), so that of two pipelined submissions
-    /// with the same unique key the first is the one that creates the job; the gearmand steps may overlap.
+    /// Redis pipeline and one gearmand batch for all of them (group commit; see `BackendBatcher`). The records of a
+    /// batch with a unique key are created only after the previous batches' (its `turn`), so that of two pipelined
+    /// submissions with the same unique key the first is the one that creates the job. A batch without one has
+    /// nothing to join or be joined: its Redis step overlaps the others' (waiting for its turn made the Redis round
+    /// trip the bound of every gateway's submit rate); so do the gearmand steps.
     ///
     /// The records enter the unaccepted index with their creation and leave it in one `SREM` once gearmand answered
     /// (or they were joined, or failed): what a gateway killed in between leaves there is found by the sweep of any
     /// gateway (`sweepUnacceptedJobs`), followed or not, and is never joined blindly (`CreateOutcome.unaccepted`).
     func submit(_ submissions: [Submission], turn: BatchTurn) async -> [Result<Submitted, GatewayFailure>] {
-        let jobs = submissions.map {
+        let jobs = zip(submissions, ids.mint(submissions.count)).map { submission, id in
             RedisJobStore.NewJob(
-                id: ids.mint(), function: $0.request.function.rawValue, unique: $0.request.unique?.rawValue, resultTTL: configuration.resultTTL,
-                namespace: $0.namespace
+                id: id, function: submission.request.function.rawValue, unique: submission.request.unique?.rawValue,
+                resultTTL: configuration.resultTTL, namespace: submission.namespace
             )
         }
         let created: [Result<RedisJobStore.CreateOutcome, JobStoreError>]
-        await turn.begin()
+        if jobs.allSatisfy({ $0.unique == nil }) { turn.end() } else { await turn.begin() }
         do {
             defer { turn.end() }
             created = try await store.create(jobs)

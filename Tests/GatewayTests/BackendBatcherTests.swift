@@ -122,4 +122,37 @@ struct BackendBatcherTests {
         await running.value
         try await group.shutdownGracefully()
     }
+    /// Turns keep order only among the batches that take them: a batch that gives its turn up at once (a submit
+    /// batch without a unique key) runs while an earlier one holds its turn, and a later batch that takes its turn
+    /// still waits for that earlier one.
+    @Test func aBatchThatGivesUpItsTurnDoesNotWait() async throws {
+        let gate = HeldBackend()  // only its gate: held until `open()`
+        let events = Mutex<[String]>([])
+        let batcher = BackendBatcher<Int, Int>(maximumConcurrentBatches: 3) { inputs, turn in
+            switch inputs[0] {
+            case 2:
+                turn.end()
+                events.withLock { $0.append("2 ran") }
+            default:
+                await turn.begin()
+                events.withLock { $0.append("\(inputs[0]) began") }
+                if inputs[0] == 1 { _ = await gate.operation([], turn) }
+                turn.end()
+            }
+            return inputs.map { .success($0) }
+        }
+        let running = Task { await batcher.run() }
+        let first = batcher.enqueue(1, on: loop)
+        try await eventually("the first batch to take its turn") { events.withLock { $0 } == ["1 began"] }
+        #expect(try await batcher.enqueue(2, on: loop).get() == 2)
+        let third = batcher.enqueue(3, on: loop)
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(events.withLock { $0 } == ["1 began", "2 ran"], "the third batch took its turn before the first ended it")
+        gate.open()
+        #expect(try await first.get() == 1)
+        #expect(try await third.get() == 3)
+        #expect(events.withLock { $0 } == ["1 began", "2 ran", "3 began"])
+        running.cancel()
+        await running.value
+    }
 }
