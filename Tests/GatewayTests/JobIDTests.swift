@@ -108,6 +108,19 @@ struct JobIDMinterTests {
         }
     }
 
+    /// Ids minted together (one draw of random bytes for a batch of `SUBMIT`s) are as good as ids minted alone:
+    /// every one genuine and well formed, no two alike, none like an earlier batch's.
+    @Test func idsMintedTogetherAreDistinctAndGenuine() {
+        let minter = JobIDMinter(key: Array(repeating: 5, count: 32))
+        #expect(minter.mint(0).isEmpty)
+        let first = minter.mint(500).map(\.rawValue)
+        let second = minter.mint(500).map(\.rawValue)
+        #expect(first.count == 500 && second.count == 500)
+        #expect(Set(first + second).count == 1_000)
+        for id in first + second { #expect(id.utf8.count == 39 && minter.isGenuine(id), "\(id)") }
+        #expect(!JobIDMinter(key: Array(repeating: 6, count: 32)).isGenuine(first[0]))
+    }
+
     /// A minter accepts the ids of every key of its ring and signs with the first, also when many threads check ids
     /// at once (its keyed HMACs are shared, each check works on a copy); bytes outside the alphabet are refused.
     @Test func everyKeyOfTheRingIsAcceptedFromManyThreads() async {
