@@ -137,18 +137,29 @@ public final class RedisJobStore: Sendable {
     /// Throws when Redis cannot be reached; a failed write fails only its job.
     public func create(_ jobs: [NewJob]) async throws(JobStoreError) -> [Result<CreateOutcome, JobStoreError>] {
         guard !jobs.isEmpty else { return [] }
+        typealias Constant = CreateCommandConstants
         let now = Self.now()
+        let nowArgument = RedisArgument(now)
         let acceptedSince = RedisArgument(now - Int64(configuration.acceptanceGrace / .milliseconds(1)))
         let plain = jobs.indices.filter { jobs[$0].unique == nil }
         let coalescing = jobs.indices.filter { jobs[$0].unique != nil }
-        var commands: [RedisCommand] = [["MULTI"], RedisCommand(["SADD", unacceptedKeyArgument] + jobs.map { "\($0.id.rawValue)" })]
+        // Built with as few allocations as they can be: a batch of creates is most of the gateway's work per SUBMIT.
+        var commands: [RedisCommand] = []
+        commands.reserveCapacity(3 + 2 * plain.count + coalescing.count)
+        var indexEntries = [Constant.sadd, unacceptedKeyArgument]
+        indexEntries.reserveCapacity(2 + jobs.count)
+        for job in jobs { indexEntries.append(RedisArgument(job.id.rawValue)) }
+        commands.append(Constant.multi)
+        commands.append(RedisCommand(indexEntries))
         for index in plain {
             let key = RedisArgument(schema.jobKey(jobs[index].id))
-            commands.append(RedisCommand("HSET", [key] + recordFields(jobs[index], now: now)))
-            commands.append(["EXPIRE", key, inFlightTTLArgument])
+            var record = [Constant.hset, key]
+            appendRecordFields(jobs[index], now: nowArgument, to: &record)
+            commands.append(RedisCommand(record))
+            commands.append(RedisCommand([Constant.expire, key, inFlightTTLArgument]))
         }
-        commands.append(["EXEC"])
-        commands += coalescing.map { createCommand(jobs[$0], now: now, acceptedSince: acceptedSince) }
+        commands.append(Constant.exec)
+        for index in coalescing { commands.append(createCommand(jobs[index], now: nowArgument, acceptedSince: acceptedSince)) }
         let replies = try await evaluate(commands, Self.create, acknowledgedBy: configuration.replicasAck)
 
         var outcomes = [Result<CreateOutcome, JobStoreError>](repeating: .success(.created), count: jobs.count)
@@ -181,29 +192,36 @@ public final class RedisJobStore: Sendable {
         return outcomes
     }
 
-    /// The fields of a new record, as `HSET` and the create script take them.
-    private func recordFields(_ job: NewJob, now: Int64) -> [RedisArgument] {
+    /// Appends the fields of a new record, as `HSET` and the create script take them.
+    private func appendRecordFields(_ job: NewJob, now: RedisArgument, to arguments: inout [RedisArgument]) {
         typealias Constant = CreateCommandConstants
-        let nowArgument = RedisArgument(now)
-        var fields = [Constant.state, Constant.queued, Constant.function, "\(job.function)"]
-        fields += Constant.zeroProgress
-        fields += [Constant.created, nowArgument, Constant.updated, nowArgument, Constant.resultTTL]
-        fields.append(job.resultTTL.map { RedisArgument($0) } ?? resultTTLArgument)
-        if let unique = job.unique { fields += [Constant.unique, "\(unique)"] }
-        return fields
+        arguments.reserveCapacity(arguments.count + 16)
+        for field in [Constant.state, Constant.queued, Constant.function] { arguments.append(field) }
+        arguments.append(RedisArgument(job.function))
+        for field in Constant.zeroProgress { arguments.append(field) }
+        for field in [Constant.created, now, Constant.updated, now, Constant.resultTTL] { arguments.append(field) }
+        arguments.append(job.resultTTL.map { RedisArgument($0) } ?? resultTTLArgument)
+        if let unique = job.unique {
+            arguments.append(Constant.unique)
+            arguments.append(RedisArgument(unique))
+        }
     }
 
-    private func createCommand(_ job: NewJob, now: Int64, acceptedSince: RedisArgument) -> RedisCommand {
+    private func createCommand(_ job: NewJob, now: RedisArgument, acceptedSince: RedisArgument) -> RedisCommand {
         var keys: [RedisArgument] = ["\(schema.jobKey(job.id))", unacceptedKeyArgument]
         if let unique = job.unique { keys.append("\(schema.uniqueKey(function: job.function, unique: unique, namespace: job.namespace))") }
-        return Self.create.call(
-            keys: keys,
-            arguments: ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince] + recordFields(job, now: now)
-        )
+        var arguments: [RedisArgument] = ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince]
+        appendRecordFields(job, now: now, to: &arguments)
+        return Self.create.call(keys: keys, arguments: arguments)
     }
 
     /// The parts of every new record that never change, made once (each argument is a buffer).
     private enum CreateCommandConstants {
+        static let multi: RedisCommand = ["MULTI"]
+        static let exec: RedisCommand = ["EXEC"]
+        static let sadd = RedisArgument("SADD")
+        static let hset = RedisArgument("HSET")
+        static let expire = RedisArgument("EXPIRE")
         static let state = RedisArgument(JobField.state)
         static let queued = RedisArgument(JobState.queued.rawValue)
         static let function = RedisArgument(JobField.function)

@@ -49,15 +49,29 @@ public struct RedisArgument: Sendable, Hashable, ExpressibleByStringInterpolatio
 /// Writes commands as RESP2 arrays of bulk strings, the only form Redis needs to be binary-safe.
 public enum RedisCommandEncoder {
     /// Appends `command`; call it for several commands to pipeline them in one write.
+    ///
+    /// Written through one pointer into room reserved once: byte by byte through `ByteBuffer`'s writes (five per
+    /// argument, each checking room and uniqueness) it was a seventh of the gateway's time under a stream of `SUBMIT`s.
     public static func write(_ command: RedisCommand, into buffer: inout ByteBuffer) {
-        buffer.writeInteger(UInt8(ascii: "*"))
-        writeDecimal(command.arguments.count, into: &buffer)
-        for argument in command.arguments {
-            buffer.writeInteger(UInt8(ascii: "$"))
-            writeDecimal(argument.readableBytes, into: &buffer)
-            buffer.writeImmutableBuffer(argument)
-            buffer.writeStaticString("\r\n")
+        buffer.reserveCapacity(minimumWritableBytes: encodedSize(of: command))
+        let written = buffer.withUnsafeMutableWritableBytes { output -> Int in
+            var offset = 0
+            offset = writeHeader(UInt8(ascii: "*"), command.arguments.count, into: output, at: offset)
+            for argument in command.arguments {
+                offset = writeHeader(UInt8(ascii: "$"), argument.readableBytes, into: output, at: offset)
+                argument.withUnsafeReadableBytes { bytes in
+                    if let source = bytes.baseAddress, !bytes.isEmpty {
+                        (output.baseAddress! + offset).copyMemory(from: source, byteCount: bytes.count)
+                    }
+                }
+                offset += argument.readableBytes
+                output[offset] = UInt8(ascii: "\r")
+                output[offset + 1] = UInt8(ascii: "\n")
+                offset += 2
+            }
+            return offset
         }
+        buffer.moveWriterIndex(forwardBy: written)
     }
 
     /// Bytes `command` takes on the wire, to size a buffer once for a whole pipeline.
@@ -65,21 +79,22 @@ public enum RedisCommandEncoder {
         command.arguments.reduce(1 + 20 + 2) { $0 + 1 + 20 + 2 + $1.readableBytes + 2 }
     }
 
-    /// `n` in ASCII followed by CRLF, without allocating a String.
-    private static func writeDecimal(_ value: Int, into buffer: inout ByteBuffer) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var remaining = value
-        var count = 0
-        withUnsafeMutableBytes(of: &digits) { raw in
-            repeat {
-                raw[19 - count] = UInt8(ascii: "0") + UInt8(remaining % 10)
-                remaining /= 10
-                count += 1
-            } while remaining > 0
-            buffer.writeBytes(UnsafeRawBufferPointer(rebasing: raw[(20 - count)...]))
+    /// `marker`, `value` in ASCII and CRLF at `offset`; returns the offset after them.
+    private static func writeHeader(_ marker: UInt8, _ value: Int, into output: UnsafeMutableRawBufferPointer, at offset: Int) -> Int {
+        output[offset] = marker
+        var digits = 1
+        var power = 10
+        while value >= power && digits < 19 {
+            digits += 1
+            power &*= 10
         }
-        buffer.writeStaticString("\r\n")
+        var remaining = value
+        for position in stride(from: offset + digits, to: offset, by: -1) {
+            output[position] = UInt8(ascii: "0") + UInt8(remaining % 10)
+            remaining /= 10
+        }
+        output[offset + digits + 1] = UInt8(ascii: "\r")
+        output[offset + digits + 2] = UInt8(ascii: "\n")
+        return offset + digits + 3
     }
 }

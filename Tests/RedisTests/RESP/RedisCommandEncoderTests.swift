@@ -25,6 +25,22 @@ import Testing
         #expect(buffer.readableBytes == 1_234_567 + 2)
     }
 
+    /// Every length at a change of digits, and more than nine arguments, are written as RESP spells them (checked
+    /// against the encoding written out by hand, one piece at a time).
+    @Test func lengthsAtEveryDigitCount() {
+        let sizes = [0, 1, 9, 10, 11, 99, 100, 101, 999, 1_000, 9_999, 10_000, 65_536]
+        let command = RedisCommand(sizes.map { ByteBuffer(repeating: UInt8(ascii: "a") + UInt8($0 % 26), count: $0) })
+        var expected = Array("*\(sizes.count)\r\n".utf8)
+        for size in sizes {
+            expected += Array("$\(size)\r\n".utf8) + Array(repeating: UInt8(ascii: "a") + UInt8(size % 26), count: size) + Array("\r\n".utf8)
+        }
+        var buffer = ByteBuffer(string: "before")
+        RedisCommandEncoder.write(command, into: &buffer)
+        #expect(buffer.readString(length: 6) == "before")
+        #expect(Array(buffer.readableBytesView) == expected)
+        #expect(RedisCommandEncoder.encodedSize(of: command) >= expected.count)
+    }
+
     /// The description names the command but never shows argument values (passwords).
     @Test func descriptionHidesArguments() {
         let command: RedisCommand = ["AUTH", "secret"]
