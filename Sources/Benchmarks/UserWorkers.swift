@@ -228,8 +228,10 @@ extension BenchmarkStack {
         let used = zip(try metered.seconds(), before).map { $0 - $1 }
         try check()
         let samples = options.workerLatencySamples
-        var latencies = try await sequentialLatencies(function: kind.function, samples: samples, ends: ends.function == kind.function ? ends : nil)
-        if ends.function != kind.function {
+        // The section's own jobs report their end (the Swift handler), or a second worker's do (a stamping program).
+        let ownJobsReportTheirEnd = ends.function == kind.function
+        var latencies = try await sequentialLatencies(function: kind.function, samples: samples, ends: ownJobsReportTheirEnd ? ends : nil)
+        if !ownJobsReportTheirEnd {
             latencies.fromEnd = try await sequentialLatencies(function: ends.function, samples: samples, ends: ends).fromEnd
         }
         try check()

@@ -62,7 +62,7 @@ struct GatewayBackend: Sendable {
             )
         }
         let created: [Result<RedisJobStore.CreateOutcome, JobStoreError>]
-        if jobs.allSatisfy({ $0.unique == nil }) { turn.end() } else { await turn.begin() }
+        if Self.createsInTurn(jobs) { await turn.begin() } else { turn.end() }
         do {
             defer { turn.end() }
             created = try await store.create(jobs)
@@ -151,6 +151,12 @@ struct GatewayBackend: Sendable {
         }
         statistics.jobsSubmitted.add(located.count, ordering: .relaxed)
         return results.map { $0! }
+    }
+
+    /// Whether a batch creates its records only after the batches before it: when one of its jobs has a unique key,
+    /// which an earlier batch's job may hold too.
+    static func createsInTurn(_ jobs: [RedisJobStore.NewJob]) -> Bool {
+        jobs.contains { $0.unique != nil }
     }
 
     private static func priority(_ priority: GatewayPriority) -> GearmanPriority {

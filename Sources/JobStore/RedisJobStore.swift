@@ -153,7 +153,10 @@ public final class RedisJobStore: Sendable {
         commands.append(RedisCommand(indexEntries))
         for index in plain {
             let key = RedisArgument(schema.jobKey(jobs[index].id))
-            var record = [Constant.hset, key]
+            var record: [RedisArgument] = []
+            record.reserveCapacity(2 + Constant.mostRecordFields)
+            record.append(Constant.hset)
+            record.append(key)
             appendRecordFields(jobs[index], now: nowArgument, to: &record)
             commands.append(RedisCommand(record))
             commands.append(RedisCommand([Constant.expire, key, inFlightTTLArgument]))
@@ -195,7 +198,7 @@ public final class RedisJobStore: Sendable {
     /// Appends the fields of a new record, as `HSET` and the create script take them.
     private func appendRecordFields(_ job: NewJob, now: RedisArgument, to arguments: inout [RedisArgument]) {
         typealias Constant = CreateCommandConstants
-        arguments.reserveCapacity(arguments.count + 16)
+        arguments.reserveCapacity(arguments.count + Constant.mostRecordFields)
         for field in [Constant.state, Constant.queued, Constant.function] { arguments.append(field) }
         arguments.append(RedisArgument(job.function))
         for field in Constant.zeroProgress { arguments.append(field) }
@@ -210,7 +213,9 @@ public final class RedisJobStore: Sendable {
     private func createCommand(_ job: NewJob, now: RedisArgument, acceptedSince: RedisArgument) -> RedisCommand {
         var keys: [RedisArgument] = ["\(schema.jobKey(job.id))", unacceptedKeyArgument]
         if let unique = job.unique { keys.append("\(schema.uniqueKey(function: job.function, unique: unique, namespace: job.namespace))") }
-        var arguments: [RedisArgument] = ["\(job.id.rawValue)", inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince]
+        var arguments: [RedisArgument] = []
+        arguments.reserveCapacity(4 + CreateCommandConstants.mostRecordFields)
+        for argument in [RedisArgument(job.id.rawValue), inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince] { arguments.append(argument) }
         appendRecordFields(job, now: now, to: &arguments)
         return Self.create.call(keys: keys, arguments: arguments)
     }
@@ -222,6 +227,8 @@ public final class RedisJobStore: Sendable {
         static let sadd = RedisArgument("SADD")
         static let hset = RedisArgument("HSET")
         static let expire = RedisArgument("EXPIRE")
+        /// Arguments `appendRecordFields` appends at most (with a unique key).
+        static let mostRecordFields = 18
         static let state = RedisArgument(JobField.state)
         static let queued = RedisArgument(JobState.queued.rawValue)
         static let function = RedisArgument(JobField.function)

@@ -1,4 +1,5 @@
 import GatewayProtocol
+import JobStore
 import JobgateSupport
 import LocalServers
 import NIOCore
@@ -122,6 +123,17 @@ struct BackendBatcherTests {
         await running.value
         try await group.shutdownGracefully()
     }
+
+    /// A submit batch takes its turn to create its records exactly when one of its jobs has a unique key.
+    @Test func onlyBatchesWithAUniqueKeyCreateInTurn() {
+        func job(_ unique: String?) -> RedisJobStore.NewJob {
+            RedisJobStore.NewJob(id: JobID(rawValue: "j")!, function: "f", unique: unique)
+        }
+        #expect(!GatewayBackend.createsInTurn([job(nil), job(nil)]))
+        #expect(GatewayBackend.createsInTurn([job(nil), job("u")]))
+        #expect(GatewayBackend.createsInTurn([job("u")]))
+    }
+
     /// Turns keep order only among the batches that take them: a batch that gives its turn up at once (a submit
     /// batch without a unique key) runs while an earlier one holds its turn, and a later batch that takes its turn
     /// still waits for that earlier one.

@@ -53,8 +53,7 @@ public enum RedisCommandEncoder {
     /// Written through one pointer into room reserved once: byte by byte through `ByteBuffer`'s writes (five per
     /// argument, each checking room and uniqueness) it was a seventh of the gateway's time under a stream of `SUBMIT`s.
     public static func write(_ command: RedisCommand, into buffer: inout ByteBuffer) {
-        buffer.reserveCapacity(minimumWritableBytes: encodedSize(of: command))
-        let written = buffer.withUnsafeMutableWritableBytes { output -> Int in
+        buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: encodedSize(of: command)) { output -> Int in
             var offset = 0
             offset = writeHeader(UInt8(ascii: "*"), command.arguments.count, into: output, at: offset)
             for argument in command.arguments {
@@ -71,7 +70,6 @@ public enum RedisCommandEncoder {
             }
             return offset
         }
-        buffer.moveWriterIndex(forwardBy: written)
     }
 
     /// Bytes `command` takes on the wire, to size a buffer once for a whole pipeline.
