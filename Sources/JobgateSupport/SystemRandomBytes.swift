@@ -15,8 +15,8 @@ public enum SystemRandomBytes {
                 let count = kernelRandom(base + filled, buffer.count - filled, 0)
                 if count > 0 {
                     filled += count
-                } else if count < 0, errno != EINTR {
-                    break  // not expected once the kernel's pool is ready (ENOSYS on kernels before 3.17): fall back
+                } else if !(count < 0 && errno == EINTR) {
+                    break  // ENOSYS before Linux 3.17, or a filter refusing it: the fallback below fills the rest
                 }
             }
         }
