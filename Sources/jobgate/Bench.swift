@@ -19,7 +19,8 @@ struct Bench: AsyncParsableCommand {
             bridging them vs each polled with GET_STATUS every 1 s (latency, status requests per job-second, \
             counted by a proxy in front of gearmand; needs memcached), and end to end through workers as \
             users run them: the in-process Swift worker, `jobgate worker -- cat` and the README's PHP worker \
-            × 4 (each with jobs/s, latency one job at a time, and CPU-s per 1,000 jobs of the gateway, \
+            × 4 (each with jobs/s, latency one job at a time from SUBMIT and from the job's end in its \
+            worker, and CPU-s per 1,000 jobs of the gateway, \
             redis-server, gearmand and the worker, from /proc/<pid>/stat). --only picks sections: \
             \(BenchmarkSection.allCases.map(\.rawValue).joined(separator: ", ")). Raises the soft \
             open-files limit to the hard limit.
