@@ -128,7 +128,7 @@ extension BenchmarkStack {
                 worker: "jobgate worker --concurrency 4 -- cat",
                 metered: metered,
                 options: options,
-                ends: .init(function: Self.stampedCommandFunction, what: "the program's exit (a bash -c that runs cat, then prints $EPOCHREALTIME as its last act)", endedAt: { _, result in Self.endStamped(in: String(buffer: result)) })
+                ends: .stampedInResult(function: Self.stampedCommandFunction, what: "the program's exit (a bash -c that runs cat, then prints $EPOCHREALTIME as its last act)")
             ) {
                 for process in [worker, stamping] where process.exitStatus != nil { throw BenchmarkError("jobgate worker exited:\n\(process.log)") }
             }
@@ -155,10 +155,9 @@ extension BenchmarkStack {
                 worker: "the README's PHP worker × 4 (reverses the payload)",
                 metered: metered,
                 options: options,
-                ends: .init(
+                ends: .stampedInResult(
                     function: Self.stampedPHPFunction,
-                    what: "the job's end (a copy of the worker whose result ends with microtime(true) taken once it reversed the payload, before its outcome write)",
-                    endedAt: { _, result in Self.endStamped(in: String(buffer: result)) }
+                    what: "the job's end (a copy of the worker whose result ends with microtime(true) taken once it reversed the payload, before its outcome write)"
                 )
             ) {
                 if let ended = (workers + [stamping]).first(where: { $0.exitStatus != nil }) { throw BenchmarkError("a PHP worker exited:\n\(ended.log)") }
@@ -193,6 +192,11 @@ extension BenchmarkStack {
         var what: String
         /// When the job with this id and result ended in its worker; nil if it did not say.
         var endedAt: @Sendable (GatewayJobID, ByteBuffer) -> ContinuousClock.Instant?
+
+        /// Jobs of `function`, served by a second worker whose results end with a line stating when the work ended.
+        static func stampedInResult(function: String, what: String) -> JobEnds {
+            JobEnds(function: function, what: what) { _, result in BenchmarkStack.endStamped(in: String(buffer: result)) }
+        }
     }
 
     static let stampedCommandFunction = "bench.command.stamped"
@@ -265,6 +269,7 @@ extension BenchmarkStack {
             var iterator = inbound.makeAsyncIterator()
             var latencies: (fromSubmit: [Int64], fromEnd: [Int64]) = ([], [])
             latencies.fromSubmit.reserveCapacity(samples)
+            latencies.fromEnd.reserveCapacity(ends == nil ? 0 : samples)
             for _ in 0..<samples {
                 var buffer = ByteBuffer()
                 GatewayRequests.submit(function, payload: Self.payload, into: &buffer)

@@ -199,10 +199,9 @@ public final class RedisJobStore: Sendable {
     private func appendRecordFields(_ job: NewJob, now: RedisArgument, to arguments: inout [RedisArgument]) {
         typealias Constant = CreateCommandConstants
         arguments.reserveCapacity(arguments.count + Constant.mostRecordFields)
-        for field in [Constant.state, Constant.queued, Constant.function] { arguments.append(field) }
-        arguments.append(RedisArgument(job.function))
-        for field in Constant.zeroProgress { arguments.append(field) }
-        for field in [Constant.created, now, Constant.updated, now, Constant.resultTTL] { arguments.append(field) }
+        arguments.append(contentsOf: [Constant.state, Constant.queued, Constant.function, RedisArgument(job.function)])
+        arguments.append(contentsOf: Constant.zeroProgress)
+        arguments.append(contentsOf: [Constant.created, now, Constant.updated, now, Constant.resultTTL])
         arguments.append(job.resultTTL.map { RedisArgument($0) } ?? resultTTLArgument)
         if let unique = job.unique {
             arguments.append(Constant.unique)
@@ -215,7 +214,7 @@ public final class RedisJobStore: Sendable {
         if let unique = job.unique { keys.append("\(schema.uniqueKey(function: job.function, unique: unique, namespace: job.namespace))") }
         var arguments: [RedisArgument] = []
         arguments.reserveCapacity(4 + CreateCommandConstants.mostRecordFields)
-        for argument in [RedisArgument(job.id.rawValue), inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince] { arguments.append(argument) }
+        arguments.append(contentsOf: [RedisArgument(job.id.rawValue), inFlightTTLArgument, jobKeyPrefixArgument, acceptedSince])
         appendRecordFields(job, now: now, to: &arguments)
         return Self.create.call(keys: keys, arguments: arguments)
     }
